@@ -1,0 +1,46 @@
+# Push cluster. `make run` brings it up on this machine, `make test` runs
+# every test (installing what they need first). See README.md.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin
+
+.PHONY: all build run test test-short bench vet fmt proto deps clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/... ./bench/cmd/...
+
+run: build
+	./scripts/run.sh
+
+# The README's test command; .ci/run calls it.
+test: deps
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+test-short:
+	$(GO) test -count=1 -short ./...
+
+# Benchmarks: SCENARIO=edge N=19000 picks one scenario (see bench/README.md).
+SCENARIO ?= all
+N ?=
+bench: build deps
+	./scripts/bench.sh "$(SCENARIO)" "$(N)"
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+proto:
+	./proto/gen.sh
+
+deps:
+	./scripts/deps.sh
+
+clean:
+	rm -rf $(BIN) .run

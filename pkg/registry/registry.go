@@ -1,0 +1,126 @@
+// Package registry maps users to their live connections and mailbox: the
+// one place an edge looks up who is connected.
+//
+// It is sharded so that publishers to different users rarely meet on a lock,
+// and generic over the connection type so that it stays a plain, testable
+// data structure. An entry exists only while it is worth keeping: a user with
+// a connection, or with messages waiting in the mailbox.
+package registry
+
+import (
+	"sync"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/pushcluster/push/pkg/mailbox"
+)
+
+// User is one user's state. Its fields are guarded by the shard lock held
+// while the function given to Do runs; never keep a *User beyond that.
+type User[C comparable] struct {
+	// Conns are the user's connections, oldest first.
+	Conns []C
+	// Box holds recent messages; nil until the first message. The owner sets
+	// it back to nil when the box is idle (see mailbox.Box.Idle).
+	Box *mailbox.Box
+}
+
+// Remove deletes c from Conns and reports whether it was there.
+func (u *User[C]) Remove(c C) bool {
+	for i, x := range u.Conns {
+		if x == c {
+			copy(u.Conns[i:], u.Conns[i+1:])
+			var zero C
+			u.Conns[len(u.Conns)-1] = zero
+			u.Conns = u.Conns[:len(u.Conns)-1]
+			if len(u.Conns) == 0 {
+				u.Conns = nil
+			}
+			return true
+		}
+	}
+	return false
+}
+
+func (u *User[C]) empty() bool {
+	return len(u.Conns) == 0 && u.Box == nil
+}
+
+// Registry is a sharded map from user ID to *User. Safe for concurrent use.
+type Registry[C comparable] struct {
+	shards []shard[C]
+	mask   uint64
+}
+
+type shard[C comparable] struct {
+	mu    sync.Mutex
+	users map[string]*User[C]
+	_     [40]byte // keep neighbouring shard locks off one cache line
+}
+
+// New returns a registry with the given number of shards, rounded up to a
+// power of two.
+func New[C comparable](shards int) *Registry[C] {
+	n := 1
+	for n < shards {
+		n <<= 1
+	}
+	r := &Registry[C]{shards: make([]shard[C], n), mask: uint64(n - 1)}
+	for i := range r.shards {
+		r.shards[i].users = make(map[string]*User[C])
+	}
+	return r
+}
+
+func (r *Registry[C]) shard(uid string) *shard[C] {
+	return &r.shards[xxhash.Sum64String(uid)&r.mask]
+}
+
+// Do runs fn on the user's entry under the shard lock. With create, a missing
+// entry is created first (keyed by uid, which must not be modified
+// afterwards); without it fn gets nil for an unknown user. An entry left with
+// no connections and no mailbox is removed after fn returns.
+// fn may lock connections (lock order: shard, then connection) but must not
+// call back into the registry.
+func (r *Registry[C]) Do(uid string, create bool, fn func(u *User[C])) {
+	s := r.shard(uid)
+	s.mu.Lock()
+	u := s.users[uid]
+	if u == nil && create {
+		u = &User[C]{}
+		s.users[uid] = u
+	}
+	fn(u)
+	if u != nil && u.empty() {
+		delete(s.users, uid)
+	}
+	s.mu.Unlock()
+}
+
+// Sweep visits every entry, one shard at a time under its lock, and removes
+// those that fn leaves empty. Used to expire mailboxes.
+func (r *Registry[C]) Sweep(fn func(uid string, u *User[C])) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		for uid, u := range s.users {
+			fn(uid, u)
+			if u.empty() {
+				delete(s.users, uid)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Len returns the number of users with an entry.
+func (r *Registry[C]) Len() int {
+	n := 0
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		n += len(s.users)
+		s.mu.Unlock()
+	}
+	return n
+}
