@@ -1,0 +1,142 @@
+// Command edge terminates browser WebSockets and delivers pushes to users.
+// Run `edge --help` for its flags; each also reads PUSH_<FLAG> from the
+// environment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	pushv1 "github.com/pushcluster/push/proto/push/v1"
+
+	"github.com/pushcluster/push/pkg/admin"
+	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/daemon"
+	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/rawtcp"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "edge:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
+	var c edge.Config
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "WebSocket address (browsers connect to /ws here, through the router)")
+	grpcAddr := fs.String("grpc", "127.0.0.1:9090", "gRPC push.v1.Push address")
+	adminAddr := fs.String("admin", "127.0.0.1:9100", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
+	id := fs.Uint("id", 1, "this edge's ring member id")
+	fs.IntVar(&c.Backlog, "backlog", 4096, "listen queue length (capped by net.core.somaxconn)")
+	fs.BoolVar(&c.ReusePort, "reuseport", false, "set SO_REUSEPORT on the WebSocket listener")
+	fs.IntVar(&c.MaxConns, "max-conns", 100000, "upgraded connections beyond this get HTTP 503")
+	fs.IntVar(&c.MaxConnsPerUser, "max-conns-per-user", 1, "connections kept per user; an older one is closed with 4002")
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time allowed from accept to a complete request head")
+	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", 8192, "request head size cap (431 beyond)")
+	fs.DurationVar(&c.PingInterval, "ping-interval", 30*time.Second, "ping period of open connections")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 75*time.Second, "close a connection silent for this long (4000)")
+	fs.DurationVar(&c.CloseTimeout, "close-timeout", 3*time.Second, "wait for the client's close frame after ours")
+	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", 4096, "largest message a client may send (1009 beyond)")
+	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", 65536, "largest published payload (InvalidArgument beyond)")
+	fs.IntVar(&c.MaxQueueBytes, "max-queue-bytes", 256<<10, "outbound bytes one connection may owe before it is closed as a slow consumer")
+	fs.IntVar(&c.MailboxSize, "mailbox-size", 64, "recent messages kept per user for resume")
+	fs.DurationVar(&c.MailboxTTL, "mailbox-ttl", 2*time.Minute, "how long a message waits for its user and stays replayable")
+	fs.DurationVar(&c.DrainPeriod, "drain-period", 10*time.Second, "on SIGTERM, spread the 1001 closes over this long")
+	fs.IntVar(&c.Loops, "loops", runtime.GOMAXPROCS(0), "epoll event loops")
+	origins := fs.String("allowed-origins", "", "comma-separated browser origins allowed besides the request's own host (https://*.example.com matches subdomains)")
+	fs.BoolVar(&c.Dev, "dev", false, "development: allow any Origin (authentication stays on)")
+	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret (default: $PUSH_JWT_SECRET)")
+	pubKeys := fs.String("jwt-public-keys", "", "comma-separated PEM files of RS256/EdDSA public keys also accepted")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "json", "json or text")
+	flagenv.SetUsage(fs, "PUSH", "edge [flags]", "Terminates browser WebSockets (GET /ws?uid=&token=&last_seq=) on epoll and delivers pushes received over gRPC.")
+	if _, err := flagenv.Parse(fs, "PUSH", args, nil); err != nil {
+		return err
+	}
+	log, err := daemon.Logger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	c.ID = uint32(*id)
+	c.Logger = log
+	if *origins != "" {
+		c.AllowedOrigins = strings.Split(*origins, ",")
+	}
+	secret, err := auth.LoadSecret(*secretFile)
+	if err != nil {
+		return err
+	}
+	ac := auth.Config{HMACSecret: secret}
+	if *pubKeys != "" {
+		if ac.PublicKeys, err = auth.LoadPublicKeys(strings.Split(*pubKeys, ",")...); err != nil {
+			return err
+		}
+	}
+	if c.Verifier, err = auth.NewVerifier(ac); err != nil {
+		return err
+	}
+	reg := admin.NewRegistry()
+	c.Metrics = reg
+
+	soft, hard := rawtcp.FDLimit()
+	log.Info("file descriptor limit", "soft", soft, "hard", hard)
+	if w := rawtcp.BacklogWarning(c.Backlog); w != "" {
+		log.Warn(w)
+	}
+	if uint64(c.MaxConns) > soft {
+		log.Warn("--max-conns exceeds the descriptor limit; accepts will fail first", "max_conns", c.MaxConns, "nofile", soft)
+	}
+
+	srv, err := edge.New(c)
+	if err != nil {
+		return err
+	}
+	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+64<<10)
+	if err != nil {
+		return err
+	}
+	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
+	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: srv.Ready, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	go func() {
+		if err := g.Serve(); err != nil {
+			log.Error("grpc serve", "err", err)
+		}
+	}()
+	go func() {
+		if err := adm.Serve(); err != nil {
+			log.Error("admin serve", "err", err)
+		}
+	}()
+	log.Info("edge up", "id", c.ID, "ws", srv.Addr().String(), "grpc", g.Addr().String(), "admin", adm.Addr().String())
+
+	sig := daemon.WaitForSignal()
+	log.Info("shutting down", "signal", sig, "drain_period", c.DrainPeriod)
+	ctx, cancel := context.WithTimeout(context.Background(), c.DrainPeriod+c.CloseTimeout+5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("drain cut short", "err", err)
+	}
+	g.Stop(ctx)
+	adm.Shutdown(ctx)
+	log.Info("edge stopped")
+	return nil
+}

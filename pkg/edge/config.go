@@ -1,0 +1,162 @@
+// Package edge is the node that terminates browser WebSockets and delivers
+// pushes to users.
+//
+// Connections are raw non-blocking descriptors driven by epoll (package
+// poller): after the upgrade no goroutine, net.Conn or buffer is held per idle
+// connection, only a conn struct, a registry entry and a timing-wheel slot.
+// Reads borrow the event loop's scratch buffer; writes go straight to the
+// socket from the publishing goroutine and queue only what the kernel did not
+// take.
+//
+// Lock order: registry shard, then conn.mu, then the wheel's mutex. A conn
+// lock is never held while taking a shard lock.
+package edge
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pushcluster/push/pkg/auth"
+)
+
+// Config configures a Server. The zero value of every field but Verifier
+// takes the default shown.
+type Config struct {
+	// ID is this edge's ring member id, reported in publish answers.
+	ID uint32
+	// Listen is the WebSocket address ("127.0.0.1:8080").
+	Listen string
+	// Backlog is the listen queue length (default 4096).
+	Backlog int
+	// ReusePort sets SO_REUSEPORT on the listener.
+	ReusePort bool
+	// MaxConns caps upgraded connections; beyond it upgrades get HTTP 503
+	// (default 100000).
+	MaxConns int
+	// MaxConnsPerUser keeps the newest N connections of a user; an older one
+	// is closed with 4002 "replaced" (default 1).
+	MaxConnsPerUser int
+	// HandshakeTimeout bounds the time from accept to a complete request
+	// head (default 5s).
+	HandshakeTimeout time.Duration
+	// MaxHeaderBytes caps the request head (default 8192).
+	MaxHeaderBytes int
+	// PingInterval is how often the edge pings an open connection
+	// (default 30s).
+	PingInterval time.Duration
+	// IdleTimeout closes a connection that sent no frame (pongs included)
+	// for this long (default 2.5 × PingInterval).
+	IdleTimeout time.Duration
+	// CloseTimeout bounds the wait for the client's close frame after the
+	// edge sent its own (default 3s).
+	CloseTimeout time.Duration
+	// MaxMessageBytes caps a message from a client (default 4096).
+	MaxMessageBytes int
+	// MaxPayloadBytes caps a published payload (default 65536).
+	MaxPayloadBytes int
+	// MaxQueueBytes caps what may wait for one slow connection before it is
+	// closed with 1008 (default 262144).
+	MaxQueueBytes int
+	// MailboxSize is how many recent messages are kept per user for resume
+	// (default 64).
+	MailboxSize int
+	// MailboxTTL is how long a message waits for a user and stays
+	// replayable (default 2m); also the upper bound of a publish's ttl.
+	MailboxTTL time.Duration
+	// DrainPeriod spreads the 1001 closes of a shutdown (default 10s).
+	DrainPeriod time.Duration
+	// Tick is the timing wheel's resolution (default 100ms).
+	Tick time.Duration
+	// AllowedOrigins lists the Origin values a browser may connect from
+	// ("https://app.example.com"; "https://*.example.com" matches
+	// subdomains). A request without Origin (not a browser) or with an
+	// Origin matching its Host is always allowed.
+	AllowedOrigins []string
+	// Dev allows any Origin. It never relaxes authentication.
+	Dev bool
+	// Verifier checks tokens; required.
+	Verifier *auth.Verifier
+	// Loops is the number of epoll loops (default GOMAXPROCS).
+	Loops int
+	// Logger receives structured logs (default slog.Default()).
+	Logger *slog.Logger
+	// Metrics, when set, receives the edge's collectors.
+	Metrics prometheus.Registerer
+}
+
+func (c *Config) setDefaults() {
+	def := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	defD := func(p *time.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	def(&c.Backlog, 4096)
+	def(&c.MaxConns, 100000)
+	def(&c.MaxConnsPerUser, 1)
+	defD(&c.HandshakeTimeout, 5*time.Second)
+	def(&c.MaxHeaderBytes, 8192)
+	defD(&c.PingInterval, 30*time.Second)
+	defD(&c.IdleTimeout, c.PingInterval*5/2)
+	defD(&c.CloseTimeout, 3*time.Second)
+	def(&c.MaxMessageBytes, 4096)
+	def(&c.MaxPayloadBytes, 65536)
+	def(&c.MaxQueueBytes, 256<<10)
+	def(&c.MailboxSize, 64)
+	defD(&c.MailboxTTL, 2*time.Minute)
+	defD(&c.DrainPeriod, 10*time.Second)
+	defD(&c.Tick, 100*time.Millisecond)
+	def(&c.Loops, runtime.GOMAXPROCS(0))
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// ErrConfig wraps every configuration error.
+var ErrConfig = errors.New("invalid edge config")
+
+func (c *Config) validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case c.Verifier == nil:
+		return bad("a token verifier is required")
+	case c.Listen == "":
+		return bad("listen address is empty")
+	case c.MaxConns < 1, c.MaxConnsPerUser < 1, c.Backlog < 1, c.Loops < 1, c.MailboxSize < 1:
+		return bad("max-conns, max-conns-per-user, backlog, loops and mailbox-size must be >= 1")
+	case c.MaxHeaderBytes < 512 || c.MaxHeaderBytes > 65536:
+		return bad("max-header-bytes %d outside 512..65536", c.MaxHeaderBytes)
+	case c.MaxMessageBytes < 125 || c.MaxMessageBytes > 1<<20:
+		return bad("max-message-bytes %d outside 125..1048576", c.MaxMessageBytes)
+	case c.MaxPayloadBytes < 1 || c.MaxPayloadBytes > 16<<20:
+		return bad("max-payload-bytes %d outside 1..16777216", c.MaxPayloadBytes)
+	case c.MaxQueueBytes < 2*c.MaxPayloadBytes:
+		return bad("max-queue-bytes %d must hold two payloads (>= %d)", c.MaxQueueBytes, 2*c.MaxPayloadBytes)
+	case c.Tick <= 0 || c.Tick > time.Second:
+		return bad("tick %v outside (0, 1s]", c.Tick)
+	case c.PingInterval < c.Tick, c.HandshakeTimeout < c.Tick, c.CloseTimeout < c.Tick:
+		return bad("ping interval, handshake and close timeouts must be at least one tick (%v)", c.Tick)
+	case c.IdleTimeout <= c.PingInterval:
+		return bad("idle timeout %v must exceed the ping interval %v", c.IdleTimeout, c.PingInterval)
+	case c.MailboxTTL < time.Second:
+		return bad("mailbox ttl %v below 1s", c.MailboxTTL)
+	}
+	for _, o := range c.AllowedOrigins {
+		if !strings.Contains(o, "://") {
+			return bad("allowed origin %q must look like scheme://host[:port]", o)
+		}
+	}
+	return nil
+}

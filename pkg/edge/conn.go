@@ -1,0 +1,271 @@
+package edge
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pushcluster/push/pkg/poller"
+	"github.com/pushcluster/push/pkg/registry"
+	"github.com/pushcluster/push/pkg/wheel"
+)
+
+type connState uint8
+
+const (
+	stHandshake connState = iota // accepted, request head not yet complete
+	stOpen                       // upgraded
+	stClosing                    // close frame sent, waiting for the peer's
+	stClosed                     // descriptor closed
+)
+
+// conn is one client socket. Its size is the main per-connection cost, so
+// every field is here on purpose and rarely used state hangs off pointers
+// that are nil while the connection is idle.
+//
+// mu guards every field and every syscall on fd (a descriptor is closed only
+// under mu, so no goroutine writes to a number that was reused).
+type conn struct {
+	mu         sync.Mutex
+	fd         int32
+	gen        uint32 // generation stored in epoll events
+	state      connState
+	loop       uint8
+	registered bool // present in the user registry
+	wantWrite  bool // EPOLLOUT armed (or to be, once polled)
+	polled     bool // registered with the loop's epoll
+	shutAfter  bool // shut down writing once out drains (close frame queued)
+	uid        string
+	lastSeen   int64 // Unix ns of the last frame from the client
+	tm         wheel.Timer[*conn]
+	out        *outQueue  // bytes the kernel did not take yet; nil when empty
+	rd         *readState // partial input; nil between frames
+}
+
+// outQueue holds unwritten bytes. Shared frames (broadcasts, message tails)
+// are referenced, not copied.
+type outQueue struct {
+	bufs [][]byte
+	size int
+}
+
+// readState is what survives between reads: a partial head or frame, and a
+// fragmented message in progress.
+type readState struct {
+	pending  []byte
+	frag     bool // inside a fragmented message
+	fragText bool
+	fragLen  int
+	carry    []byte // incomplete UTF-8 sequence at the end of the last fragment
+}
+
+func (c *conn) rs() *readState {
+	if c.rd == nil {
+		c.rd = &readState{}
+	}
+	return c.rd
+}
+
+func (c *conn) dropReadState() {
+	if c.rd != nil && len(c.rd.pending) == 0 && !c.rd.frag {
+		c.rd = nil
+	}
+}
+
+// writeLocked writes a then b (b may be shared and is never modified).
+// What the kernel does not take is queued and EPOLLOUT armed; a connection
+// whose queue would exceed MaxQueueBytes is closed as a slow consumer. It
+// reports whether the bytes were written or queued.
+func (s *Server) writeLocked(c *conn, a, b []byte) bool {
+	if c.state >= stClosing {
+		return false
+	}
+	if c.out != nil {
+		return s.enqueueLocked(c, a, b, true)
+	}
+	total := len(a) + len(b)
+	var n int
+	var err error
+	if len(b) == 0 {
+		n, err = sysWrite(int(c.fd), a)
+	} else {
+		n, err = writev(int(c.fd), a, b)
+	}
+	if n == total {
+		return true
+	}
+	if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+		s.closeNowLocked(c, -1)
+		return false
+	}
+	if n < 0 {
+		n = 0
+	}
+	if n < len(a) {
+		a = a[n:]
+	} else {
+		b, a = b[n-len(a):], nil
+	}
+	return s.enqueueLocked(c, a, b, true)
+}
+
+func (s *Server) enqueueLocked(c *conn, a, b []byte, copyA bool) bool {
+	q := c.out
+	if q == nil {
+		q = &outQueue{}
+		c.out = q
+	}
+	if q.size+len(a)+len(b) > s.cfg.MaxQueueBytes {
+		s.m.queueDrops.Inc()
+		// The socket is full, so a close frame could not be read anyway;
+		// the client sees the connection end and resumes with last_seq.
+		s.closeNowLocked(c, ClosePolicy)
+		return false
+	}
+	if len(a) > 0 {
+		if copyA {
+			a = append([]byte(nil), a...)
+		}
+		q.bufs = append(q.bufs, a)
+	}
+	if len(b) > 0 {
+		q.bufs = append(q.bufs, b)
+	}
+	q.size += len(a) + len(b)
+	if !c.wantWrite {
+		c.wantWrite = true
+		if c.polled {
+			s.loops[c.loop].poll.Resume(int(c.fd), c.gen, poller.Read|poller.Write)
+		}
+	}
+	return true
+}
+
+// flushLocked writes queued bytes after EPOLLOUT.
+func (s *Server) flushLocked(c *conn) {
+	q := c.out
+	for q != nil && len(q.bufs) > 0 {
+		batch := q.bufs
+		if len(batch) > 64 {
+			batch = batch[:64]
+		}
+		n, err := unix.Writev(int(c.fd), batch)
+		if err != nil {
+			if err == unix.EAGAIN || err == unix.EINTR {
+				return
+			}
+			s.closeNowLocked(c, -1)
+			return
+		}
+		q.size -= n
+		for n > 0 && len(q.bufs) > 0 {
+			if n >= len(q.bufs[0]) {
+				n -= len(q.bufs[0])
+				q.bufs[0] = nil
+				q.bufs = q.bufs[1:]
+			} else {
+				q.bufs[0] = q.bufs[0][n:]
+				n = 0
+			}
+		}
+	}
+	c.out = nil
+	c.wantWrite = false
+	if c.shutAfter {
+		c.shutAfter = false
+		unix.Shutdown(int(c.fd), unix.SHUT_WR)
+	}
+}
+
+// closeWithLocked starts the closing handshake: the close frame is written
+// (or queued behind pending messages), writing is shut down once it is out,
+// and the connection waits up to CloseTimeout for the client's close.
+func (s *Server) closeWithLocked(c *conn, code int, reason string) {
+	if c.state != stOpen {
+		return
+	}
+	s.m.closed(code)
+	if !s.writeLocked(c, closeFrame(code, reason), nil) {
+		return // closed as a slow consumer meanwhile
+	}
+	c.state = stClosing
+	if c.out == nil {
+		unix.Shutdown(int(c.fd), unix.SHUT_WR)
+	} else {
+		c.shutAfter = true
+	}
+	s.open.Add(-1)
+	s.m.conns.Dec()
+	s.schedule(c, time.Now().Add(s.cfg.CloseTimeout))
+}
+
+// closeNowLocked closes the descriptor. code is what the metrics record.
+func (s *Server) closeNowLocked(c *conn, code int) {
+	switch c.state {
+	case stClosed:
+		return
+	case stHandshake:
+		s.m.handshaking.Dec()
+	case stOpen:
+		s.open.Add(-1)
+		s.m.conns.Dec()
+		s.m.closed(code)
+	}
+	c.state = stClosed
+	s.table[c.fd].CompareAndSwap(c, nil)
+	unix.Close(int(c.fd))
+	c.out = nil
+	c.rd = nil
+	s.wheelMu.Lock()
+	s.wheel.Cancel(&c.tm)
+	s.wheelMu.Unlock()
+}
+
+// release unlocks c and, if it stopped being open while registered, takes
+// it out of the registry (which needs the shard lock, so after unlocking).
+func (s *Server) release(c *conn) {
+	detach := c.registered && c.state >= stClosing
+	if detach {
+		c.registered = false
+	}
+	c.mu.Unlock()
+	if detach {
+		s.reg.Do(c.uid, false, func(u *registry.User[*conn]) {
+			if u != nil {
+				u.Remove(c)
+			}
+		})
+	}
+}
+
+// detachInShard is release's counterpart for callers that already hold the
+// user's shard lock.
+func detachInShard(u *registry.User[*conn], c *conn) {
+	if c.registered && c.state >= stClosing {
+		c.registered = false
+		u.Remove(c)
+	}
+}
+
+// onTimer runs a connection's deadline: handshake timeout, ping, idle
+// timeout or the end of the close wait.
+func (s *Server) onTimer(c *conn, now time.Time) {
+	c.mu.Lock()
+	switch c.state {
+	case stHandshake:
+		s.m.hsTimeout.Inc()
+		s.closeNowLocked(c, -1)
+	case stOpen:
+		if now.UnixNano()-c.lastSeen >= int64(s.cfg.IdleTimeout) {
+			s.closeWithLocked(c, CloseIdle, "idle timeout")
+			break
+		}
+		if s.writeLocked(c, pingFrame, nil) {
+			s.schedule(c, now.Add(s.cfg.PingInterval))
+		}
+	case stClosing:
+		s.closeNowLocked(c, -1)
+	}
+	s.release(c)
+}

@@ -1,0 +1,251 @@
+package edge
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/registry"
+)
+
+// MaxSeq is the largest sequence number a client may resume from (the
+// largest integer a JavaScript number holds exactly).
+const MaxSeq = 1<<53 - 1
+
+// handshake is a loop's reusable upgrade state: one ws.Upgrader whose
+// callbacks fill the fields below, so an upgrade allocates nothing for
+// closures or buffers.
+type handshake struct {
+	s       *Server
+	up      ws.Upgrader
+	in      bytes.Reader
+	out     bytes.Buffer
+	uid     []byte
+	token   []byte
+	origin  []byte
+	host    []byte
+	lastSeq uint64
+	hasLast bool
+}
+
+// Read and Write let the upgrader read the head from memory and write its
+// response into a buffer that is then written to the socket in one call.
+func (h *handshake) Read(p []byte) (int, error)  { return h.in.Read(p) }
+func (h *handshake) Write(p []byte) (int, error) { return h.out.Write(p) }
+
+func (h *handshake) init(s *Server) {
+	h.s = s
+	h.up = ws.Upgrader{
+		ReadBufferSize: s.cfg.MaxHeaderBytes,
+		OnRequest:      h.onRequest,
+		OnHost: func(host []byte) error {
+			h.host = append(h.host[:0], host...)
+			return nil
+		},
+		OnHeader: func(key, value []byte) error {
+			if bytes.EqualFold(key, []byte("Origin")) {
+				h.origin = append(h.origin[:0], value...)
+			}
+			return nil
+		},
+		OnBeforeUpgrade: h.onBeforeUpgrade,
+	}
+}
+
+func reject(status int, reason string) error {
+	return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(reason))
+}
+
+// ValidUserID reports whether uid may name a user: 1 to 128 bytes of URL
+// unreserved characters plus ':' and '@', so that the raw query value the
+// router hashes and the decoded value the SDK hashes are the same bytes.
+func ValidUserID(uid string) bool {
+	if len(uid) == 0 || len(uid) > 128 {
+		return false
+	}
+	for i := 0; i < len(uid); i++ {
+		if !uidByte(uid[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func uidByte(b byte) bool {
+	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' ||
+		b == '-' || b == '.' || b == '_' || b == '~' || b == ':' || b == '@'
+}
+
+// onRequest checks the path and reads uid, token and last_seq from the raw
+// query (first occurrence of each wins, as in HAProxy's url_param).
+func (h *handshake) onRequest(uri []byte) error {
+	h.uid, h.token, h.origin, h.host = h.uid[:0], h.token[:0], h.origin[:0], h.host[:0]
+	h.lastSeq, h.hasLast = 0, false
+	path, query, _ := bytes.Cut(uri, []byte("?"))
+	if string(path) != "/ws" {
+		h.s.m.hsNotFound.Inc()
+		return reject(http.StatusNotFound, "not found: the WebSocket endpoint is /ws")
+	}
+	var seenUID, seenToken, seenLast bool
+	for len(query) > 0 {
+		var kv []byte
+		kv, query, _ = bytes.Cut(query, []byte("&"))
+		k, v, _ := bytes.Cut(kv, []byte("="))
+		switch string(k) {
+		case "uid":
+			if !seenUID {
+				seenUID = true
+				h.uid = append(h.uid[:0], v...)
+			}
+		case "token":
+			if !seenToken {
+				seenToken = true
+				h.token = append(h.token[:0], v...)
+			}
+		case "last_seq":
+			if !seenLast {
+				seenLast = true
+				n, err := strconv.ParseUint(string(v), 10, 64)
+				if err != nil || n > MaxSeq {
+					h.s.m.hsBadRequest.Inc()
+					return reject(http.StatusBadRequest, "last_seq must be an integer from 0 to 2^53-1")
+				}
+				h.lastSeq, h.hasLast = n, true
+			}
+		}
+	}
+	if !seenUID || !ValidUserID(string(h.uid)) {
+		h.s.m.hsBadRequest.Inc()
+		return reject(http.StatusBadRequest, "uid missing or invalid (1-128 of A-Z a-z 0-9 - . _ ~ : @)")
+	}
+	return nil
+}
+
+// onBeforeUpgrade runs once the head is read: Origin, capacity, then the
+// token, so a forged token never costs a registry entry.
+func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
+	s := h.s
+	if len(h.origin) > 0 && !s.originAllowed(h.origin, h.host) {
+		s.m.hsForbidden.Inc()
+		return nil, reject(http.StatusForbidden, "origin not allowed")
+	}
+	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) {
+		s.m.hsOverloaded.Inc()
+		return nil, reject(http.StatusServiceUnavailable, "edge at capacity or draining")
+	}
+	if err := s.cfg.Verifier.Verify(string(h.token), string(h.uid)); err != nil {
+		s.m.hsUnauthorized.Inc()
+		return nil, reject(http.StatusUnauthorized, auth.Reason(err))
+	}
+	return nil, nil
+}
+
+// originAllowed applies the allowlist; with none configured only an Origin
+// naming the request's own host passes (unless Dev).
+func (s *Server) originAllowed(origin, host []byte) bool {
+	if s.cfg.Dev {
+		return true
+	}
+	o := string(origin)
+	if _, rest, ok := strings.Cut(o, "://"); ok && rest == string(host) {
+		return true
+	}
+	for _, a := range s.cfg.AllowedOrigins {
+		if a == o {
+			return true
+		}
+		if scheme, pat, ok := strings.Cut(a, "://*."); ok {
+			if oscheme, ohost, ok := strings.Cut(o, "://"); ok && oscheme == scheme && strings.HasSuffix(ohost, "."+pat) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// upgradeLocked runs the upgrade on a complete head and, on success,
+// attaches the connection to its user.
+func (h *handshake) upgradeLocked(c *conn, head []byte) {
+	s := h.s
+	h.in.Reset(head)
+	h.out.Reset()
+	_, err := h.up.Upgrade(h)
+	if err != nil {
+		if _, ok := err.(*ws.ConnectionRejectedError); !ok {
+			s.m.hsBadRequest.Inc() // malformed request, missing upgrade headers...
+		}
+		if h.out.Len() == 0 {
+			h.out.Write(httpError(http.StatusBadRequest, err.Error()))
+		}
+		s.writeLocked(c, h.out.Bytes(), nil)
+		s.closeNowLocked(c, -1)
+		return
+	}
+	now := time.Now()
+	c.state = stOpen
+	s.m.handshaking.Dec()
+	s.m.conns.Inc()
+	s.open.Add(1)
+	if !s.writeLocked(c, h.out.Bytes(), nil) {
+		return
+	}
+	s.m.hsOK.Inc()
+	c.uid = string(h.uid)
+	c.lastSeen = now.UnixNano()
+	s.schedule(c, now.Add(s.cfg.PingInterval))
+	s.attachLocked(c, h)
+}
+
+// attachLocked registers c under its user: older connections beyond
+// MaxConnsPerUser are closed with 4002, and what the mailbox holds for the
+// client is written before any new publish can reach it (publishers wait on
+// the same shard lock).
+func (s *Server) attachLocked(c *conn, h *handshake) {
+	now := time.Now().UnixNano()
+	s.reg.Do(c.uid, true, func(u *registry.User[*conn]) {
+		for len(u.Conns) >= s.cfg.MaxConnsPerUser {
+			old := u.Conns[0]
+			old.mu.Lock()
+			s.closeWithLocked(old, CloseReplaced, "replaced by a newer connection")
+			old.registered = false
+			old.mu.Unlock()
+			u.Remove(old)
+		}
+		u.Conns = append(u.Conns, c)
+		c.registered = true
+		if u.Box == nil {
+			if h.hasLast {
+				// Nothing stored here, but keep the client's numbering.
+				u.Box = s.newBox()
+				u.Box.Resume(nil, h.lastSeq, true, now)
+			}
+			return
+		}
+		msgs, gap := u.Box.Resume(nil, h.lastSeq, h.hasLast, now)
+		if gap.From != 0 {
+			s.writeLocked(c, gapFrame(gap.From, gap.To), nil)
+		}
+		var pre [maxHeader + 32]byte
+		for _, m := range msgs {
+			n := seqPrefix(pre[:], m.Seq, len(m.Body))
+			if !s.writeLocked(c, pre[:n], m.Body) {
+				break
+			}
+			s.m.msgsOut.Inc()
+		}
+		detachInShard(u, c)
+	})
+}
+
+// httpError is a minimal HTTP error response for requests that never reach
+// the upgrader's own error writer.
+func httpError(status int, reason string) []byte {
+	return []byte(fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(reason), reason))
+}

@@ -1,0 +1,234 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushcluster/push/pkg/rawtcp"
+	"github.com/pushcluster/push/pkg/registry"
+	"github.com/pushcluster/push/pkg/wheel"
+)
+
+// Server is one edge. Create it with New, run it with Start, stop it with
+// Shutdown.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics
+
+	ln    *rawtcp.Listener
+	loops []*loop
+	next  atomic.Uint32 // round robin over loops
+	gen   atomic.Uint32 // connection generation, stored in epoll events
+
+	// table maps a descriptor to its conn; the slot is cleared before the
+	// descriptor is closed so a reused number never sees a stale conn.
+	table []atomic.Pointer[conn]
+
+	reg *registry.Registry[*conn]
+
+	// wheelMu guards wheel; taken after conn.mu, never before.
+	wheelMu sync.Mutex
+	wheel   *wheel.Wheel[*conn]
+
+	maxFD    atomic.Int64 // highest descriptor seen; bounds table scans
+	open     atomic.Int64 // upgraded connections
+	draining atomic.Bool
+	stop     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New validates cfg and binds the WebSocket listener.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Metrics), stop: make(chan struct{})}
+	_, hard := rawtcp.FDLimit()
+	size := hard
+	if size == 0 || size > 1<<22 {
+		size = 1 << 22
+	}
+	s.table = make([]atomic.Pointer[conn], size)
+	s.reg = registry.New[*conn](256)
+	s.wheel = wheel.New[*conn](cfg.Tick, 4096, time.Now())
+
+	ln, err := rawtcp.Listen(cfg.Listen, rawtcp.Options{Backlog: cfg.Backlog, ReusePort: cfg.ReusePort,
+		DeferAccept: cfg.HandshakeTimeout, NoDelay: true})
+	if err != nil {
+		return nil, err
+	}
+	s.ln = ln
+	for i := 0; i < cfg.Loops; i++ {
+		l, err := newLoop(s, i)
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		s.loops = append(s.loops, l)
+	}
+	return s, nil
+}
+
+// Addr is the WebSocket listener's address.
+func (s *Server) Addr() *net.TCPAddr { return s.ln.Addr }
+
+// Open returns the number of upgraded connections.
+func (s *Server) Open() int64 { return s.open.Load() }
+
+// Ready reports nil while the edge takes new connections.
+func (s *Server) Ready() error {
+	if s.draining.Load() {
+		return errors.New("draining")
+	}
+	return nil
+}
+
+// Start runs the event loops (which also accept) and the ticker in the
+// background.
+func (s *Server) Start() error {
+	for _, l := range s.loops {
+		if err := l.poll.StartExclusive(s.ln.FD, listenTag); err != nil {
+			return fmt.Errorf("watch listener: %w", err)
+		}
+	}
+	for _, l := range s.loops {
+		s.wg.Add(1)
+		go func(l *loop) { defer s.wg.Done(); l.run() }(l)
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.tickLoop() }()
+	return nil
+}
+
+func (s *Server) schedule(c *conn, at time.Time) {
+	s.wheelMu.Lock()
+	s.wheel.Add(&c.tm, at)
+	s.wheelMu.Unlock()
+}
+
+// tickLoop is the one ticker behind every deadline: it advances the timing
+// wheel and expires mailboxes.
+func (s *Server) tickLoop() {
+	t := time.NewTicker(s.cfg.Tick)
+	defer t.Stop()
+	var fired []*conn
+	lastSweep := time.Now()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case now := <-t.C:
+			s.wheelMu.Lock()
+			s.wheel.Advance(now, func(tm *wheel.Timer[*conn]) { fired = append(fired, tm.Value) })
+			s.wheelMu.Unlock()
+			for i, c := range fired {
+				s.onTimer(c, now)
+				fired[i] = nil
+			}
+			fired = fired[:0]
+			if now.Sub(lastSweep) >= time.Second {
+				lastSweep = now
+				s.sweep(now)
+			}
+		}
+	}
+}
+
+// sweep expires stored messages and forgets idle mailboxes.
+func (s *Server) sweep(now time.Time) {
+	ns := now.UnixNano()
+	keep := int64(s.cfg.MailboxTTL)
+	s.reg.Sweep(func(_ string, u *registry.User[*conn]) {
+		if u.Box == nil {
+			return
+		}
+		if n := u.Box.Expire(ns); n > 0 {
+			s.m.expired.Add(float64(n))
+		}
+		if len(u.Conns) == 0 && u.Box.Idle(ns, keep) {
+			u.Box = nil
+		}
+	})
+}
+
+// Shutdown drains the edge: readyz turns false, the listener closes, every
+// connection is closed with 1001 spread over DrainPeriod (so clients do not
+// reconnect in one storm), then the loops stop. ctx bounds the whole drain.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.draining.CompareAndSwap(false, true) {
+		return errors.New("already shut down")
+	}
+	for _, l := range s.loops {
+		l.poll.Stop(s.ln.FD)
+	}
+	s.ln.Close()
+
+	var open []*conn
+	top := int(s.maxFD.Load()) + 1
+	for i := 0; i < top; i++ {
+		if c := s.table[i].Load(); c != nil {
+			open = append(open, c)
+		}
+	}
+	s.log.Info("draining", "connections", len(open), "period", s.cfg.DrainPeriod)
+	var pace time.Duration
+	if len(open) > 0 {
+		pace = s.cfg.DrainPeriod / time.Duration(len(open))
+	}
+	start := time.Now()
+	for i, c := range open {
+		if pace > 0 {
+			if wait := time.Until(start.Add(pace * time.Duration(i))); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-ctx.Done():
+					pace = 0
+				}
+			}
+		}
+		c.mu.Lock()
+		if c.state == stHandshake {
+			s.closeNowLocked(c, -1)
+		} else {
+			s.closeWithLocked(c, CloseGoingAway, "going away")
+		}
+		s.release(c)
+	}
+	// Wait for close handshakes, bounded by CloseTimeout and ctx.
+	deadline := time.Now().Add(s.cfg.CloseTimeout + s.cfg.Tick)
+	for s.liveDescriptors() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 0; i < top; i++ {
+		if c := s.table[i].Load(); c != nil {
+			c.mu.Lock()
+			s.closeNowLocked(c, -1)
+			s.release(c)
+		}
+	}
+	close(s.stop)
+	for _, l := range s.loops {
+		l.poll.Close()
+	}
+	s.wg.Wait()
+	return ctx.Err()
+}
+
+func (s *Server) liveDescriptors() int {
+	n := 0
+	top := int(s.maxFD.Load()) + 1
+	for i := 0; i < top; i++ {
+		if s.table[i].Load() != nil {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,276 @@
+// Package pushctl implements the operator CLI: minting dev tokens and
+// talking to the push.v1.Push service of an edge (or a router) to publish,
+// broadcast, kick and ask for presence.
+package pushctl
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/flagenv"
+	pushv1 "github.com/pushcluster/push/proto/push/v1"
+)
+
+// Exit codes, documented in the README.
+const (
+	ExitOK      = 0
+	ExitFailure = 1 // the operation failed (server error, unreachable)
+	ExitUsage   = 2 // bad arguments
+)
+
+// App runs commands; Stdout and Stderr are where they print, Env is looked
+// up for PUSH_* variables (os.LookupEnv when nil).
+type App struct {
+	Stdout, Stderr io.Writer
+	Env            func(string) (string, bool)
+}
+
+type command struct {
+	name, args, help string
+	run              func(a *App, args []string) error
+}
+
+var commands []command
+
+func init() {
+	commands = []command{
+		{"token", "--user U [--ttl 1h]", "mint a dev token (HS256) from $PUSH_JWT_SECRET or --jwt-secret-file", (*App).token},
+		{"publish", "--user U --data JSON [--ttl 30s]", "publish a message to a user", (*App).publish},
+		{"broadcast", "--data JSON", "send a message to every connection", (*App).broadcast},
+		{"kick", "[--reason R] U...", "close every connection of the users (4004)", (*App).kick},
+		{"presence", "U...", "show whether users are connected", (*App).presence},
+	}
+}
+
+// usageError marks errors that exit with ExitUsage.
+type usageError struct{ error }
+
+// Main runs one command line and returns the exit code.
+func (a *App) Main(args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		a.usage(a.Stdout)
+		if len(args) == 0 {
+			return ExitUsage
+		}
+		return ExitOK
+	}
+	for _, c := range commands {
+		if c.name == args[0] {
+			err := c.run(a, args[1:])
+			switch {
+			case err == nil:
+				return ExitOK
+			case errors.Is(err, flag.ErrHelp):
+				return ExitOK
+			case errors.As(err, new(usageError)):
+				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
+				return ExitUsage
+			default:
+				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
+				return ExitFailure
+			}
+		}
+	}
+	fmt.Fprintf(a.Stderr, "pushctl: unknown command %q\n\n", args[0])
+	a.usage(a.Stderr)
+	return ExitUsage
+}
+
+func (a *App) usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: pushctl <command> [flags]\n\ncommands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-10s %-36s %s\n", c.name, c.args, c.help)
+	}
+	fmt.Fprintln(w, "\nRun 'pushctl <command> --help' for its flags. Flags also read PUSH_<FLAG> variables.")
+	fmt.Fprintln(w, "Exit codes: 0 ok, 1 operation failed, 2 bad arguments.")
+}
+
+// flags builds a command's flag set with the shared connection flags.
+func (a *App) flags(name, usage string) (*flag.FlagSet, *string, *time.Duration) {
+	fs := flag.NewFlagSet("pushctl "+name, flag.ContinueOnError)
+	fs.SetOutput(a.Stderr)
+	addr := fs.String("grpc", "127.0.0.1:9090", "push.v1.Push address of an edge or router")
+	timeout := fs.Duration("timeout", 5*time.Second, "deadline for the call")
+	flagenv.SetUsage(fs, "PUSH", "pushctl "+name+" "+usage, "")
+	return fs, addr, timeout
+}
+
+func (a *App) parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	rest, err := flagenv.Parse(fs, "PUSH", args, a.Env)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		return nil, usageError{err}
+	}
+	return rest, err
+}
+
+func (a *App) dial(addr string, timeout time.Duration) (pushv1.PushClient, context.Context, func(), error) {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, nil, usageError{fmt.Errorf("--grpc %q: %w", addr, err)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	return pushv1.NewPushClient(cc), ctx, func() { cancel(); cc.Close() }, nil
+}
+
+// rpcError turns a gRPC status into a one-line message.
+func rpcError(err error) error {
+	if s, ok := status.FromError(err); ok {
+		return fmt.Errorf("%s: %s", s.Code(), s.Message())
+	}
+	return err
+}
+
+func (a *App) token(args []string) error {
+	fs := flag.NewFlagSet("pushctl token", flag.ContinueOnError)
+	fs.SetOutput(a.Stderr)
+	user := fs.String("user", "", "user id (the token's sub)")
+	ttl := fs.Duration("ttl", time.Hour, "validity")
+	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret (default: $PUSH_JWT_SECRET)")
+	flagenv.SetUsage(fs, "PUSH", "pushctl token --user U [--ttl 1h]", "Prints a token for development; production tokens come from your login service.")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	if *user == "" {
+		return usageError{errors.New("--user is required")}
+	}
+	if *ttl <= 0 {
+		return usageError{fmt.Errorf("--ttl %v must be positive", *ttl)}
+	}
+	secret, err := a.loadSecret(*secretFile)
+	if err != nil {
+		return err
+	}
+	tok, err := auth.Mint(secret, *user, *ttl, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(a.Stdout, tok)
+	return nil
+}
+
+func (a *App) loadSecret(path string) ([]byte, error) {
+	if path == "" && a.Env != nil {
+		if v, ok := a.Env(auth.SecretEnv); ok {
+			os.Setenv(auth.SecretEnv, v) // LoadSecret reads the process environment
+		}
+	}
+	return auth.LoadSecret(path)
+}
+
+func (a *App) publish(args []string) error {
+	fs, addr, timeout := a.flags("publish", "--user U --data JSON")
+	user := fs.String("user", "", "user id")
+	data := fs.String("data", "", "payload (JSON is embedded as-is, anything else is sent as a JSON string)")
+	ttl := fs.Duration("ttl", 0, "how long to keep it for a user who is not connected (0: the edge's default)")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	if *user == "" || *data == "" {
+		return usageError{errors.New("--user and --data are required")}
+	}
+	c, ctx, done, err := a.dial(*addr, *timeout)
+	if err != nil {
+		return err
+	}
+	defer done()
+	r, err := c.Publish(ctx, &pushv1.PublishRequest{UserId: *user, Data: []byte(*data), TtlSeconds: uint32(ttl.Seconds())})
+	if err != nil {
+		return rpcError(err)
+	}
+	out := strings.ToLower(strings.TrimPrefix(r.Outcome.String(), "OUTCOME_"))
+	fmt.Fprintf(a.Stdout, "%s seq=%d connections=%d edge=%d", out, r.Seq, r.Connections, r.EdgeId)
+	if r.Reason != "" {
+		fmt.Fprintf(a.Stdout, " reason=%q", r.Reason)
+	}
+	fmt.Fprintln(a.Stdout)
+	if r.Outcome == pushv1.Outcome_OUTCOME_REJECTED {
+		return errors.New("rejected: " + r.Reason)
+	}
+	return nil
+}
+
+func (a *App) broadcast(args []string) error {
+	fs, addr, timeout := a.flags("broadcast", "--data JSON")
+	data := fs.String("data", "", "payload")
+	if _, err := a.parse(fs, args); err != nil {
+		return err
+	}
+	if *data == "" {
+		return usageError{errors.New("--data is required")}
+	}
+	c, ctx, done, err := a.dial(*addr, *timeout)
+	if err != nil {
+		return err
+	}
+	defer done()
+	r, err := c.Broadcast(ctx, &pushv1.BroadcastRequest{Data: []byte(*data)})
+	if err != nil {
+		return rpcError(err)
+	}
+	fmt.Fprintf(a.Stdout, "connections=%d edges=%d\n", r.Connections, r.Edges)
+	return nil
+}
+
+func (a *App) kick(args []string) error {
+	fs, addr, timeout := a.flags("kick", "[--reason R] U...")
+	reason := fs.String("reason", "", "close reason shown to the client")
+	users, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(users) == 0 {
+		return usageError{errors.New("name at least one user")}
+	}
+	c, ctx, done, err := a.dial(*addr, *timeout)
+	if err != nil {
+		return err
+	}
+	defer done()
+	for _, u := range users {
+		r, err := c.Kick(ctx, &pushv1.KickRequest{UserId: u, Reason: *reason})
+		if err != nil {
+			return fmt.Errorf("%s: %w", u, rpcError(err))
+		}
+		fmt.Fprintf(a.Stdout, "%s\tclosed=%d\n", u, r.Connections)
+	}
+	return nil
+}
+
+func (a *App) presence(args []string) error {
+	fs, addr, timeout := a.flags("presence", "U...")
+	users, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(users) == 0 {
+		return usageError{errors.New("name at least one user")}
+	}
+	c, ctx, done, err := a.dial(*addr, *timeout)
+	if err != nil {
+		return err
+	}
+	defer done()
+	r, err := c.Presence(ctx, &pushv1.PresenceRequest{UserIds: users})
+	if err != nil {
+		return rpcError(err)
+	}
+	for _, p := range r.Users {
+		state := "offline"
+		if p.Online {
+			state = "online"
+		}
+		fmt.Fprintf(a.Stdout, "%s\t%s\tconnections=%d\tedge=%d\n", p.UserId, state, p.Connections, p.EdgeId)
+	}
+	return nil
+}

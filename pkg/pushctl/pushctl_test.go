@@ -1,0 +1,92 @@
+package pushctl_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/daemon"
+	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/pushctl"
+	pushv1 "github.com/pushcluster/push/proto/push/v1"
+)
+
+const secret = "pushctl-test-secret-pushctl-test-secret"
+
+func run(env map[string]string, args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	app := &pushctl.App{Stdout: &out, Stderr: &errb, Env: func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	}}
+	code := app.Main(args)
+	return code, out.String(), errb.String()
+}
+
+func TestTokenMintsAVerifiableToken(t *testing.T) {
+	code, out, errOut := run(map[string]string{"PUSH_JWT_SECRET": secret}, "token", "--user", "alice", "--ttl", "10m")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	v, _ := auth.NewVerifier(auth.Config{HMACSecret: []byte(secret)})
+	if err := v.Verify(strings.TrimSpace(out), "alice"); err != nil {
+		t.Fatalf("minted token does not verify: %v", err)
+	}
+}
+
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, args := range [][]string{
+		{"token"},
+		{"publish", "--user", "a"},
+		{"nosuch"},
+		{"kick"},
+		{"publish", "--bogus"},
+	} {
+		if code, _, errOut := run(nil, args...); code != pushctl.ExitUsage || errOut == "" {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and a message", args, code, errOut)
+		}
+	}
+	if code, out, _ := run(nil, "--help"); code != 0 || !strings.Contains(out, "publish") {
+		t.Errorf("--help: %d %q", code, out)
+	}
+}
+
+func TestPublishPresenceKickAgainstAnEdge(t *testing.T) {
+	v, _ := auth.NewVerifier(auth.Config{HMACSecret: []byte(secret)})
+	srv, err := edge.New(edge.Config{Listen: "127.0.0.1:0", Verifier: v, ID: 3,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DrainPeriod: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	g, err := daemon.NewGRPC("127.0.0.1:0", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
+	go g.Serve()
+	t.Cleanup(func() { g.Server.Stop(); srv.Shutdown(context.Background()) })
+	addr := g.Addr().String()
+
+	code, out, errOut := run(nil, "publish", "--grpc", addr, "--user", "bob", "--data", `{"hi":1}`)
+	if code != 0 || !strings.HasPrefix(out, "stored seq=1 connections=0 edge=3") {
+		t.Fatalf("publish: %d %q %q", code, out, errOut)
+	}
+	code, out, _ = run(map[string]string{"PUSH_GRPC": addr}, "presence", "bob")
+	if code != 0 || !strings.Contains(out, "bob\toffline") {
+		t.Fatalf("presence via PUSH_GRPC: %d %q", code, out)
+	}
+	code, _, errOut = run(nil, "publish", "--grpc", addr, "--user", "bad id", "--data", "x")
+	if code != pushctl.ExitFailure || !strings.Contains(errOut, "InvalidArgument") {
+		t.Fatalf("invalid user: %d %q", code, errOut)
+	}
+	code, out, _ = run(nil, "kick", "--grpc", addr, "bob")
+	if code != 0 || !strings.Contains(out, "closed=0") {
+		t.Fatalf("kick: %d %q", code, out)
+	}
+}
