@@ -1,0 +1,84 @@
+// Command pushbench runs the benchmark scenarios of bench/README.md and
+// writes their figures to bench/results. `pushbench --help` lists them.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/pushcluster/push/bench/loadgen"
+	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/flagenv"
+)
+
+var scenarios = []struct {
+	name, help string
+	run        func(args []string) error
+}{
+	{"edge", "one edge: bytes and fds per idle connection, CPU per upgrade, broadcast and unicast latency", runEdge},
+	{"netpoll", "fds per connection and OS threads under pinging clients: easygo netpoll vs the project's poller", runNetpoll},
+}
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "pushbench:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: pushbench <scenario> [flags]\n\nscenarios:")
+	for _, s := range scenarios {
+		fmt.Fprintf(os.Stderr, "  %-8s %s\n", s.name, s.help)
+	}
+	fmt.Fprintln(os.Stderr, "\n'pushbench <scenario> --help' lists its flags.")
+}
+
+func run(args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		usage()
+		return flag.ErrHelp
+	}
+	if args[0] == "worker" {
+		return runWorker(args[1:])
+	}
+	for _, s := range scenarios {
+		if s.name == args[0] {
+			return s.run(args[1:])
+		}
+	}
+	usage()
+	return fmt.Errorf("unknown scenario %q", args[0])
+}
+
+// runWorker is the child process that holds clients (see loadgen.RunWorker).
+func runWorker(args []string) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	target := fs.String("target", "", "host:port")
+	path := fs.String("path", "/ws", "request path")
+	prefix := fs.String("prefix", "u", "uid prefix")
+	first := fs.Int("first", 0, "first uid index")
+	sources := fs.String("sources", "", "source addresses, e.g. 127.0.0.2-127.0.0.40")
+	ping := fs.Duration("ping-each", 0, "each client pings this often")
+	if _, err := flagenv.Parse(fs, "PUSHBENCH", args, nil); err != nil {
+		return err
+	}
+	secret, err := auth.LoadSecret("")
+	if err != nil {
+		return err
+	}
+	src, err := loadgen.Sources(*sources)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping,
+		Token: func(uid string) string { t, _ := auth.Mint(secret, uid, 24*time.Hour, now); return t }}
+	return loadgen.RunWorker(cfg, *prefix, *first, os.Stdin, os.Stdout)
+}

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/pushcluster/push/bench/loadgen"
+)
+
+// daemon is a process under test with an admin port.
+type daemon struct {
+	name  string
+	cmd   *exec.Cmd
+	admin string // host:port
+}
+
+func startDaemon(name, bin string, args []string, env []string, admin string) (*daemon, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	logf, err := os.CreateTemp("", "pushbench-"+name+"-*.log")
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	d := &daemon{name: name, cmd: cmd, admin: admin}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if r, err := http.Get("http://" + admin + "/readyz"); err == nil {
+			r.Body.Close()
+			if r.StatusCode == 200 {
+				progress("%s up (pid %d, log %s)", name, cmd.Process.Pid, logf.Name())
+				return d, nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.stop()
+	log, _ := os.ReadFile(logf.Name())
+	return nil, fmt.Errorf("%s did not become ready; log:\n%s", name, log)
+}
+
+func (d *daemon) pid() int { return d.cmd.Process.Pid }
+
+func (d *daemon) stop() {
+	if d.cmd.Process == nil {
+		return
+	}
+	d.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { d.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		d.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// worker is a load-generator child process (this binary, "worker").
+type worker struct {
+	cmd    *exec.Cmd
+	in     io.WriteCloser
+	events chan loadgen.Event
+}
+
+func startWorker(args []string) (*worker, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, append([]string{"worker"}, args...)...)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	w := &worker{cmd: cmd, in: in, events: make(chan loadgen.Event, 64)}
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<20), 64<<20)
+		for sc.Scan() {
+			var e loadgen.Event
+			if json.Unmarshal(sc.Bytes(), &e) == nil {
+				w.events <- e
+			}
+		}
+		close(w.events)
+	}()
+	return w, nil
+}
+
+func (w *worker) send(format string, a ...any) { fmt.Fprintf(w.in, format+"\n", a...) }
+
+// await returns the next event of type typ, within timeout.
+func (w *worker) await(typ string, timeout time.Duration) (loadgen.Event, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		select {
+		case e, ok := <-w.events:
+			if !ok {
+				return e, fmt.Errorf("worker exited")
+			}
+			if e.Type == typ {
+				return e, nil
+			}
+		case <-ctx.Done():
+			return loadgen.Event{}, fmt.Errorf("worker: no %q event within %v", typ, timeout)
+		}
+	}
+}
+
+func (w *worker) stop() {
+	w.in.Close()
+	done := make(chan struct{})
+	go func() { w.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		w.cmd.Process.Kill()
+	}
+}
+
+// openAll asks every worker to open count more clients at rate (total) and
+// shows progress until all answered.
+func openAll(ws []*worker, count, rate int) (opened, failed int64, lastErr string, err error) {
+	per := count / len(ws)
+	for i, w := range ws {
+		n := per
+		if i == len(ws)-1 {
+			n = count - per*(len(ws)-1)
+		}
+		w.send("open %d %d", n, rate/len(ws))
+	}
+	for _, w := range ws {
+		e, err := w.await("opened", time.Duration(count/max(rate, 1)+120)*time.Second)
+		if err != nil {
+			return 0, 0, "", err
+		}
+		opened += e.Open
+		failed += e.Failed
+		if e.Err != "" {
+			lastErr = e.Err
+		}
+	}
+	return opened, failed, lastErr, nil
+}
+
+func progress(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "pushbench: "+format+"\n", a...)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -1,0 +1,391 @@
+// Package loadgen opens and holds many WebSocket clients cheaply (raw
+// non-blocking sockets on the project's epoll poller, no goroutine per
+// client), spread over many loopback source addresses, and measures what
+// they receive: end-to-end latency of messages carrying a send timestamp and
+// the arrival time of each broadcast.
+package loadgen
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pushcluster/push/pkg/poller"
+)
+
+type state uint8
+
+const (
+	connecting state = iota
+	upgrading
+	open
+	closed
+)
+
+type client struct {
+	mu    sync.Mutex
+	fd    int
+	gen   uint32
+	state state
+	level bool // watched level-triggered (after the connect)
+	uid   string
+	req   []byte // handshake request still to send
+	part  []byte // partial response head or frame
+}
+
+// Config says what to open.
+type Config struct {
+	Target   string   // host:port of a router or edge
+	Sources  []net.IP // local addresses to spread sockets over (nil: kernel's choice)
+	Path     string   // request path prefix, default "/ws"
+	Token    func(uid string) string
+	PingEach time.Duration // each client pings this often (0: never), spread evenly
+}
+
+// Pool is a set of clients on one epoll loop.
+type Pool struct {
+	cfg     Config
+	poll    *poller.Poller
+	addr    unix.Sockaddr
+	mu      sync.Mutex
+	clients map[int]*client
+	gen     uint32
+
+	Opened   atomic.Int64
+	Failed   atomic.Int64
+	Closed   atomic.Int64
+	Received atomic.Int64
+	LastErr  atomic.Value // string
+
+	Stats *Stats
+	done  chan struct{}
+}
+
+// NewPool starts the event loop.
+func NewPool(cfg Config) (*Pool, error) {
+	if cfg.Path == "" {
+		cfg.Path = "/ws"
+	}
+	ta, err := net.ResolveTCPAddr("tcp", cfg.Target)
+	if err != nil {
+		return nil, err
+	}
+	var sa unix.Sockaddr
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		s := &unix.SockaddrInet4{Port: ta.Port}
+		copy(s.Addr[:], ip4)
+		sa = s
+	} else {
+		return nil, errors.New("loadgen: IPv4 targets only")
+	}
+	p, err := poller.New(512)
+	if err != nil {
+		return nil, err
+	}
+	pl := &Pool{cfg: cfg, poll: p, addr: sa, clients: map[int]*client{}, Stats: NewStats(), done: make(chan struct{})}
+	go pl.loop()
+	if cfg.PingEach > 0 {
+		go pl.pinger()
+	}
+	return pl, nil
+}
+
+// Open starts one client for uid; completion shows in Opened or Failed.
+func (p *Pool) Open(uid string, n int) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		p.fail(err)
+		return err
+	}
+	if len(p.cfg.Sources) > 0 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		src := &unix.SockaddrInet4{}
+		copy(src.Addr[:], p.cfg.Sources[n%len(p.cfg.Sources)].To4())
+		if err := unix.Bind(fd, src); err != nil {
+			unix.Close(fd)
+			p.fail(err)
+			return err
+		}
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if err := unix.Connect(fd, p.addr); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		p.fail(err)
+		return err
+	}
+	host := p.cfg.Target
+	req := fmt.Sprintf("GET %s?uid=%s&token=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", p.cfg.Path, uid, p.cfg.Token(uid), host)
+	p.mu.Lock()
+	p.gen++
+	c := &client{fd: fd, gen: p.gen, uid: uid, req: []byte(req)}
+	p.clients[fd] = c
+	p.mu.Unlock()
+	return p.poll.Start(fd, c.gen, poller.Write|poller.Read)
+}
+
+func (p *Pool) fail(err error) {
+	p.Failed.Add(1)
+	p.LastErr.Store(err.Error())
+}
+
+// Close closes every client and stops the loop.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	for fd, c := range p.clients {
+		c.mu.Lock()
+		if c.state != closed {
+			c.state = closed
+			unix.Close(fd)
+		}
+		c.mu.Unlock()
+	}
+	p.clients = map[int]*client{}
+	p.mu.Unlock()
+	close(p.done)
+	p.poll.Close()
+}
+
+func (p *Pool) loop() {
+	buf := make([]byte, 256<<10)
+	for {
+		err := p.poll.Wait(-1, func(fd int, gen uint32, ev poller.Event) {
+			p.mu.Lock()
+			c := p.clients[fd]
+			p.mu.Unlock()
+			if c == nil || c.gen != gen {
+				return
+			}
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			p.event(c, ev, buf)
+		})
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (p *Pool) drop(c *client, err error) {
+	if c.state == closed {
+		return
+	}
+	if c.state == open {
+		p.Closed.Add(1)
+	} else {
+		p.fail(err)
+	}
+	c.state = closed
+	unix.Close(c.fd)
+	p.mu.Lock()
+	if p.clients[c.fd] == c {
+		delete(p.clients, c.fd)
+	}
+	p.mu.Unlock()
+}
+
+func (p *Pool) event(c *client, ev poller.Event, buf []byte) {
+	if c.state == closed {
+		return
+	}
+	if c.state == connecting && ev&poller.Write != 0 {
+		if e, _ := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+			p.drop(c, fmt.Errorf("connect: %w", unix.Errno(e)))
+			return
+		}
+		n, err := unix.Write(c.fd, c.req)
+		if err != nil || n != len(c.req) {
+			p.drop(c, fmt.Errorf("write handshake: %v", err))
+			return
+		}
+		c.req = nil
+		c.state = upgrading
+	}
+	if ev&(poller.Read|poller.Hup|poller.Err) != 0 {
+		for {
+			n, err := unix.Read(c.fd, buf)
+			if n <= 0 {
+				if err == unix.EAGAIN {
+					break
+				}
+				if err == nil {
+					err = errors.New("EOF")
+				}
+				p.drop(c, err)
+				return
+			}
+			p.input(c, buf[:n])
+			if c.state == closed || n < len(buf) {
+				break
+			}
+		}
+	}
+	if c.state == connecting {
+		if err := p.poll.Resume(c.fd, c.gen, poller.Read|poller.Write); err != nil {
+			p.drop(c, err)
+		}
+		return
+	}
+	if !c.level {
+		// Connected: from now on level-triggered reads, so receiving a
+		// message costs no epoll_ctl.
+		c.level = true
+		if err := p.poll.ModifyLevel(c.fd, c.gen, poller.Read); err != nil {
+			p.drop(c, err)
+		}
+	}
+}
+
+var crlf2 = []byte("\r\n\r\n")
+
+func (p *Pool) input(c *client, data []byte) {
+	if len(c.part) > 0 {
+		data = append(c.part, data...)
+		c.part = nil
+	}
+	if c.state == upgrading {
+		end := bytes.Index(data, crlf2)
+		if end < 0 {
+			c.part = append([]byte(nil), data...)
+			return
+		}
+		if !bytes.HasPrefix(data, []byte("HTTP/1.1 101")) {
+			line, _, _ := bytes.Cut(data, []byte("\r\n"))
+			p.drop(c, fmt.Errorf("upgrade refused: %s", line))
+			return
+		}
+		c.state = open
+		p.Opened.Add(1)
+		data = data[end+4:]
+	}
+	for len(data) >= 2 {
+		op := data[0] & 0x0f
+		n := uint64(data[1] & 0x7f)
+		h := 2
+		switch n {
+		case 126:
+			if len(data) < 4 {
+				break
+			}
+			n, h = uint64(binary.BigEndian.Uint16(data[2:])), 4
+		case 127:
+			if len(data) < 10 {
+				break
+			}
+			n, h = binary.BigEndian.Uint64(data[2:]), 10
+		}
+		if (data[1]&0x7f == 126 && len(data) < 4) || (data[1]&0x7f == 127 && len(data) < 10) || uint64(len(data)-h) < n {
+			break
+		}
+		payload := data[h : h+int(n)]
+		switch op {
+		case 0x1:
+			p.Received.Add(1)
+			p.Stats.record(payload, time.Now().UnixNano())
+		case 0x9:
+			p.control(c, 0xA, payload)
+		case 0x8:
+			p.control(c, 0x8, payload)
+			p.drop(c, errors.New("closed by server"))
+			return
+		}
+		data = data[h+int(n):]
+	}
+	if len(data) > 0 {
+		c.part = append([]byte(nil), data...)
+	}
+}
+
+// control sends a masked control frame (clients must mask).
+func (p *Pool) control(c *client, op byte, payload []byte) {
+	f := make([]byte, 0, 6+len(payload))
+	f = append(f, 0x80|op, 0x80|byte(len(payload)), 1, 2, 3, 4)
+	for i, b := range payload {
+		f = append(f, b^byte(i%4+1))
+	}
+	unix.Write(c.fd, f)
+}
+
+// pinger makes every open client send a ping once per PingEach, spread
+// evenly over the period.
+func (p *Pool) pinger() {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	slices := int(p.cfg.PingEach / (100 * time.Millisecond))
+	if slices < 1 {
+		slices = 1
+	}
+	for i := 0; ; i++ {
+		select {
+		case <-p.done:
+			return
+		case <-tick.C:
+		}
+		p.mu.Lock()
+		var batch []*client
+		for fd, c := range p.clients {
+			if fd%slices == i%slices {
+				batch = append(batch, c)
+			}
+		}
+		p.mu.Unlock()
+		for _, c := range batch {
+			c.mu.Lock()
+			if c.state == open {
+				p.control(c, 0x9, nil)
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+// Count returns the clients that are open now.
+func (p *Pool) Count() int64 { return p.Opened.Load() - p.Closed.Load() }
+
+// Sources parses "127.0.0.2-127.0.0.40" or a comma list into addresses.
+func Sources(spec string) ([]net.IP, error) {
+	if spec == "" {
+		return nil, nil
+	}
+	var out []net.IP
+	for _, part := range bytes.Split([]byte(spec), []byte(",")) {
+		lo, hi, isRange := bytes.Cut(part, []byte("-"))
+		a := net.ParseIP(string(lo)).To4()
+		if a == nil {
+			return nil, fmt.Errorf("source %q is not an IPv4 address", lo)
+		}
+		if !isRange {
+			out = append(out, a)
+			continue
+		}
+		b := net.ParseIP(string(hi)).To4()
+		if b == nil || binary.BigEndian.Uint32(b) < binary.BigEndian.Uint32(a) {
+			return nil, fmt.Errorf("bad source range %q", part)
+		}
+		for v := binary.BigEndian.Uint32(a); v <= binary.BigEndian.Uint32(b); v++ {
+			ip := make(net.IP, 4)
+			binary.BigEndian.PutUint32(ip, v)
+			out = append(out, ip)
+		}
+	}
+	return out, nil
+}
+
+// Shuffle returns uids in random order (publishers pick targets from it).
+func Shuffle(uids []string) []string {
+	out := append([]string(nil), uids...)
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out
+}
+
+// UID names the i-th simulated user.
+func UID(prefix string, i int) string { return prefix + strconv.Itoa(i) }
