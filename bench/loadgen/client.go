@@ -44,11 +44,13 @@ type client struct {
 
 // Config says what to open.
 type Config struct {
-	Target   string   // host:port of a router or edge
-	Sources  []net.IP // local addresses to spread sockets over (nil: kernel's choice)
-	Path     string   // request path prefix, default "/ws"
-	Token    func(uid string) string
-	PingEach time.Duration // each client pings this often (0: never), spread evenly
+	Target    string   // host:port of a router or edge
+	Sources   []net.IP // local addresses to spread sockets over (nil: kernel's choice)
+	Path      string   // request path prefix, default "/ws"
+	Token     func(uid string) string
+	PingEach  time.Duration // each client pings this often (0: never), spread evenly
+	PollEvery time.Duration // nap between non-blocking polls (0: sleep in epoll_wait)
+	PingSplit time.Duration // send each ping in two segments this far apart (0: one write)
 }
 
 // Pool is a set of clients on one epoll loop.
@@ -155,10 +157,21 @@ func (p *Pool) Close() {
 	p.poll.Close()
 }
 
+// loop handles the clients' events. With PollEvery set it never sleeps in
+// epoll_wait: it polls without blocking and naps between polls. On loopback
+// the kernel charges waking a sleeping reader to the writer, so a load
+// generator that sleeps in epoll_wait between messages makes the server
+// under test pay for its clients' wake-ups, which it would not with its
+// clients on other machines; napping also lets messages arrive in batches.
 func (p *Pool) loop() {
 	buf := make([]byte, 256<<10)
+	nap := unix.NsecToTimespec(int64(p.cfg.PollEvery))
 	for {
-		err := p.poll.Wait(-1, func(fd int, gen uint32, ev poller.Event) {
+		timeout := -1
+		if p.cfg.PollEvery > 0 {
+			timeout = 0
+		}
+		n, err := p.poll.Wait(timeout, func(fd int, gen uint32, ev poller.Event) {
 			p.mu.Lock()
 			c := p.clients[fd]
 			p.mu.Unlock()
@@ -171,6 +184,9 @@ func (p *Pool) loop() {
 		})
 		if err != nil {
 			return
+		}
+		if n == 0 && p.cfg.PollEvery > 0 {
+			unix.Nanosleep(&nap, nil)
 		}
 	}
 }
@@ -341,11 +357,30 @@ func (p *Pool) pinger() {
 		for _, c := range batch {
 			c.mu.Lock()
 			if c.state == open {
-				p.control(c, 0x9, nil)
+				if p.cfg.PingSplit > 0 {
+					p.splitPing(c)
+				} else {
+					p.control(c, 0x9, nil)
+				}
 			}
 			c.mu.Unlock()
 		}
 	}
+}
+
+// splitPing sends a ping whose frame arrives in two TCP segments PingSplit
+// apart, as happens on real networks: a server that reads with blocking
+// I/O holds a thread for the gap.
+func (p *Pool) splitPing(c *client) {
+	f := []byte{0x89, 0x80 | 4, 1, 2, 3, 4, 'p' ^ 1, 'i' ^ 2, 'n' ^ 3, 'g' ^ 4}
+	unix.Write(c.fd, f[:6])
+	time.AfterFunc(p.cfg.PingSplit, func() {
+		c.mu.Lock()
+		if c.state == open {
+			unix.Write(c.fd, f[6:])
+		}
+		c.mu.Unlock()
+	})
 }
 
 // Count returns the clients that are open now.

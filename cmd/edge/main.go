@@ -104,7 +104,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+64<<10)
+	// Room for a PublishMulti of MaxUserIDsPerCall ids of 128 bytes each.
+	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+edge.MaxUserIDsPerCall*140+64<<10)
 	if err != nil {
 		return err
 	}

@@ -12,8 +12,11 @@ import (
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -210,18 +213,49 @@ func (v *Verifier) Verify(token, uid string) error {
 	if len(token) > MaxTokenLen {
 		return errTooLong
 	}
-	var claims jwt.RegisteredClaims
+	var claims tokenClaims
 	t, err := v.parser.ParseWithClaims(token, &claims, v.keyFunc)
 	if err != nil {
 		return v.classify(t, err)
 	}
 	// An empty sub never matches: a token minted without a subject must not
 	// authenticate a connection that simply omitted uid.
-	if claims.Subject == "" || claims.Subject != uid {
+	if claims.Sub == "" || claims.Sub != uid {
 		return ErrSubjectMismatch
 	}
 	return nil
 }
+
+// tokenClaims decodes only what Verify checks. jwt.RegisteredClaims parses
+// every date through a big.Float and the audience through a custom
+// unmarshaler; this plain struct keeps the JSON decode, the largest part of
+// a verification, to a few string fields. Validation stays in the library:
+// it calls the getters below.
+type tokenClaims struct {
+	Sub string      `json:"sub"`
+	Exp json.Number `json:"exp"`
+	Nbf json.Number `json:"nbf"`
+	Iat json.Number `json:"iat"`
+}
+
+func numericDate(n json.Number) (*jwt.NumericDate, error) {
+	if n == "" {
+		return nil, nil
+	}
+	f, err := strconv.ParseFloat(string(n), 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return nil, fmt.Errorf("%w: bad numeric date", jwt.ErrTokenMalformed)
+	}
+	sec, frac := math.Modf(f)
+	return jwt.NewNumericDate(time.Unix(int64(sec), int64(frac*1e9))), nil
+}
+
+func (c *tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return numericDate(c.Exp) }
+func (c *tokenClaims) GetNotBefore() (*jwt.NumericDate, error)      { return numericDate(c.Nbf) }
+func (c *tokenClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return numericDate(c.Iat) }
+func (c *tokenClaims) GetIssuer() (string, error)                   { return "", nil }
+func (c *tokenClaims) GetSubject() (string, error)                  { return c.Sub, nil }
+func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return nil, nil }
 
 // classify maps the library's error onto exactly one sentinel. The order
 // matters: a token can fail several claim checks at once, and the most

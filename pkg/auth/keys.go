@@ -26,7 +26,11 @@ var ErrNoSecret = errors.New("no JWT secret configured")
 // trailing newline is trimmed (editors and `echo` add one) and the result
 // must be at least MinSecretLen bytes. Errors name the source used and what
 // is wrong with it, never the secret itself.
-func LoadSecret(path string) ([]byte, error) {
+func LoadSecret(path string) ([]byte, error) { return LoadSecretWith(path, os.LookupEnv) }
+
+// LoadSecretWith is LoadSecret with the environment looked up through
+// lookup, for callers that carry their own environment (CLIs under test).
+func LoadSecretWith(path string, lookup func(string) (string, bool)) ([]byte, error) {
 	var (
 		b      []byte
 		source string
@@ -40,7 +44,7 @@ func LoadSecret(path string) ([]byte, error) {
 		}
 	} else {
 		source = "environment variable " + SecretEnv
-		s, ok := os.LookupEnv(SecretEnv)
+		s, ok := lookup(SecretEnv)
 		if !ok {
 			return nil, fmt.Errorf("auth: %w: no secret file given and %s is not set", ErrNoSecret, SecretEnv)
 		}

@@ -701,6 +701,12 @@ func TestShutdownClosesWithGoingAway(t *testing.T) {
 		t.Fatalf("got %v, want 1001", err)
 	}
 	waitFor(t, "not ready", func() bool { return e.srv.Ready() != nil })
+	// A draining edge refuses publishes with UNAVAILABLE so SDKs retry on
+	// the next owner instead of storing here.
+	_, err := e.push.Publish(ctx(t), &pushv1.PublishRequest{UserId: "pat", Data: []byte("1")})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("publish while draining: %v, want Unavailable", err)
+	}
 }
 
 func TestCapacityAnswers503(t *testing.T) {

@@ -65,7 +65,7 @@ func (g *Service) PublishMulti(ctx context.Context, req *pushv1.PublishMultiRequ
 	out := &pushv1.PublishMultiResponse{Results: make([]*pushv1.PublishResult, len(rs))}
 	for i, r := range rs {
 		out.Results[i] = &pushv1.PublishResult{UserId: req.UserIds[i], Outcome: outcome(r.Outcome),
-			Seq: r.Seq, Connections: uint32(r.Conns), Reason: r.Reason}
+			Seq: r.Seq, Connections: uint32(r.Conns), Reason: r.Reason, EdgeId: g.s.cfg.ID}
 	}
 	return out, nil
 }

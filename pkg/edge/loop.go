@@ -45,7 +45,7 @@ func newLoop(s *Server, id int) (*loop, error) {
 func (l *loop) run() {
 	defer l.poll.Release()
 	for {
-		if err := l.poll.Wait(-1, l.onEvent); err != nil {
+		if _, err := l.poll.Wait(-1, l.onEvent); err != nil {
 			if !errors.Is(err, poller.ErrClosed) {
 				l.s.log.Error("event loop", "loop", l.id, "err", err)
 			}

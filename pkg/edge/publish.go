@@ -19,7 +19,7 @@ type Outcome int
 const (
 	Delivered Outcome = iota + 1 // written or queued to at least one connection
 	Stored                       // kept in the mailbox for a user not connected here
-	Rejected                     // not accepted; Result.Reason says why
+	Rejected                     // not accepted; Result.Reason says why (reserved: invalid input is an error)
 )
 
 // Result is the answer to a publish for one user.
@@ -68,13 +68,30 @@ func (s *Server) ttl(ttl time.Duration) time.Duration {
 	return ttl
 }
 
+// admit checks a publish before any state changes; a refusal is counted.
+func (s *Server) admit(data []byte, uids ...string) error {
+	err := s.checkPayload(data)
+	if err == nil && len(uids) > MaxUserIDsPerCall {
+		err = fmt.Errorf("%w: %d, limit %d", ErrTooManyUserIDs, len(uids), MaxUserIDsPerCall)
+	}
+	for i := 0; err == nil && i < len(uids); i++ {
+		err = s.checkUser(uids[i])
+	}
+	if err == nil && s.draining.Load() {
+		// An error, not an answer: the caller's SDK retries it on the edge
+		// that owns the user next.
+		err = ErrShuttingDown
+	}
+	if err != nil {
+		s.m.pubRejected.Inc()
+	}
+	return err
+}
+
 // Publish sends data to every connection of uid, or stores it for ttl (0:
 // the mailbox TTL) if the user is not connected.
 func (s *Server) Publish(uid string, data []byte, ttl time.Duration) (Result, error) {
-	if err := s.checkUser(uid); err != nil {
-		return Result{}, err
-	}
-	if err := s.checkPayload(data); err != nil {
+	if err := s.admit(data, uid); err != nil {
 		return Result{}, err
 	}
 	start := time.Now()
@@ -86,15 +103,7 @@ func (s *Server) Publish(uid string, data []byte, ttl time.Duration) (Result, er
 // PublishMulti sends the same data to several users; the message body is
 // encoded once and shared by every frame and mailbox.
 func (s *Server) PublishMulti(uids []string, data []byte, ttl time.Duration) ([]Result, error) {
-	if len(uids) > MaxUserIDsPerCall {
-		return nil, fmt.Errorf("%w: %d, limit %d", ErrTooManyUserIDs, len(uids), MaxUserIDsPerCall)
-	}
-	for _, uid := range uids {
-		if err := s.checkUser(uid); err != nil {
-			return nil, err
-		}
-	}
-	if err := s.checkPayload(data); err != nil {
+	if err := s.admit(data, uids...); err != nil {
 		return nil, err
 	}
 	start := time.Now()
@@ -109,10 +118,6 @@ func (s *Server) PublishMulti(uids []string, data []byte, ttl time.Duration) ([]
 }
 
 func (s *Server) publishTail(uid string, tail []byte, expires int64) Result {
-	if s.draining.Load() {
-		s.m.pubRejected.Inc()
-		return Result{Outcome: Rejected, Reason: ErrShuttingDown.Error()}
-	}
 	var r Result
 	s.reg.Do(uid, true, func(u *registry.User[*conn]) {
 		if u.Box == nil {

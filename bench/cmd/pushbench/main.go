@@ -66,6 +66,8 @@ func runWorker(args []string) error {
 	first := fs.Int("first", 0, "first uid index")
 	sources := fs.String("sources", "", "source addresses, e.g. 127.0.0.2-127.0.0.40")
 	ping := fs.Duration("ping-each", 0, "each client pings this often")
+	split := fs.Duration("ping-split", 0, "send each ping frame in two segments this far apart")
+	pollEvery := fs.Duration("poll-every", 200*time.Microsecond, "client loops poll this often instead of sleeping in epoll_wait (0: sleep in epoll_wait)")
 	if _, err := flagenv.Parse(fs, "PUSHBENCH", args, nil); err != nil {
 		return err
 	}
@@ -78,7 +80,7 @@ func runWorker(args []string) error {
 		return err
 	}
 	now := time.Now()
-	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping,
+	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping, PingSplit: *split, PollEvery: *pollEvery,
 		Token: func(uid string) string { t, _ := auth.Mint(secret, uid, 24*time.Hour, now); return t }}
 	return loadgen.RunWorker(cfg, *prefix, *first, os.Stdin, os.Stdout)
 }

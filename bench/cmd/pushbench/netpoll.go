@@ -23,6 +23,7 @@ func runNetpoll(args []string) error {
 	workers := fs.Int("workers", 2, "load-generator processes")
 	rate := fs.Int("rate", 4000, "upgrades per second while ramping")
 	ping := fs.Duration("ping-each", 5*time.Second, "each client pings this often")
+	split := fs.Duration("ping-split", 20*time.Millisecond, "each ping frame arrives in two segments this far apart (0: one segment)")
 	hold := fs.Duration("hold", 20*time.Second, "how long to hold the pinging clients while sampling")
 	sources := fs.String("sources", "127.0.0.2-127.0.0.41", "client source addresses")
 	out := fs.String("out", "bench/results", "results directory")
@@ -31,7 +32,7 @@ func runNetpoll(args []string) error {
 		return err
 	}
 	os.Setenv("PUSH_JWT_SECRET", newSecret())
-	r := report.New("netpoll", map[string]any{"n": *n, "ping_each": ping.String(), "hold": hold.String()})
+	r := report.New("netpoll", map[string]any{"n": *n, "ping_each": ping.String(), "ping_split": split.String(), "hold": hold.String()})
 	type server struct {
 		name, bin, ws, admin string
 		args                 []string
@@ -50,7 +51,7 @@ func runNetpoll(args []string) error {
 		var wk []*worker
 		for i := 0; i < *workers; i++ {
 			w, err := startWorker([]string{"--target", s.ws, "--prefix", "p", "--first", fmt.Sprint(i * (*n / *workers)),
-				"--sources", *sources, "--ping-each", ping.String()})
+				"--sources", *sources, "--ping-each", ping.String(), "--ping-split", split.String()})
 			if err != nil {
 				d.stop()
 				return err

@@ -39,7 +39,8 @@ const (
 	// The user has no connection here; the message waits in the mailbox for
 	// ttl and is delivered when the user connects.
 	Outcome_OUTCOME_STORED Outcome = 2
-	// Not accepted; reason says why.
+	// Not accepted; reason says why. (Invalid input is an INVALID_ARGUMENT
+	// error and a draining edge answers UNAVAILABLE, so callers retry.)
 	Outcome_OUTCOME_REJECTED Outcome = 3
 	// Handed once to the edge that owns the user (cluster mode).
 	Outcome_OUTCOME_FORWARDED Outcome = 4
@@ -314,12 +315,14 @@ func (x *PublishMultiRequest) GetForwarded() bool {
 }
 
 type PublishResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Outcome       Outcome                `protobuf:"varint,2,opt,name=outcome,proto3,enum=push.v1.Outcome" json:"outcome,omitempty"`
-	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
-	Connections   uint32                 `protobuf:"varint,4,opt,name=connections,proto3" json:"connections,omitempty"`
-	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	UserId      string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Outcome     Outcome                `protobuf:"varint,2,opt,name=outcome,proto3,enum=push.v1.Outcome" json:"outcome,omitempty"`
+	Seq         uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Connections uint32                 `protobuf:"varint,4,opt,name=connections,proto3" json:"connections,omitempty"`
+	Reason      string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The ring id of the edge that answered for this user.
+	EdgeId        uint32 `protobuf:"varint,6,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -387,6 +390,13 @@ func (x *PublishResult) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *PublishResult) GetEdgeId() uint32 {
+	if x != nil {
+		return x.EdgeId
+	}
+	return 0
 }
 
 type PublishMultiResponse struct {
@@ -836,13 +846,14 @@ const file_push_v1_push_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1f\n" +
 	"\vttl_seconds\x18\x03 \x01(\rR\n" +
 	"ttlSeconds\x12\x1c\n" +
-	"\tforwarded\x18\x04 \x01(\bR\tforwarded\"\xa0\x01\n" +
+	"\tforwarded\x18\x04 \x01(\bR\tforwarded\"\xb9\x01\n" +
 	"\rPublishResult\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12*\n" +
 	"\aoutcome\x18\x02 \x01(\x0e2\x10.push.v1.OutcomeR\aoutcome\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12 \n" +
 	"\vconnections\x18\x04 \x01(\rR\vconnections\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"H\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x17\n" +
+	"\aedge_id\x18\x06 \x01(\rR\x06edgeId\"H\n" +
 	"\x14PublishMultiResponse\x120\n" +
 	"\aresults\x18\x01 \x03(\v2\x16.push.v1.PublishResultR\aresults\"D\n" +
 	"\x10BroadcastRequest\x12\x12\n" +
