@@ -34,6 +34,7 @@ const (
 type App struct {
 	Stdout, Stderr io.Writer
 	Env            func(string) (string, bool)
+	Stdin          io.Reader // where "ring lookup" reads user ids when given none (os.Stdin when nil)
 }
 
 type command struct {
@@ -50,6 +51,7 @@ func init() {
 		{"broadcast", "--data JSON", "send a message to every connection", (*App).broadcast},
 		{"kick", "[--reason R] U...", "close every connection of the users (4004)", (*App).kick},
 		{"presence", "U...", "show whether users are connected", (*App).presence},
+		{"ring", "lookup|show|simulate ...", "read the ring store: owners, shares, what a change would move", (*App).ring},
 	}
 }
 
@@ -160,12 +162,11 @@ func (a *App) token(args []string) error {
 }
 
 func (a *App) loadSecret(path string) ([]byte, error) {
-	if path == "" && a.Env != nil {
-		if v, ok := a.Env(auth.SecretEnv); ok {
-			os.Setenv(auth.SecretEnv, v) // LoadSecret reads the process environment
-		}
+	lookup := a.Env
+	if lookup == nil {
+		lookup = os.LookupEnv
 	}
-	return auth.LoadSecret(path)
+	return auth.LoadSecretWith(path, lookup)
 }
 
 func (a *App) publish(args []string) error {
@@ -179,12 +180,17 @@ func (a *App) publish(args []string) error {
 	if *user == "" || *data == "" {
 		return usageError{errors.New("--user and --data are required")}
 	}
+	if *ttl < 0 {
+		return usageError{fmt.Errorf("--ttl %v must not be negative", *ttl)}
+	}
+	// Round up: 500ms must not become 0, which means the edge's default.
+	ttlSeconds := uint32((*ttl + time.Second - 1) / time.Second)
 	c, ctx, done, err := a.dial(*addr, *timeout)
 	if err != nil {
 		return err
 	}
 	defer done()
-	r, err := c.Publish(ctx, &pushv1.PublishRequest{UserId: *user, Data: []byte(*data), TtlSeconds: uint32(ttl.Seconds())})
+	r, err := c.Publish(ctx, &pushv1.PublishRequest{UserId: *user, Data: []byte(*data), TtlSeconds: ttlSeconds})
 	if err != nil {
 		return rpcError(err)
 	}
