@@ -40,6 +40,8 @@ func run(args []string) error {
 	grpcAddr := fs.String("grpc", "127.0.0.1:9090", "gRPC push.v1.Push address")
 	adminAddr := fs.String("admin", "127.0.0.1:9100", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
 	id := fs.Uint("id", 1, "this edge's ring member id")
+	fs.IntVar(&c.ListenSpan, "listen-span", 1, "also listen on the next N-1 ports after --listen's (routers spread connections over them; see the router's --edge-port-span)")
+	fs.BoolVar(&c.AcceptProxy, "accept-proxy", false, "expect a PROXY protocol v1/v2 header before each request (router --send-proxy-v2)")
 	fs.IntVar(&c.Backlog, "backlog", 4096, "listen queue length (capped by net.core.somaxconn)")
 	fs.BoolVar(&c.ReusePort, "reuseport", false, "set SO_REUSEPORT on the WebSocket listener")
 	fs.IntVar(&c.MaxConns, "max-conns", 100000, "upgraded connections beyond this get HTTP 503")

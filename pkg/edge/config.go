@@ -32,6 +32,12 @@ type Config struct {
 	ID uint32
 	// Listen is the WebSocket address ("127.0.0.1:8080").
 	Listen string
+	// ListenSpan is how many consecutive ports from Listen's are served
+	// (default 1); routers spread their connections over them.
+	ListenSpan int
+	// AcceptProxy expects a PROXY protocol (v1 or v2) header before each
+	// request, as sent by the router with --send-proxy-v2.
+	AcceptProxy bool
 	// Backlog is the listen queue length (default 4096).
 	Backlog int
 	// ReusePort sets SO_REUSEPORT on the listener.
@@ -102,6 +108,7 @@ func (c *Config) setDefaults() {
 		}
 	}
 	def(&c.Backlog, 4096)
+	def(&c.ListenSpan, 1)
 	def(&c.MaxConns, 100000)
 	def(&c.MaxConnsPerUser, 1)
 	defD(&c.HandshakeTimeout, 5*time.Second)
@@ -136,6 +143,10 @@ func (c *Config) validate() error {
 		return bad("listen address is empty")
 	case c.MaxConns < 1, c.MaxConnsPerUser < 1, c.Backlog < 1, c.Loops < 1, c.MailboxSize < 1:
 		return bad("max-conns, max-conns-per-user, backlog, loops and mailbox-size must be >= 1")
+	case c.ListenSpan < 1 || c.ListenSpan > 64:
+		return bad("listen-span %d outside 1..64", c.ListenSpan)
+	case c.Loops > 255:
+		return bad("loops %d above 255", c.Loops)
 	case c.MaxHeaderBytes < 512 || c.MaxHeaderBytes > 65536:
 		return bad("max-header-bytes %d outside 512..65536", c.MaxHeaderBytes)
 	case c.MaxMessageBytes < 125 || c.MaxMessageBytes > 1<<20:

@@ -36,6 +36,7 @@ type conn struct {
 	wantWrite  bool // EPOLLOUT armed (or to be, once polled)
 	polled     bool // registered with the loop's epoll
 	shutAfter  bool // shut down writing once out drains (close frame queued)
+	proxied    bool // the PROXY header (AcceptProxy) was read
 	uid        string
 	lastSeen   int64 // Unix ns of the last frame from the client
 	tm         wheel.Timer[*conn]

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +28,7 @@ import (
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/proxyproto"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
@@ -42,6 +44,15 @@ type env struct {
 
 func start(t *testing.T, mod func(*edge.Config)) *env {
 	t.Helper()
+	e, err := tryStart(t, mod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func tryStart(t *testing.T, mod func(*edge.Config)) (*env, error) {
+	t.Helper()
 	v, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
 	if err != nil {
 		t.Fatal(err)
@@ -56,10 +67,10 @@ func start(t *testing.T, mod func(*edge.Config)) *env {
 	}
 	srv, err := edge.New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := srv.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	g, err := daemon.NewGRPC("127.0.0.1:0", 1<<20)
 	if err != nil {
@@ -79,7 +90,7 @@ func start(t *testing.T, mod func(*edge.Config)) *env {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	return e
+	return e, nil
 }
 
 func token(t *testing.T, uid string) string {
@@ -715,5 +726,54 @@ func TestCapacityAnswers503(t *testing.T) {
 	_, resp, err := websocket.Dial(ctx(t), e.url("q2", token(t, "q2"), ""), nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("over capacity: %v %v, want 503", resp, err)
+	}
+}
+
+func TestAcceptProxyAndListenSpan(t *testing.T) {
+	// A fixed port is needed for a span: find a free pair.
+	var e *env
+	for try := 0; e == nil && try < 20; try++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		e, _ = tryStart(t, func(c *edge.Config) { c.Listen = addr; c.ListenSpan = 2; c.AcceptProxy = true })
+	}
+	if e == nil {
+		t.Fatal("no free port pair")
+	}
+	second := fmt.Sprintf("127.0.0.1:%d", e.srv.Addr().Port+1)
+	for _, tc := range []struct {
+		name, addr string
+		header     []byte
+	}{
+		{"v2 on the first port", e.addr, proxyproto.AppendV2(nil, netip.MustParseAddrPort("203.0.113.7:5555"), netip.MustParseAddrPort("127.0.0.1:80"))},
+		{"v1 on the second port", second, proxyproto.AppendV1(nil, netip.MustParseAddrPort("203.0.113.8:5556"), netip.MustParseAddrPort("127.0.0.1:80"))},
+	} {
+		c, err := net.Dial("tcp", tc.addr)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		uid := "px" + fmt.Sprint(len(tc.name))
+		c.Write(tc.header)
+		fmt.Fprintf(c, "GET /ws?uid=%s&token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", uid, token(t, uid))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != 101 {
+			t.Fatalf("%s: %v %v", tc.name, resp, err)
+		}
+		c.Close()
+	}
+	// Without a PROXY header the edge refuses the request.
+	c, _ := net.Dial("tcp", e.addr)
+	defer c.Close()
+	fmt.Fprintf(c, "GET /ws?uid=a HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != 400 {
+		t.Fatalf("missing PROXY header: %v %v", resp, err)
 	}
 }

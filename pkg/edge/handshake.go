@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,7 @@ type handshake struct {
 	host    []byte
 	lastSeq uint64
 	hasLast bool
+	client  netip.AddrPort // from the PROXY header, for logs
 }
 
 // Read and Write let the upgrader read the head from memory and write its

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pushcluster/push/pkg/poller"
+	"github.com/pushcluster/push/pkg/proxyproto"
 	"github.com/pushcluster/push/pkg/rawtcp"
 )
 
@@ -56,8 +57,10 @@ func (l *loop) run() {
 
 func (l *loop) onEvent(fd int, gen uint32, ev poller.Event) {
 	s := l.s
-	if gen == listenTag && fd == s.ln.FD {
-		l.acceptBatch()
+	if gen == listenTag {
+		if ln := s.listener(fd); ln != nil {
+			l.acceptBatch(ln)
+		}
 		return
 	}
 	if fd >= len(s.table) {
@@ -324,10 +327,10 @@ const listenTag = ^uint32(0)
 // TCP_DEFER_ACCEPT the request head has usually arrived already, so most
 // upgrades finish without ever waiting in epoll. Bounded per event so a
 // storm cannot starve established connections.
-func (l *loop) acceptBatch() {
+func (l *loop) acceptBatch(ln *rawtcp.Listener) {
 	s := l.s
 	for i := 0; i < 64; i++ {
-		fd, err := s.ln.AcceptFD()
+		fd, err := ln.AcceptFD()
 		if err != nil {
 			if err == unix.EAGAIN {
 				return
@@ -378,22 +381,37 @@ var headEnd = []byte("\r\n\r\n")
 // MaxHeaderBytes and the handshake deadline), then upgrades or rejects.
 func (l *loop) handshakeLocked(c *conn, data []byte) int {
 	s := l.s
+	used := 0
+	if s.cfg.AcceptProxy && !c.proxied {
+		h, n, err := proxyproto.Parse(data)
+		switch {
+		case errors.Is(err, proxyproto.ErrIncomplete):
+			return 0 // wait for the rest, bounded by the handshake deadline
+		case err != nil:
+			s.m.hsBadRequest.Inc()
+			l.reject(c, 400, "expected a PROXY protocol header")
+			return len(data)
+		}
+		c.proxied = true
+		l.hs.client = h.Source
+		data, used = data[n:], n
+	}
 	end := bytes.Index(data, headEnd)
 	if end < 0 {
 		if len(data) >= s.cfg.MaxHeaderBytes {
 			s.m.hsTooLarge.Inc()
 			l.reject(c, 431, "request head too large")
 		}
-		return 0
+		return used
 	}
 	head := data[:end+4]
 	if len(head) > s.cfg.MaxHeaderBytes {
 		s.m.hsTooLarge.Inc()
 		l.reject(c, 431, "request head too large")
-		return len(data)
+		return used + len(data)
 	}
 	l.hs.upgradeLocked(c, head)
-	return len(head)
+	return used + len(head)
 }
 
 // reject answers a handshake with an HTTP error and closes.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,9 +23,8 @@ type Server struct {
 	log *slog.Logger
 	m   *metrics
 
-	ln    *rawtcp.Listener
+	lns   []*rawtcp.Listener // Listen's port and the next ListenSpan-1 ones
 	loops []*loop
-	next  atomic.Uint32 // round robin over loops
 	gen   atomic.Uint32 // connection generation, stored in epoll events
 
 	// table maps a descriptor to its conn; the slot is cleared before the
@@ -60,16 +60,13 @@ func New(cfg Config) (*Server, error) {
 	s.reg = registry.New[*conn](256)
 	s.wheel = wheel.New[*conn](cfg.Tick, 4096, time.Now())
 
-	ln, err := rawtcp.Listen(cfg.Listen, rawtcp.Options{Backlog: cfg.Backlog, ReusePort: cfg.ReusePort,
-		DeferAccept: cfg.HandshakeTimeout, NoDelay: true})
-	if err != nil {
+	if err := s.listen(); err != nil {
 		return nil, err
 	}
-	s.ln = ln
 	for i := 0; i < cfg.Loops; i++ {
 		l, err := newLoop(s, i)
 		if err != nil {
-			ln.Close()
+			s.closeListeners()
 			return nil, err
 		}
 		s.loops = append(s.loops, l)
@@ -77,8 +74,51 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Addr is the WebSocket listener's address.
-func (s *Server) Addr() *net.TCPAddr { return s.ln.Addr }
+// listen binds Listen and, with ListenSpan > 1, the following ports: one
+// router-side address pair is capped by the ephemeral port range, so more
+// edge ports let routers hold more connections to one edge.
+func (s *Server) listen() error {
+	opts := rawtcp.Options{Backlog: s.cfg.Backlog, ReusePort: s.cfg.ReusePort,
+		DeferAccept: s.cfg.HandshakeTimeout, NoDelay: true}
+	first, err := rawtcp.Listen(s.cfg.Listen, opts)
+	if err != nil {
+		return err
+	}
+	s.lns = append(s.lns, first)
+	for i := 1; i < s.cfg.ListenSpan; i++ {
+		if first.Addr.Port == 0 || first.Addr.Port+i > 65535 {
+			s.closeListeners()
+			return fmt.Errorf("%w: --listen-span needs a fixed port with room for %d more", ErrConfig, s.cfg.ListenSpan-1)
+		}
+		addr := net.JoinHostPort(first.Addr.IP.String(), strconv.Itoa(first.Addr.Port+i))
+		ln, err := rawtcp.Listen(addr, opts)
+		if err != nil {
+			s.closeListeners()
+			return err
+		}
+		s.lns = append(s.lns, ln)
+	}
+	return nil
+}
+
+func (s *Server) closeListeners() {
+	for _, ln := range s.lns {
+		ln.Close()
+	}
+}
+
+// listener returns the listener with descriptor fd, or nil.
+func (s *Server) listener(fd int) *rawtcp.Listener {
+	for _, ln := range s.lns {
+		if ln.FD == fd {
+			return ln
+		}
+	}
+	return nil
+}
+
+// Addr is the (first) WebSocket listener's address.
+func (s *Server) Addr() *net.TCPAddr { return s.lns[0].Addr }
 
 // Open returns the number of upgraded connections.
 func (s *Server) Open() int64 { return s.open.Load() }
@@ -95,8 +135,10 @@ func (s *Server) Ready() error {
 // background.
 func (s *Server) Start() error {
 	for _, l := range s.loops {
-		if err := l.poll.StartExclusive(s.ln.FD, listenTag); err != nil {
-			return fmt.Errorf("watch listener: %w", err)
+		for _, ln := range s.lns {
+			if err := l.poll.StartExclusive(ln.FD, listenTag); err != nil {
+				return fmt.Errorf("watch listener: %w", err)
+			}
 		}
 	}
 	for _, l := range s.loops {
@@ -167,9 +209,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return errors.New("already shut down")
 	}
 	for _, l := range s.loops {
-		l.poll.Stop(s.ln.FD)
+		for _, ln := range s.lns {
+			l.poll.Stop(ln.FD)
+		}
 	}
-	s.ln.Close()
+	s.closeListeners()
 
 	var open []*conn
 	top := int(s.maxFD.Load()) + 1
