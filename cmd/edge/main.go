@@ -22,6 +22,7 @@ import (
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/flagenv"
 	"github.com/pushcluster/push/pkg/rawtcp"
+	"github.com/pushcluster/push/pkg/userid"
 )
 
 func main() {
@@ -112,7 +113,7 @@ func run(args []string) error {
 		return err
 	}
 	// Room for a PublishMulti of MaxUserIDsPerCall ids of 128 bytes each.
-	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+edge.MaxUserIDsPerCall*140+64<<10)
+	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+userid.MaxPerCall*140+64<<10)
 	if err != nil {
 		return err
 	}

@@ -26,9 +26,9 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
-	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
+	"github.com/pushcluster/push/pkg/userid"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
@@ -363,8 +363,8 @@ func (c *Client) retry(ctx context.Context, try func(r *ring.Ring) error) error 
 // Local checks, the edge's own rules, so that bad input costs no round trip.
 
 func checkUser(uid string) error {
-	if !edge.ValidUserID(uid) {
-		return status.Errorf(codes.InvalidArgument, "%v: %q (1-128 of A-Z a-z 0-9 - . _ ~ : @)", edge.ErrInvalidUser, uid)
+	if err := userid.Check(uid); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return nil
 }
@@ -373,8 +373,8 @@ func checkUsers(uids []string) error {
 	if len(uids) == 0 {
 		return status.Error(codes.InvalidArgument, "user_ids is empty")
 	}
-	if len(uids) > edge.MaxUserIDsPerCall {
-		return status.Errorf(codes.InvalidArgument, "%v: %d, limit %d", edge.ErrTooManyUserIDs, len(uids), edge.MaxUserIDsPerCall)
+	if len(uids) > userid.MaxPerCall {
+		return status.Errorf(codes.InvalidArgument, "%v: %d, limit %d", userid.ErrTooMany, len(uids), userid.MaxPerCall)
 	}
 	for _, uid := range uids {
 		if err := checkUser(uid); err != nil {
@@ -386,7 +386,7 @@ func checkUsers(uids []string) error {
 
 func checkPayload(data []byte) error {
 	if len(data) == 0 {
-		return status.Error(codes.InvalidArgument, edge.ErrEmptyPayload.Error())
+		return status.Error(codes.InvalidArgument, "empty payload")
 	}
 	return nil
 }

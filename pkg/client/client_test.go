@@ -24,6 +24,7 @@ import (
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
+	"github.com/pushcluster/push/pkg/userid"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
@@ -472,7 +473,7 @@ func TestInvalidArgumentIsNotRetried(t *testing.T) {
 			return err
 		}},
 		{"multi: too many", func() error {
-			_, err := c.PublishMulti(ctx(t), users(edge.MaxUserIDsPerCall+1), []byte("x"), 0)
+			_, err := c.PublishMulti(ctx(t), users(userid.MaxPerCall+1), []byte("x"), 0)
 			return err
 		}},
 		{"presence: bad user", func() error { _, err := c.Presence(ctx(t), []string{"a b"}); return err }},

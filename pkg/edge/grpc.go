@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/pushcluster/push/pkg/userid"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
@@ -24,8 +25,8 @@ func (g *Service) status(err error) error {
 	switch {
 	case errors.Is(err, ErrShuttingDown):
 		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, ErrInvalidUser), errors.Is(err, ErrPayloadTooBig),
-		errors.Is(err, ErrEmptyPayload), errors.Is(err, ErrTooManyUserIDs):
+	case errors.Is(err, userid.ErrInvalid), errors.Is(err, ErrPayloadTooBig),
+		errors.Is(err, ErrEmptyPayload), errors.Is(err, userid.ErrTooMany):
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
@@ -94,14 +95,11 @@ func (g *Service) Presence(ctx context.Context, req *pushv1.PresenceRequest) (*p
 	if len(ids) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "user_ids is empty")
 	}
-	if len(ids) > MaxUserIDsPerCall {
-		return nil, status.Errorf(codes.InvalidArgument, "%d user ids, limit %d", len(ids), MaxUserIDsPerCall)
+	if err := userid.CheckAll(ids); err != nil {
+		return nil, g.status(err)
 	}
 	out := &pushv1.PresenceResponse{Users: make([]*pushv1.UserPresence, len(ids))}
 	for i, uid := range ids {
-		if err := g.s.checkUser(uid); err != nil {
-			return nil, g.status(err)
-		}
 		n := g.s.Presence(uid)
 		p := &pushv1.UserPresence{UserId: uid, Online: n > 0, Connections: uint32(n)}
 		if n > 0 {

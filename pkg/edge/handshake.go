@@ -13,6 +13,7 @@ import (
 
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/registry"
+	"github.com/pushcluster/push/pkg/userid"
 )
 
 // MaxSeq is the largest sequence number a client may resume from (the
@@ -64,26 +65,6 @@ func reject(status int, reason string) error {
 	return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(reason))
 }
 
-// ValidUserID reports whether uid may name a user: 1 to 128 bytes of URL
-// unreserved characters plus ':' and '@', so that the raw query value the
-// router hashes and the decoded value the SDK hashes are the same bytes.
-func ValidUserID(uid string) bool {
-	if len(uid) == 0 || len(uid) > 128 {
-		return false
-	}
-	for i := 0; i < len(uid); i++ {
-		if !uidByte(uid[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func uidByte(b byte) bool {
-	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' ||
-		b == '-' || b == '.' || b == '_' || b == '~' || b == ':' || b == '@'
-}
-
 // onRequest checks the path and reads uid, token and last_seq from the raw
 // query (first occurrence of each wins, as in HAProxy's url_param).
 func (h *handshake) onRequest(uri []byte) error {
@@ -122,9 +103,9 @@ func (h *handshake) onRequest(uri []byte) error {
 			}
 		}
 	}
-	if !seenUID || !ValidUserID(string(h.uid)) {
+	if !seenUID || !userid.Valid(string(h.uid)) {
 		h.s.m.hsBadRequest.Inc()
-		return reject(http.StatusBadRequest, "uid missing or invalid (1-128 of A-Z a-z 0-9 - . _ ~ : @)")
+		return reject(http.StatusBadRequest, "uid missing or invalid ("+userid.Rule+")")
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pushcluster/push/pkg/mailbox"
 	"github.com/pushcluster/push/pkg/registry"
+	"github.com/pushcluster/push/pkg/userid"
 )
 
 // Outcome says what became of a published message.
@@ -30,17 +31,13 @@ type Result struct {
 	Reason  string
 }
 
-// Errors callers branch on; they wrap the precise reason.
+// Errors callers branch on; they wrap the precise reason. Invalid user ids
+// wrap userid.ErrInvalid or userid.ErrTooMany.
 var (
-	ErrInvalidUser    = errors.New("invalid user id")
-	ErrPayloadTooBig  = errors.New("payload too big")
-	ErrEmptyPayload   = errors.New("empty payload")
-	ErrShuttingDown   = errors.New("edge is shutting down")
-	ErrTooManyUserIDs = errors.New("too many user ids")
+	ErrPayloadTooBig = errors.New("payload too big")
+	ErrEmptyPayload  = errors.New("empty payload")
+	ErrShuttingDown  = errors.New("edge is shutting down")
 )
-
-// MaxUserIDsPerCall bounds PublishMulti and Presence requests.
-const MaxUserIDsPerCall = 10000
 
 func (s *Server) newBox() *mailbox.Box { return mailbox.New(s.cfg.MailboxSize) }
 
@@ -50,13 +47,6 @@ func (s *Server) checkPayload(data []byte) error {
 		return ErrEmptyPayload
 	case len(data) > s.cfg.MaxPayloadBytes:
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooBig, len(data), s.cfg.MaxPayloadBytes)
-	}
-	return nil
-}
-
-func (s *Server) checkUser(uid string) error {
-	if !ValidUserID(uid) {
-		return fmt.Errorf("%w: %q (1-128 of A-Z a-z 0-9 - . _ ~ : @)", ErrInvalidUser, uid)
 	}
 	return nil
 }
@@ -71,11 +61,8 @@ func (s *Server) ttl(ttl time.Duration) time.Duration {
 // admit checks a publish before any state changes; a refusal is counted.
 func (s *Server) admit(data []byte, uids ...string) error {
 	err := s.checkPayload(data)
-	if err == nil && len(uids) > MaxUserIDsPerCall {
-		err = fmt.Errorf("%w: %d, limit %d", ErrTooManyUserIDs, len(uids), MaxUserIDsPerCall)
-	}
-	for i := 0; err == nil && i < len(uids); i++ {
-		err = s.checkUser(uids[i])
+	if err == nil {
+		err = userid.CheckAll(uids)
 	}
 	if err == nil && s.draining.Load() {
 		// An error, not an answer: the caller's SDK retries it on the edge
@@ -206,7 +193,7 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 
 // Kick closes every connection of uid with 4004 and the given reason.
 func (s *Server) Kick(uid, reason string) (int, error) {
-	if err := s.checkUser(uid); err != nil {
+	if err := userid.Check(uid); err != nil {
 		return 0, err
 	}
 	if reason == "" {
