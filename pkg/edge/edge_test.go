@@ -777,3 +777,27 @@ func TestAcceptProxyAndListenSpan(t *testing.T) {
 		t.Fatalf("missing PROXY header: %v %v", resp, err)
 	}
 }
+
+// A frame sent in the same segment as the request head is handled at
+// once, not left waiting for the next read.
+func TestFrameRightBehindTheHead(t *testing.T) {
+	e := start(t, nil)
+	c, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	head := fmt.Sprintf("GET /ws?uid=eager&token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", token(t, "eager"))
+	ping := []byte{0x89, 0x81, 1, 2, 3, 4, 'x' ^ 1}
+	c.Write(append([]byte(head), ping...))
+	r := &raw{Conn: c, br: bufio.NewReader(c)}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(r.br, nil)
+	if err != nil || resp.StatusCode != 101 {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	if op, p, err := r.readFrame(); err != nil || op != 0xA || string(p) != "x" {
+		t.Fatalf("want the pong for the pipelined ping, got %x %q %v", op, p, err)
+	}
+}

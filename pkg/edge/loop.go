@@ -45,13 +45,8 @@ func newLoop(s *Server, id int) (*loop, error) {
 
 func (l *loop) run() {
 	defer l.poll.Release()
-	for {
-		if _, err := l.poll.Wait(-1, l.onEvent); err != nil {
-			if !errors.Is(err, poller.ErrClosed) {
-				l.s.log.Error("event loop", "loop", l.id, "err", err)
-			}
-			return
-		}
+	if err := l.poll.Run(l.onEvent); !errors.Is(err, poller.ErrClosed) {
+		l.s.log.Error("event loop", "loop", l.id, "err", err)
 	}
 }
 
@@ -125,6 +120,11 @@ func (l *loop) readLocked(c *conn) {
 		var used int
 		if c.state == stHandshake {
 			used = l.handshakeLocked(c, data)
+			if c.state == stOpen && used < len(data) {
+				// Frames sent right behind the head (a client that did not
+				// wait for the 101, or a router replaying both at once).
+				used += l.framesLocked(c, data[used:])
+			}
 		} else {
 			c.lastSeen = time.Now().UnixNano()
 			s.m.bytesIn.Add(float64(n))
