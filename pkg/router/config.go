@@ -1,0 +1,215 @@
+// Package router is the cluster's stateless front door: it accepts browser
+// connections, peeks at the HTTP request head without consuming it, hashes
+// the user key on the ring, dials the owning edge and then only moves bytes
+// between the two sockets.
+//
+// Like the edge, connections are raw non-blocking descriptors on epoll loops
+// (package poller); every loop also accepts (EPOLLEXCLUSIVE, TCP_DEFER_ACCEPT).
+// An idle relayed connection owns a session struct and its two descriptors:
+// no goroutine, no buffer and no pipe. Bytes move when a side is readable,
+// through the loop's scratch buffer for small reads and a pooled pipe with
+// splice(2) for bulk; what the destination does not take stays in flight
+// (the pipe, or a right-sized copy) and the source is not read again until
+// EPOLLOUT drains it.
+//
+// TLS termination is the exception: crypto/tls runs on a goroutine pair per
+// connection (see tls.go for the cost).
+//
+// Lock order: session.mu, then Router.wheelMu, then pipePool.mu. Router.mu
+// (ring swaps, health checkers) and the TLS connection set's mutex are
+// never held together with those. The routing table is an atomic snapshot
+// read without a lock; health state is an atomic per member.
+package router
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ErrConfig wraps every configuration error.
+var ErrConfig = errors.New("invalid router config")
+
+// Check kinds.
+const (
+	CheckGRPC = "grpc" // gRPC health Check on the member's grpc address
+	CheckTCP  = "tcp"  // TCP connect to the member's ws address
+	CheckNone = "none" // every member is always up
+)
+
+// Config configures a Router. The zero value of every field takes the
+// default shown.
+type Config struct {
+	// Listen is the plaintext address browsers connect to
+	// (default "127.0.0.1:8000").
+	Listen string
+	// Backlog is the listen queue length (default 4096).
+	Backlog int
+	// ReusePort sets SO_REUSEPORT on the listeners.
+	ReusePort bool
+	// HashKey says where the user key is: "url_param:<name>" (default
+	// "url_param:uid", HAProxy's balance url_param), "hdr:<name>" (balance
+	// hdr) or "cookie:<name>".
+	HashKey string
+	// HeadTimeout bounds the time from accept to a complete request head
+	// (default 5s).
+	HeadTimeout time.Duration
+	// MaxHeadBytes caps the request head (default 8192; 431 beyond).
+	MaxHeadBytes int
+	// ConnectTimeout bounds one connection attempt to an edge (default 3s).
+	ConnectTimeout time.Duration
+	// FinTimeout closes a relayed connection this long after one direction
+	// ended if the other has not (HAProxy's timeout client-fin; default 30s).
+	FinTimeout time.Duration
+	// KeepAlive, when > 0, turns TCP keepalive on with this idle time on
+	// both sockets of a relayed connection. Off by default: the edge's
+	// WebSocket pings already detect dead clients end to end, and the
+	// setsockopt calls cost per connection.
+	KeepAlive time.Duration
+	// SendProxyV2 writes a PROXY v2 header to the edge before the relay.
+	SendProxyV2 bool
+	// AcceptProxy requires a PROXY v1 or v2 header from an upstream L4
+	// balancer before the request head.
+	AcceptProxy bool
+	// SourceAddrs are the local addresses edge connections are bound to
+	// (IP_BIND_ADDRESS_NO_PORT), in rotation; empty: the kernel's choice.
+	SourceAddrs []netip.Addr
+	// EdgePortSpan spreads connections over this many consecutive ports
+	// starting at each member's ws port (default 1).
+	EdgePortSpan int
+	// Check is CheckGRPC (default), CheckTCP or CheckNone.
+	Check string
+	// CheckInterval is the health check period (default 2s).
+	CheckInterval time.Duration
+	// CheckTimeout bounds one check (default 1s, at most CheckInterval).
+	CheckTimeout time.Duration
+	// Rise and Fall are the consecutive successes that bring a down member
+	// up and the failures that bring an up member down (default 2 and 3).
+	// A new member starts up, like HAProxy's servers.
+	Rise, Fall int
+	// TLSListen, with TLS, serves TLS-terminated connections on a second
+	// listener through crypto/tls (two goroutines per connection).
+	TLSListen string
+	TLS       *tls.Config
+	// DrainPeriod bounds how long Shutdown keeps relayed connections
+	// (default 10s).
+	DrainPeriod time.Duration
+	// Loops is the number of epoll loops (default GOMAXPROCS-1, at least
+	// 1). Keeping one P free matters: a loop blocked in epoll_wait holds
+	// its P in a system call, and when every P is in one, sysmon retakes
+	// them every 20 µs and hands them off (thread wake-ups, futexes). On
+	// this 2-core machine 2 loops cost 50-60 µs of CPU per forwarded
+	// message, 1 loop 36-39 µs (HAProxy: 37-43 µs).
+	Loops int
+	// Tick is the timing wheel's resolution (default 100ms).
+	Tick time.Duration
+	// Logger receives structured logs (default slog.Default()).
+	Logger *slog.Logger
+	// Metrics, when set, receives the router's collectors.
+	Metrics prometheus.Registerer
+}
+
+func (c *Config) setDefaults() {
+	def := func(p *time.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = v
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8000"
+	}
+	if c.Backlog == 0 {
+		c.Backlog = 4096
+	}
+	if c.HashKey == "" {
+		c.HashKey = "url_param:uid"
+	}
+	def(&c.HeadTimeout, 5*time.Second)
+	if c.MaxHeadBytes == 0 {
+		c.MaxHeadBytes = 8192
+	}
+	def(&c.ConnectTimeout, 3*time.Second)
+	def(&c.FinTimeout, 30*time.Second)
+	if c.EdgePortSpan == 0 {
+		c.EdgePortSpan = 1
+	}
+	if c.Check == "" {
+		c.Check = CheckGRPC
+	}
+	def(&c.CheckInterval, 2*time.Second)
+	def(&c.CheckTimeout, time.Second)
+	if c.CheckTimeout > c.CheckInterval {
+		c.CheckTimeout = c.CheckInterval
+	}
+	if c.Rise == 0 {
+		c.Rise = 2
+	}
+	if c.Fall == 0 {
+		c.Fall = 3
+	}
+	def(&c.DrainPeriod, 10*time.Second)
+	if c.Loops == 0 {
+		c.Loops = DefaultLoops()
+	}
+	def(&c.Tick, 100*time.Millisecond)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// DefaultLoops is GOMAXPROCS-1, at least 1 (see Config.Loops).
+func DefaultLoops() int { return max(1, runtime.GOMAXPROCS(0)-1) }
+
+// keySource is the parsed HashKey.
+type keySource struct {
+	kind string // "url_param", "hdr" or "cookie"
+	name string
+}
+
+func parseHashKey(s string) (keySource, error) {
+	kind, name, ok := strings.Cut(s, ":")
+	if !ok || name == "" {
+		return keySource{}, fmt.Errorf("%w: --hash-key %q: want url_param:<name>, hdr:<name> or cookie:<name>", ErrConfig, s)
+	}
+	switch kind {
+	case "url_param", "hdr", "cookie":
+	default:
+		return keySource{}, fmt.Errorf("%w: --hash-key %q: unknown source %q", ErrConfig, s, kind)
+	}
+	return keySource{kind: kind, name: name}, nil
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Backlog < 1:
+		return fmt.Errorf("%w: backlog %d", ErrConfig, c.Backlog)
+	case c.MaxHeadBytes < 256 || c.MaxHeadBytes > 1<<20:
+		return fmt.Errorf("%w: max head bytes %d outside 256..1MiB", ErrConfig, c.MaxHeadBytes)
+	case c.EdgePortSpan < 1 || c.EdgePortSpan > 1024:
+		return fmt.Errorf("%w: edge port span %d outside 1..1024", ErrConfig, c.EdgePortSpan)
+	case c.Check != CheckGRPC && c.Check != CheckTCP && c.Check != CheckNone:
+		return fmt.Errorf("%w: check %q: want grpc, tcp or none", ErrConfig, c.Check)
+	case c.Rise < 1 || c.Fall < 1:
+		return fmt.Errorf("%w: rise %d and fall %d must be >= 1", ErrConfig, c.Rise, c.Fall)
+	case c.Loops < 1 || c.Loops > 255:
+		return fmt.Errorf("%w: loops %d outside 1..255", ErrConfig, c.Loops)
+	case c.Tick <= 0 || c.HeadTimeout <= 0 || c.ConnectTimeout <= 0 || c.FinTimeout <= 0:
+		return fmt.Errorf("%w: tick and timeouts must be positive", ErrConfig)
+	case (c.TLSListen == "") != (c.TLS == nil):
+		return fmt.Errorf("%w: TLS listener needs a certificate and the other way round", ErrConfig)
+	}
+	for _, a := range c.SourceAddrs {
+		if !a.IsValid() || a.Zone() != "" {
+			return fmt.Errorf("%w: source address %v", ErrConfig, a)
+		}
+	}
+	_, err := parseHashKey(c.HashKey)
+	return err
+}

@@ -1,0 +1,98 @@
+package router
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpPair returns both ends of a loopback TCP connection: the writer as a
+// net.Conn and the reader as a non-blocking raw descriptor (a dup).
+func tcpPair(b *testing.B) (net.Conn, int) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := s.(*net.TCPConn).File()
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.Close()
+	fd := int(f.Fd())
+	unix.SetNonblock(fd, true)
+	b.Cleanup(func() { c.Close(); f.Close() })
+	return c, fd
+}
+
+// BenchmarkRelay moves one message of each size from one loopback TCP
+// connection to another, through a user-space buffer (read + write) or a
+// 1 MiB pipe (splice twice), as the relay does. It measures the crossover
+// that copyMax encodes (see there for the figures).
+func BenchmarkRelay(b *testing.B) {
+	for _, size := range []int{64, 1 << 10, 16 << 10, 64 << 10, 256 << 10} {
+		for _, mode := range []string{"copy", "splice"} {
+			b.Run(fmt.Sprintf("%s/%d", mode, size), func(b *testing.B) {
+				in, src := tcpPair(b)   // the test writes in, the relay reads src
+				peer, dst := tcpPair(b) // the relay writes dst, the test reads peer
+				out := make([]byte, size)
+				sink := make([]byte, size)
+				buf := make([]byte, 256<<10)
+				var fds [2]int
+				unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC)
+				unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
+				defer unix.Close(fds[0])
+				defer unix.Close(fds[1])
+				b.SetBytes(int64(size))
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, err := in.Write(out); err != nil {
+						b.Fatal(err)
+					}
+					moved := 0
+					for moved < size {
+						if mode == "copy" {
+							n, err := sysRead(src, buf)
+							if err != nil {
+								continue // not arrived yet
+							}
+							for w := 0; w < n; {
+								m, err := sysWrite(dst, buf[w:n])
+								if err == nil {
+									w += m
+								}
+							}
+							moved += n
+						} else {
+							n, err := spliceMove(src, fds[1], spliceMax)
+							if err != nil {
+								continue
+							}
+							for left := n; left > 0; {
+								m, err := spliceMove(fds[0], dst, left)
+								if err == nil {
+									left -= m
+								}
+							}
+							moved += n
+						}
+					}
+					if _, err := io.ReadFull(peer, sink); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
