@@ -66,7 +66,7 @@ func run(args []string) error {
 	cert := fs.String("tls-cert", "", "PEM certificate chain for --tls-listen")
 	key := fs.String("tls-key", "", "PEM private key for --tls-listen")
 	fs.DurationVar(&c.DrainPeriod, "drain-period", 10*time.Second, "on SIGTERM, keep relayed connections this long at most")
-	fs.IntVar(&c.Loops, "loops", router.DefaultLoops(), "epoll event loops (default GOMAXPROCS-1: a spare P keeps the Go scheduler from handing off Ps blocked in epoll_wait)")
+	fs.IntVar(&c.Loops, "loops", router.DefaultLoops(), "epoll event loops")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "json", "json or text")
 	flagenv.SetUsage(fs, "PUSH", "router [flags]", "Routes browser WebSockets to the edge that owns the user on the ring and relays the bytes on epoll; forwards push.v1.Push calls to the owning edges.")

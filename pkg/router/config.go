@@ -101,12 +101,11 @@ type Config struct {
 	// DrainPeriod bounds how long Shutdown keeps relayed connections
 	// (default 10s).
 	DrainPeriod time.Duration
-	// Loops is the number of epoll loops (default GOMAXPROCS-1, at least
-	// 1). Keeping one P free matters: a loop blocked in epoll_wait holds
-	// its P in a system call, and when every P is in one, sysmon retakes
-	// them every 20 µs and hands them off (thread wake-ups, futexes). On
-	// this 2-core machine 2 loops cost 50-60 µs of CPU per forwarded
-	// message, 1 loop 36-39 µs (HAProxy: 37-43 µs).
+	// Loops is the number of epoll loops (default GOMAXPROCS). Loops park
+	// in Go's netpoller between events (poller.Run): loops blocked in
+	// epoll_wait held their Ps in system calls, and with every P in one,
+	// sysmon retook them every 20 µs (2 loops cost 50-60 µs of CPU per
+	// forwarded message on 2 cores, 1 loop 36-39 µs, HAProxy 37-43 µs).
 	Loops int
 	// Tick is the timing wheel's resolution (default 100ms).
 	Tick time.Duration
@@ -164,8 +163,8 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// DefaultLoops is GOMAXPROCS-1, at least 1 (see Config.Loops).
-func DefaultLoops() int { return max(1, runtime.GOMAXPROCS(0)-1) }
+// DefaultLoops is GOMAXPROCS (see Config.Loops).
+func DefaultLoops() int { return runtime.GOMAXPROCS(0) }
 
 // keySource is the parsed HashKey.
 type keySource struct {

@@ -124,13 +124,8 @@ func newLoop(r *Router, id int) (*loop, error) {
 
 func (l *loop) run() {
 	defer l.poll.Release()
-	for {
-		if _, err := l.poll.Wait(-1, l.onEvent); err != nil {
-			if !errors.Is(err, poller.ErrClosed) {
-				l.r.log.Error("event loop", "loop", l.id, "err", err)
-			}
-			return
-		}
+	if err := l.poll.Run(l.onEvent); !errors.Is(err, poller.ErrClosed) {
+		l.r.log.Error("event loop", "loop", l.id, "err", err)
 	}
 }
 
