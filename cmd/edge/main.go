@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -18,10 +19,13 @@ import (
 
 	"github.com/pushcluster/push/pkg/admin"
 	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/client"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/flagenv"
 	"github.com/pushcluster/push/pkg/rawtcp"
+	"github.com/pushcluster/push/pkg/ring"
+	"github.com/pushcluster/push/pkg/store"
 	"github.com/pushcluster/push/pkg/userid"
 )
 
@@ -35,6 +39,28 @@ func main() {
 	}
 }
 
+// follow feeds every new ring document of st to srv.
+func follow(ctx context.Context, st store.Store, srv *edge.Server, log *slog.Logger) error {
+	docs, err := st.Watch(ctx)
+	if err != nil {
+		return fmt.Errorf("watch the ring: %w", err)
+	}
+	go func() {
+		for d := range docs {
+			r, err := ring.New(d)
+			if err != nil {
+				log.Error("ring document refused", "version", d.Version, "err", err)
+				continue
+			}
+			if cur := srv.Ring(); cur == nil || r.Version() != cur.Version() {
+				log.Info("ring changed", "version", r.Version())
+			}
+			srv.SetRing(r)
+		}
+	}()
+	return nil
+}
+
 func run(args []string) error {
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	var c edge.Config
@@ -42,6 +68,7 @@ func run(args []string) error {
 	grpcAddr := fs.String("grpc", "127.0.0.1:9090", "gRPC push.v1.Push address")
 	adminAddr := fs.String("admin", "127.0.0.1:9100", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
 	id := fs.Uint("id", 1, "this edge's ring member id")
+	ringURL := fs.String("ring", "", "ring store to follow (file:./ring.json); empty: standalone, this edge owns every user")
 	fs.IntVar(&c.ListenSpan, "listen-span", 1, "also listen on the next N-1 ports after --listen's (routers spread connections over them; see the router's --edge-port-span)")
 	fs.BoolVar(&c.AcceptProxy, "accept-proxy", false, "expect a PROXY protocol v1/v2 header before each request (router --send-proxy-v2)")
 	fs.IntVar(&c.Backlog, "backlog", 4096, "listen queue length (capped by net.core.somaxconn)")
@@ -60,6 +87,8 @@ func run(args []string) error {
 	fs.DurationVar(&c.MailboxTTL, "mailbox-ttl", 2*time.Minute, "how long a message waits for its user and stays replayable")
 	fs.DurationVar(&c.DrainPeriod, "drain-period", 10*time.Second, "on SIGTERM, spread the 1001 closes over this long")
 	fs.IntVar(&c.Loops, "loops", runtime.GOMAXPROCS(0), "epoll event loops")
+	fs.IntVar(&c.BroadcastWriters, "broadcast-writers", runtime.GOMAXPROCS(0), "goroutines that write one broadcast, each to a share of the connections")
+	fs.IntVar(&c.MigrateRate, "migrate-rate", 500, "users per second closed with 4003 \"moved\" when the ring gives them to another edge")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins allowed besides the request's own host (https://*.example.com matches subdomains)")
 	fs.BoolVar(&c.Dev, "dev", false, "development: allow any Origin (authentication stays on)")
 	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret (default: $PUSH_JWT_SECRET)")
@@ -108,9 +137,37 @@ func run(args []string) error {
 		log.Warn("--max-conns exceeds the descriptor limit; accepts will fail first", "max_conns", c.MaxConns, "nofile", soft)
 	}
 
+	var st store.Store
+	var fwd *client.Client
+	if *ringURL != "" {
+		if st, err = store.Open(*ringURL, log); err != nil {
+			return err
+		}
+		defer st.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		fwd, err = client.New(ctx, st, client.WithForwarded(), client.WithLogger(log))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("follow the ring at %s: %w", *ringURL, err)
+		}
+		defer fwd.Close()
+		c.Forwarder = fwd
+		r := fwd.Ring()
+		if _, ok := r.Member(c.ID); !ok {
+			log.Warn("this edge is not in the ring: it owns no users until it is added", "id", c.ID, "ring_version", r.Version())
+		}
+	}
 	srv, err := edge.New(c)
 	if err != nil {
 		return err
+	}
+	if st != nil {
+		srv.SetRing(fwd.Ring())
+		watchCtx, stopWatch := context.WithCancel(context.Background())
+		defer stopWatch()
+		if err := follow(watchCtx, st, srv, log); err != nil {
+			return err
+		}
 	}
 	// Room for a PublishMulti of MaxUserIDsPerCall ids of 128 bytes each.
 	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+userid.MaxPerCall*140+64<<10)

@@ -39,6 +39,10 @@ const DefaultTimeout = 10 * time.Second
 // Retry backoff: the first wait and the cap. Waits double from the first
 // and are jittered (half fixed, half random) so that many callers failing
 // together do not retry in lockstep.
+// closeGrace is how long a connection to a member that left the ring stays
+// open for the calls running on it (a variable for tests).
+var closeGrace = 30 * time.Second
+
 const (
 	firstBackoff = 10 * time.Millisecond
 	maxBackoff   = 500 * time.Millisecond
@@ -53,9 +57,10 @@ var ErrClosed = status.Error(codes.Unavailable, "push client closed")
 type Option func(*options)
 
 type options struct {
-	dial []grpc.DialOption
-	log  *slog.Logger
-	up   func(id uint32) bool
+	dial      []grpc.DialOption
+	log       *slog.Logger
+	up        func(id uint32) bool
+	forwarded bool
 }
 
 // WithDialOptions adds gRPC dial options to every edge connection, after
@@ -76,6 +81,11 @@ func WithLogger(log *slog.Logger) Option { return func(o *options) { o.log = log
 // and must be fast. By default every member is up.
 func WithUp(up func(id uint32) bool) Option { return func(o *options) { o.up = up } }
 
+// WithForwarded marks every request as forwarded, for an edge that hands
+// a call for a user it neither holds nor owns to the owner: the owner then
+// handles it itself and never forwards it again.
+func WithForwarded() Option { return func(o *options) { o.forwarded = true } }
+
 // Client sends push.v1.Push calls to the edges of a ring.
 //
 // The owner of a user is ring.Ring.LookupLive(user, up) on the newest ring
@@ -94,8 +104,8 @@ func WithUp(up func(id uint32) bool) Option { return func(o *options) { o.up = u
 // empty payloads are refused locally without a network call. An
 // UNAVAILABLE that cut a call short may hide a publish the edge had taken,
 // so a retried publish may, rarely, arrive twice (with two seq numbers).
-// A publish an edge answers with OUTCOME_REJECTED (it is shutting down) is
-// an answer, returned as is.
+// A draining edge answers UNAVAILABLE, so a publish to it is retried on
+// the next owner.
 //
 // Errors are gRPC status errors naming the edge (id, name, address).
 //
@@ -103,11 +113,12 @@ func WithUp(up func(id uint32) bool) Option { return func(o *options) { o.up = u
 // member gRPC address, made on first use and closed when the address
 // leaves the ring; mu guards the pool, the ring pointer is atomic.
 type Client struct {
-	log      *slog.Logger
-	up       func(id uint32) bool
-	dial     []grpc.DialOption
-	stop     context.CancelFunc // ends the store watch
-	loopDone chan struct{}      // closed when follow returns
+	log       *slog.Logger
+	up        func(id uint32) bool
+	forwarded bool // WithForwarded
+	dial      []grpc.DialOption
+	stop      context.CancelFunc // ends the store watch
+	loopDone  chan struct{}      // closed when follow returns
 
 	ring atomic.Pointer[ring.Ring]
 
@@ -161,7 +172,7 @@ func New(ctx context.Context, st store.Store, opts ...Option) (*Client, error) {
 		}
 	}
 	c := &Client{
-		log: o.log, up: o.up, stop: stop, loopDone: make(chan struct{}),
+		log: o.log, up: o.up, forwarded: o.forwarded, stop: stop, loopDone: make(chan struct{}),
 		dial: append([]grpc.DialOption{
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
 			// gRPC's default reconnect backoff grows to 2 minutes; an
@@ -228,8 +239,15 @@ func (c *Client) setRing(r *ring.Ring) {
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
-	for _, cc := range gone {
-		cc.Close() // calls still running on it fail with CANCELED and are retried
+	if len(gone) > 0 {
+		// Let calls already running on them finish: cancelling one the edge
+		// has taken would have it retried elsewhere and delivered twice.
+		// New calls no longer use these connections.
+		time.AfterFunc(closeGrace, func() {
+			for _, cc := range gone {
+				cc.Close()
+			}
+		})
 	}
 	c.log.Info("push client: ring in use", "version", r.Version(), "members", len(addrs), "closed_conns", len(gone))
 }
@@ -417,7 +435,7 @@ func (c *Client) Publish(ctx context.Context, userID string, data []byte, ttl ti
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	req := &pushv1.PublishRequest{UserId: userID, Data: data, TtlSeconds: secs}
+	req := &pushv1.PublishRequest{UserId: userID, Data: data, TtlSeconds: secs, Forwarded: c.forwarded}
 	var resp *pushv1.PublishResponse
 	err = c.retry(ctx, func(r *ring.Ring) error {
 		m, pc, err := c.owner(r, userID)
@@ -441,7 +459,7 @@ func (c *Client) Kick(ctx context.Context, userID, reason string) (*pushv1.KickR
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	req := &pushv1.KickRequest{UserId: userID, Reason: reason}
+	req := &pushv1.KickRequest{UserId: userID, Reason: reason, Forwarded: c.forwarded}
 	var resp *pushv1.KickResponse
 	err := c.retry(ctx, func(r *ring.Ring) error {
 		m, pc, err := c.owner(r, userID)
@@ -474,7 +492,7 @@ func (c *Client) PublishMulti(ctx context.Context, userIDs []string, data []byte
 	}
 	out := make([]*pushv1.PublishResult, len(userIDs))
 	err = c.split(ctx, userIDs, func(ctx context.Context, pc pushv1.PushClient, idx []int, uids []string) error {
-		resp, err := pc.PublishMulti(ctx, &pushv1.PublishMultiRequest{UserIds: uids, Data: data, TtlSeconds: secs})
+		resp, err := pc.PublishMulti(ctx, &pushv1.PublishMultiRequest{UserIds: uids, Data: data, TtlSeconds: secs, Forwarded: c.forwarded})
 		if err != nil {
 			return err
 		}
@@ -500,7 +518,7 @@ func (c *Client) Presence(ctx context.Context, userIDs []string) (*pushv1.Presen
 	}
 	out := make([]*pushv1.UserPresence, len(userIDs))
 	err := c.split(ctx, userIDs, func(ctx context.Context, pc pushv1.PushClient, idx []int, uids []string) error {
-		resp, err := pc.Presence(ctx, &pushv1.PresenceRequest{UserIds: uids})
+		resp, err := pc.Presence(ctx, &pushv1.PresenceRequest{UserIds: uids, Forwarded: c.forwarded})
 		if err != nil {
 			return err
 		}

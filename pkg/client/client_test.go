@@ -367,6 +367,7 @@ func TestBroadcastNamesTheEdgesThatFailed(t *testing.T) {
 
 func TestRingChangeReroutesAndClosesConnections(t *testing.T) {
 	cl := newCluster(t, 3)
+	defer client.SetCloseGrace(50 * time.Millisecond)()
 	cl.setRing(1, 2) // version 2: edge 3 not yet a member
 	c := cl.client()
 	waitFor(t, "ring version 2", func() bool { return c.Ring().Version() == 2 })

@@ -86,8 +86,17 @@ type Config struct {
 	AllowedOrigins []string
 	// Dev allows any Origin. It never relaxes authentication.
 	Dev bool
+	// MigrateRate is how many users a second are closed with 4003 "moved"
+	// when the ring gives them to another edge (default 500).
+	MigrateRate int
+	// Forwarder reaches the owner of a user this edge neither holds nor
+	// owns; nil handles every call here (standalone).
+	Forwarder Forwarder
 	// Verifier checks tokens; required.
 	Verifier *auth.Verifier
+	// BroadcastWriters is how many goroutines write a broadcast, each to a
+	// share of the connections (default GOMAXPROCS).
+	BroadcastWriters int
 	// Loops is the number of epoll loops (default GOMAXPROCS).
 	Loops int
 	// Logger receives structured logs (default slog.Default()).
@@ -109,6 +118,7 @@ func (c *Config) setDefaults() {
 	}
 	def(&c.Backlog, 4096)
 	def(&c.ListenSpan, 1)
+	def(&c.MigrateRate, 500)
 	def(&c.MaxConns, 100000)
 	def(&c.MaxConnsPerUser, 1)
 	defD(&c.HandshakeTimeout, 5*time.Second)
@@ -124,6 +134,7 @@ func (c *Config) setDefaults() {
 	defD(&c.DrainPeriod, 10*time.Second)
 	defD(&c.Tick, 100*time.Millisecond)
 	def(&c.Loops, runtime.GOMAXPROCS(0))
+	def(&c.BroadcastWriters, runtime.GOMAXPROCS(0))
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -143,6 +154,8 @@ func (c *Config) validate() error {
 		return bad("listen address is empty")
 	case c.MaxConns < 1, c.MaxConnsPerUser < 1, c.Backlog < 1, c.Loops < 1, c.MailboxSize < 1:
 		return bad("max-conns, max-conns-per-user, backlog, loops and mailbox-size must be >= 1")
+	case c.MigrateRate < 1 || c.MigrateRate > 1000000:
+		return bad("migrate-rate %d outside 1..1000000", c.MigrateRate)
 	case c.ListenSpan < 1 || c.ListenSpan > 64:
 		return bad("listen-span %d outside 1..64", c.ListenSpan)
 	case c.Loops > 255:

@@ -24,6 +24,9 @@ type metrics struct {
 	broadcasts   prometheus.Counter
 	latency      prometheus.Histogram
 	acceptErrors prometheus.Counter
+	moved        prometheus.Counter
+	handedOff    prometheus.Counter
+	forwarded    prometheus.Counter
 
 	hsOK, hsUnauthorized, hsForbidden, hsBadRequest, hsOverloaded, hsTimeout, hsTooLarge, hsNotFound prometheus.Counter
 	pubDelivered, pubStored, pubRejected                                                             prometheus.Counter
@@ -63,6 +66,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(5e-6, 2, 16)}),
 		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_edge_accept_errors_total", Help: "accept(2) failures (e.g. out of descriptors)."}),
+		moved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_moved_total", Help: "Connections closed with 4003 because the ring gave their user to another edge."}),
+		handedOff: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_handed_off_total", Help: "Stored messages handed to a user's new owner."}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_forwarded_total", Help: "Calls forwarded to the owner of a user this edge neither holds nor owns."}),
 	}
 	for _, r := range []struct {
 		p    *prometheus.Counter
@@ -80,7 +89,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.conns, m.handshaking, m.handshakes, m.closes, m.msgsOut, m.bytesOut,
 			m.msgsIn, m.bytesIn, m.queueDrops, m.stored, m.expired, m.publishes, m.broadcasts,
-			m.latency, m.acceptErrors)
+			m.latency, m.acceptErrors, m.moved, m.handedOff, m.forwarded)
 	}
 	return m
 }

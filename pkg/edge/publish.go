@@ -3,7 +3,6 @@ package edge
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,10 +80,15 @@ func (s *Server) Publish(uid string, data []byte, ttl time.Duration) (Result, er
 	if err := s.admit(data, uid); err != nil {
 		return Result{}, err
 	}
+	return s.publish(uid, data, ttl), nil
+}
+
+// publish is Publish after admit.
+func (s *Server) publish(uid string, data []byte, ttl time.Duration) Result {
 	start := time.Now()
 	r := s.publishTail(uid, messageTail(data), start.UnixNano()+int64(s.ttl(ttl)))
 	s.m.latency.Observe(time.Since(start).Seconds())
-	return r, nil
+	return r
 }
 
 // PublishMulti sends the same data to several users; the message body is
@@ -93,6 +97,11 @@ func (s *Server) PublishMulti(uids []string, data []byte, ttl time.Duration) ([]
 	if err := s.admit(data, uids...); err != nil {
 		return nil, err
 	}
+	return s.publishMulti(uids, data, ttl), nil
+}
+
+// publishMulti is PublishMulti after admit.
+func (s *Server) publishMulti(uids []string, data []byte, ttl time.Duration) []Result {
 	start := time.Now()
 	tail := messageTail(data)
 	expires := start.UnixNano() + int64(s.ttl(ttl))
@@ -101,7 +110,7 @@ func (s *Server) PublishMulti(uids []string, data []byte, ttl time.Duration) ([]
 		out[i] = s.publishTail(uid, tail, expires)
 	}
 	s.m.latency.Observe(time.Since(start).Seconds())
-	return out, nil
+	return out
 }
 
 func (s *Server) publishTail(uid string, tail []byte, expires int64) Result {
@@ -158,7 +167,7 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 		return 0, ErrShuttingDown
 	}
 	f := broadcastFrame(messageTail(data))
-	workers := runtime.GOMAXPROCS(0)
+	workers := s.cfg.BroadcastWriters
 	var total atomic.Int64
 	var wg sync.WaitGroup
 	top := int(s.maxFD.Load()) + 1

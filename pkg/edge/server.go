@@ -13,6 +13,7 @@ import (
 
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
+	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/wheel"
 )
 
@@ -33,6 +34,9 @@ type Server struct {
 
 	reg *registry.Registry[*conn]
 
+	ring        atomic.Pointer[ring.Ring] // nil: standalone, owns every user
+	ringChanged chan struct{}             // wakes the migrator (buffered 1)
+
 	// wheelMu guards wheel; taken after conn.mu, never before.
 	wheelMu sync.Mutex
 	wheel   *wheel.Wheel[*conn]
@@ -50,7 +54,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Metrics), stop: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Metrics), stop: make(chan struct{}), ringChanged: make(chan struct{}, 1)}
 	_, hard := rawtcp.FDLimit()
 	size := hard
 	if size == 0 || size > 1<<22 {
@@ -145,8 +149,9 @@ func (s *Server) Start() error {
 		s.wg.Add(1)
 		go func(l *loop) { defer s.wg.Done(); l.run() }(l)
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.tickLoop() }()
+	go func() { defer s.wg.Done(); s.migrateLoop() }()
 	return nil
 }
 

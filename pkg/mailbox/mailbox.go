@@ -181,6 +181,33 @@ func (b *Box) Resume(dst []Message, lastSeq uint64, hasLast bool, now int64) ([]
 	return dst, gap
 }
 
+// TakeUnsent removes and returns, in order, the messages no connection has
+// taken, so an edge that no longer owns the user can hand them to the
+// owner. Expired ones are dropped first.
+func (b *Box) TakeUnsent(now int64) []Message {
+	b.Expire(now)
+	var out []Message
+	kept := 0
+	for i := 0; i < b.n; i++ {
+		m := b.at(i)
+		if !m.Sent {
+			out = append(out, *m)
+			*m = Message{}
+			continue
+		}
+		if kept != i {
+			*b.at(kept) = *m
+			*m = Message{}
+		}
+		kept++
+	}
+	b.n = kept
+	if b.n == 0 {
+		b.msgs, b.head = nil, 0
+	}
+	return out
+}
+
 // renumberUnsent moves unsent messages numbered at or below lastSeq to the
 // end with fresh numbers, keeping their relative order and the box sorted.
 func (b *Box) renumberUnsent(lastSeq uint64) {

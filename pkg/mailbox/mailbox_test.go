@@ -171,3 +171,21 @@ func TestPushDoesNotAllocateOnceGrown(t *testing.T) {
 		t.Fatalf("Push allocates %v times", n)
 	}
 }
+
+func TestTakeUnsent(t *testing.T) {
+	b := New(10)
+	b.Push([]byte("s1"), 100*sec, true)
+	b.Push([]byte("u2"), 100*sec, false)
+	b.Push([]byte("old"), 1*sec, false)
+	b.Push([]byte("u4"), 100*sec, false)
+	got := b.TakeUnsent(2 * sec)
+	if !reflect.DeepEqual(bodies(got), []string{"u2", "u4"}) {
+		t.Fatalf("took %v", bodies(got))
+	}
+	if b.Len() != 1 || b.at(0).Seq != 1 {
+		t.Fatalf("left %d messages", b.Len())
+	}
+	if next := b.Push([]byte("x"), 100*sec, true); next != 5 {
+		t.Fatalf("numbering must go on: %d", next)
+	}
+}

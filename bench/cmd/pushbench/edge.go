@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,7 @@ func runEdge(args []string) error {
 	uniDur := fs.Duration("unicast-duration", 10*time.Second, "unicast phase length")
 	publishers := fs.Int("publishers", 32, "concurrent gRPC publish streams")
 	out := fs.String("out", "bench/results", "results directory")
+	edgeArgs := fs.String("edge-args", "", "extra edge flags, space-separated (e.g. \"--broadcast-writers 1\")")
 	flagenv.SetUsage(fs, "PUSHBENCH", "pushbench edge [flags]", "Starts one edge process and load-generator processes on loopback and measures the edge's per-connection cost and delivery speed.")
 	if _, err := flagenv.Parse(fs, "PUSHBENCH", args, nil); err != nil {
 		return err
@@ -51,8 +53,8 @@ func runEdge(args []string) error {
 	secret := newSecret()
 	os.Setenv("PUSH_JWT_SECRET", secret)
 	const ws, grpcAddr, admin = "127.0.0.1:18080", "127.0.0.1:19090", "127.0.0.1:19100"
-	e, err := startDaemon("edge", *bin, []string{"--listen", ws, "--grpc", grpcAddr, "--admin", admin,
-		"--max-conns", "200000", "--log-level", "warn", "--drain-period", "1s"}, nil, admin)
+	e, err := startDaemon("edge", *bin, append([]string{"--listen", ws, "--grpc", grpcAddr, "--admin", admin,
+		"--max-conns", "200000", "--log-level", "warn", "--drain-period", "1s"}, strings.Fields(*edgeArgs)...), nil, admin)
 	if err != nil {
 		return err
 	}
@@ -129,15 +131,17 @@ func runEdge(args []string) error {
 	var bUser, bSys float64
 	var delivered int64
 	for i := 1; i <= *broadcasts; i++ {
+		time.Sleep(time.Second) // let the previous round's clients finish reading
 		b0, _ := sample.Read(e.pid(), "", "")
 		payload := fmt.Sprintf(`{"b":%d,"t":%d}`, i, time.Now().UnixNano())
 		resp, err := push.Broadcast(context.Background(), &pushv1.BroadcastRequest{Data: []byte(payload)})
 		if err != nil {
 			return fmt.Errorf("broadcast: %w", err)
 		}
-		delivered += int64(resp.Connections)
-		time.Sleep(time.Second)
+		// The call returns when every frame is written: the CPU between the
+		// two samples is the fan-out's.
 		b1, _ := sample.Read(e.pid(), "", "")
+		delivered += int64(resp.Connections)
 		bUser += b1.UserSec - b0.UserSec
 		bSys += b1.SysSec - b0.SysSec
 	}
