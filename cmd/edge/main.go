@@ -8,7 +8,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/pushcluster/push/pkg/admin"
 	"github.com/pushcluster/push/pkg/auth"
-	"github.com/pushcluster/push/pkg/client"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/flagenv"
@@ -39,28 +37,6 @@ func main() {
 	}
 }
 
-// follow feeds every new ring document of st to srv.
-func follow(ctx context.Context, st store.Store, srv *edge.Server, log *slog.Logger) error {
-	docs, err := st.Watch(ctx)
-	if err != nil {
-		return fmt.Errorf("watch the ring: %w", err)
-	}
-	go func() {
-		for d := range docs {
-			r, err := ring.New(d)
-			if err != nil {
-				log.Error("ring document refused", "version", d.Version, "err", err)
-				continue
-			}
-			if cur := srv.Ring(); cur == nil || r.Version() != cur.Version() {
-				log.Info("ring changed", "version", r.Version())
-			}
-			srv.SetRing(r)
-		}
-	}()
-	return nil
-}
-
 func run(args []string) error {
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	var c edge.Config
@@ -68,7 +44,8 @@ func run(args []string) error {
 	grpcAddr := fs.String("grpc", "127.0.0.1:9090", "gRPC push.v1.Push address")
 	adminAddr := fs.String("admin", "127.0.0.1:9100", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
 	id := fs.Uint("id", 1, "this edge's ring member id")
-	ringURL := fs.String("ring", "", "ring store to follow (file:./ring.json); empty: standalone, this edge owns every user")
+	ringURL := fs.String("ring", "", "ring store to follow (file:./ring.json or etcd://host:2379/prefix); empty: standalone, this edge owns every user")
+	leaseTTL := fs.Duration("lease-ttl", 5*time.Second, "etcd store: how long after this edge dies it leaves the ring")
 	fs.IntVar(&c.ListenSpan, "listen-span", 1, "also listen on the next N-1 ports after --listen's (routers spread connections over them; see the router's --edge-port-span)")
 	fs.BoolVar(&c.AcceptProxy, "accept-proxy", false, "expect a PROXY protocol v1/v2 header before each request (router --send-proxy-v2)")
 	fs.IntVar(&c.Backlog, "backlog", 4096, "listen queue length (capped by net.core.somaxconn)")
@@ -138,36 +115,28 @@ func run(args []string) error {
 	}
 
 	var st store.Store
-	var fwd *client.Client
+	var desired *ring.Ring
 	if *ringURL != "" {
 		if st, err = store.Open(*ringURL, log); err != nil {
 			return err
 		}
 		defer st.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		fwd, err = client.New(ctx, st, client.WithForwarded(), client.WithLogger(log))
+		desired, err = edge.DesiredRing(ctx, st)
 		cancel()
 		if err != nil {
-			return fmt.Errorf("follow the ring at %s: %w", *ringURL, err)
+			return fmt.Errorf("--ring %s: %w", *ringURL, err)
 		}
-		defer fwd.Close()
-		c.Forwarder = fwd
-		r := fwd.Ring()
-		if _, ok := r.Member(c.ID); !ok {
-			log.Warn("this edge is not in the ring: it owns no users until it is added", "id", c.ID, "ring_version", r.Version())
+		if _, ok := desired.Member(c.ID); !ok {
+			log.Warn("this edge is not in the ring: it owns no users until it is added", "id", c.ID, "ring_version", desired.Version())
 		}
 	}
 	srv, err := edge.New(c)
 	if err != nil {
 		return err
 	}
-	if st != nil {
-		srv.SetRing(fwd.Ring())
-		watchCtx, stopWatch := context.WithCancel(context.Background())
-		defer stopWatch()
-		if err := follow(watchCtx, st, srv, log); err != nil {
-			return err
-		}
+	if desired != nil {
+		srv.SetRing(desired) // before serving: never a moment of owning everyone
 	}
 	// Room for a PublishMulti of MaxUserIDsPerCall ids of 128 bytes each.
 	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+userid.MaxPerCall*140+64<<10)
@@ -192,12 +161,28 @@ func run(args []string) error {
 			log.Error("admin serve", "err", err)
 		}
 	}()
+	var mem *edge.Membership
+	if st != nil {
+		// Registered only now that it serves: in the effective ring (etcd)
+		// an edge is live only while its lease is.
+		if mem, err = edge.Join(srv, st, *leaseTTL); err != nil {
+			return err
+		}
+		defer mem.Close()
+	}
 	log.Info("edge up", "id", c.ID, "ws", srv.Addr().String(), "grpc", g.Addr().String(), "admin", adm.Addr().String())
 
 	sig := daemon.WaitForSignal()
 	log.Info("shutting down", "signal", sig, "drain_period", c.DrainPeriod)
-	ctx, cancel := context.WithTimeout(context.Background(), c.DrainPeriod+c.CloseTimeout+5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*c.DrainPeriod+c.CloseTimeout+5*time.Second)
 	defer cancel()
+	if mem != nil {
+		// Draining in the store first: users move to their new owners with
+		// 4003 and resume there; what is left gets 1001 below.
+		dctx, dcancel := context.WithTimeout(ctx, c.DrainPeriod)
+		mem.Drain(dctx)
+		dcancel()
+	}
 	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("drain cut short", "err", err)
 	}

@@ -22,6 +22,21 @@ type Forwarder interface {
 	Presence(ctx context.Context, userIDs []string) (*pushv1.PresenceResponse, error)
 }
 
+// fwdBox holds the Forwarder behind an atomic pointer.
+type fwdBox struct{ f Forwarder }
+
+// SetForwarder sets (or replaces) how this edge reaches owners. An edge
+// using the etcd store must register before an SDK can see a ring, so its
+// forwarder comes after New.
+func (s *Server) SetForwarder(f Forwarder) { s.fwd.Store(&fwdBox{f}) }
+
+func (s *Server) forwarder() Forwarder {
+	if b := s.fwd.Load(); b != nil {
+		return b.f
+	}
+	return nil
+}
+
 // SetRing makes r the ring this edge follows (nil: standalone, it owns
 // every user). Users it holds but no longer owns are then closed with 4003
 // "moved" at MigrateRate, and messages stored for absent users it no longer
@@ -115,7 +130,7 @@ func (s *Server) moveUsers() {
 // handOff forwards messages stored for absent users this edge no longer
 // owns to their owner, in order, so a user who connects there gets them.
 func (s *Server) handOff() {
-	if s.cfg.Forwarder == nil {
+	if s.forwarder() == nil {
 		return
 	}
 	type parcel struct {
@@ -136,7 +151,7 @@ func (s *Server) handOff() {
 		for i, m := range p.msgs {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			ttl := time.Duration(m.Expires - now)
-			_, err := s.cfg.Forwarder.Publish(ctx, p.uid, tailData(m.Body), max(ttl, time.Second))
+			_, err := s.forwarder().Publish(ctx, p.uid, tailData(m.Body), max(ttl, time.Second))
 			cancel()
 			if err != nil {
 				// Keep what could not be handed over; the next pass tries again.

@@ -48,7 +48,7 @@ func outcome(o Outcome) pushv1.Outcome {
 // a Forwarder, the call was not forwarded already, and the edge neither
 // owns nor holds the user.
 func (g *Service) forward(forwarded bool, uid string) bool {
-	return g.s.cfg.Forwarder != nil && !forwarded && !g.s.local(uid)
+	return g.s.forwarder() != nil && !forwarded && !g.s.local(uid)
 }
 
 // Publish implements push.v1.Push: delivered here if this edge holds or
@@ -61,7 +61,7 @@ func (g *Service) Publish(ctx context.Context, req *pushv1.PublishRequest) (*pus
 	}
 	if g.forward(req.GetForwarded(), req.GetUserId()) {
 		s.m.forwarded.Inc()
-		return s.cfg.Forwarder.Publish(ctx, req.GetUserId(), req.GetData(), ttl)
+		return s.forwarder().Publish(ctx, req.GetUserId(), req.GetData(), ttl)
 	}
 	r := s.publish(req.GetUserId(), req.GetData(), ttl)
 	return &pushv1.PublishResponse{Outcome: outcome(r.Outcome), Seq: r.Seq,
@@ -89,7 +89,7 @@ func (g *Service) PublishMulti(ctx context.Context, req *pushv1.PublishMultiRequ
 	out := &pushv1.PublishMultiResponse{Results: make([]*pushv1.PublishResult, len(ids))}
 	if len(there) > 0 {
 		s.m.forwarded.Inc()
-		remote, err := s.cfg.Forwarder.PublishMulti(ctx, pick(ids, there), req.GetData(), ttl)
+		remote, err := s.forwarder().PublishMulti(ctx, pick(ids, there), req.GetData(), ttl)
 		if err != nil {
 			return nil, err
 		}
@@ -134,9 +134,9 @@ func (g *Service) Kick(ctx context.Context, req *pushv1.KickRequest) (*pushv1.Ki
 	if err != nil {
 		return nil, g.status(err)
 	}
-	if s.cfg.Forwarder != nil && !req.GetForwarded() && !s.owns(req.GetUserId()) {
+	if s.forwarder() != nil && !req.GetForwarded() && !s.owns(req.GetUserId()) {
 		s.m.forwarded.Inc()
-		r, err := s.cfg.Forwarder.Kick(ctx, req.GetUserId(), req.GetReason())
+		r, err := s.forwarder().Kick(ctx, req.GetUserId(), req.GetReason())
 		if err != nil {
 			return nil, err
 		}
@@ -160,14 +160,14 @@ func (g *Service) Presence(ctx context.Context, req *pushv1.PresenceRequest) (*p
 		p := &pushv1.UserPresence{UserId: uid, Online: n > 0, Connections: uint32(n)}
 		if n > 0 {
 			p.EdgeId = s.cfg.ID
-		} else if s.cfg.Forwarder != nil && !req.GetForwarded() && !s.owns(uid) {
+		} else if s.forwarder() != nil && !req.GetForwarded() && !s.owns(uid) {
 			there = append(there, i)
 		}
 		out.Users[i] = p
 	}
 	if len(there) > 0 {
 		s.m.forwarded.Inc()
-		remote, err := s.cfg.Forwarder.Presence(ctx, pick(ids, there))
+		remote, err := s.forwarder().Presence(ctx, pick(ids, there))
 		if err != nil {
 			return nil, err
 		}

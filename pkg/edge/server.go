@@ -36,6 +36,7 @@ type Server struct {
 
 	ring        atomic.Pointer[ring.Ring] // nil: standalone, owns every user
 	ringChanged chan struct{}             // wakes the migrator (buffered 1)
+	fwd         atomic.Pointer[fwdBox]    // Config.Forwarder, or SetForwarder's
 
 	// wheelMu guards wheel; taken after conn.mu, never before.
 	wheelMu sync.Mutex
@@ -62,6 +63,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.table = make([]atomic.Pointer[conn], size)
 	s.reg = registry.New[*conn](256)
+	if cfg.Forwarder != nil {
+		s.SetForwarder(cfg.Forwarder)
+	}
 	s.wheel = wheel.New[*conn](cfg.Tick, 4096, time.Now())
 
 	if err := s.listen(); err != nil {

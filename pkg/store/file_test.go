@@ -127,13 +127,13 @@ func TestOpenURLs(t *testing.T) {
 		st.Close()
 	}
 	for url, want := range map[string]string{
-		"etcd://127.0.0.1:2379/push/ring": "etcd store not built yet",
-		"ftp://x/ring.json":               `unknown scheme "ftp"`,
-		"file://otherhost/ring.json":      `cannot name host "otherhost"`,
-		"file:":                           "empty path",
-		"":                                "empty path",
-		"file:/no/such/dir/ring.json":     "no such file or directory",
-		"file:" + dir:                     "is a directory",
+		"etcd:///push":                "want etcd://host:port",
+		"ftp://x/ring.json":           `unknown scheme "ftp"`,
+		"file://otherhost/ring.json":  `cannot name host "otherhost"`,
+		"file:":                       "empty path",
+		"":                            "empty path",
+		"file:/no/such/dir/ring.json": "no such file or directory",
+		"file:" + dir:                 "is a directory",
 	} {
 		st, err := store.Open(url, quiet())
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -143,8 +143,8 @@ func TestOpenURLs(t *testing.T) {
 			t.Errorf("%q: non-nil store with an error", url)
 		}
 	}
-	if _, err := store.Open("etcd://x/y", nil); !errors.Is(err, store.ErrUnsupported) {
-		t.Errorf("etcd: %v, want ErrUnsupported", err)
+	if _, err := store.Open("zk://x/y", nil); !errors.Is(err, store.ErrUnsupported) {
+		t.Errorf("zk: %v, want ErrUnsupported", err)
 	}
 }
 

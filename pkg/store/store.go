@@ -67,8 +67,8 @@ var (
 //
 //	file:./ring.json, file:/abs/ring.json, file:///abs/ring.json, ./ring.json
 //	    the file store (OpenFile); a bare path means a file
-//	etcd://host:2379/key
-//	    reserved for the etcd store, not built yet (ErrUnsupported)
+//	etcd://host:2379[,host:2379...][/prefix]
+//	    the etcd store (see Etcd): desired document, leases for liveness
 //
 // log receives the store's warnings (slog.Default() when nil).
 func Open(url string, log *slog.Logger) (Store, error) {
@@ -96,7 +96,11 @@ func Open(url string, log *slog.Logger) (Store, error) {
 		}
 		return f, nil
 	case "etcd":
-		return nil, fmt.Errorf("store %q: etcd store not built yet: %w", url, ErrUnsupported)
+		e, err := OpenEtcd(url, log)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return e, nil
 	}
 	return nil, fmt.Errorf("store %q: unknown scheme %q (want file: or etcd://): %w", url, scheme, ErrUnsupported)
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/router"
 	"github.com/pushcluster/push/pkg/store"
+	"github.com/pushcluster/push/pkg/store/etcdtest"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
@@ -33,28 +34,10 @@ var secret = []byte("cluster-test-secret-cluster-test-secret!!")
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// lateForwarder lets an edge start before the ring (and so the SDK it
-// forwards with) exists.
-type lateForwarder struct{ c atomic.Pointer[client.Client] }
-
-func (f *lateForwarder) Publish(ctx context.Context, u string, d []byte, ttl time.Duration) (*pushv1.PublishResponse, error) {
-	return f.c.Load().Publish(ctx, u, d, ttl)
-}
-func (f *lateForwarder) PublishMulti(ctx context.Context, u []string, d []byte, ttl time.Duration) (*pushv1.PublishMultiResponse, error) {
-	return f.c.Load().PublishMulti(ctx, u, d, ttl)
-}
-func (f *lateForwarder) Kick(ctx context.Context, u, r string) (*pushv1.KickResponse, error) {
-	return f.c.Load().Kick(ctx, u, r)
-}
-func (f *lateForwarder) Presence(ctx context.Context, u []string) (*pushv1.PresenceResponse, error) {
-	return f.c.Load().Presence(ctx, u)
-}
-
 type node struct {
 	id   uint32
 	srv  *edge.Server
 	g    *daemon.GRPC
-	fwd  *lateForwarder
 	stop context.CancelFunc
 }
 
@@ -80,8 +63,7 @@ func (c *cluster) startEdge(id uint32) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fwd := &lateForwarder{}
-	srv, err := edge.New(edge.Config{ID: id, Listen: "127.0.0.1:0", Verifier: v, Forwarder: fwd,
+	srv, err := edge.New(edge.Config{ID: id, Listen: "127.0.0.1:0", Verifier: v,
 		MigrateRate: 2000, Tick: 20 * time.Millisecond, DrainPeriod: 200 * time.Millisecond,
 		CloseTimeout: time.Second, Logger: quiet()})
 	if err != nil {
@@ -96,7 +78,7 @@ func (c *cluster) startEdge(id uint32) *node {
 	}
 	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
 	go g.Serve()
-	n := &node{id: id, srv: srv, g: g, fwd: fwd}
+	n := &node{id: id, srv: srv, g: g}
 	c.mu.Lock()
 	c.nodes[id] = n
 	c.mu.Unlock()
@@ -104,26 +86,20 @@ func (c *cluster) startEdge(id uint32) *node {
 	return n
 }
 
-// follow connects a started edge to the store (the ring must exist).
+// follow connects a started edge to the store (the ring must exist), as
+// cmd/edge does: the SDK it forwards with, the ring, and edge.Join (which
+// with etcd also registers its lease).
 func (c *cluster) follow(n *node) {
-	sdk, err := client.New(ctxT(c.t, 10*time.Second), c.st, client.WithForwarded(), client.WithLogger(quiet()))
+	r, err := edge.DesiredRing(ctxT(c.t, 10*time.Second), c.st)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	n.fwd.c.Store(sdk)
-	ctx, cancel := context.WithCancel(context.Background())
-	docs, err := c.st.Watch(ctx)
+	n.srv.SetRing(r)
+	mem, err := edge.Join(n.srv, c.st, 2*time.Second)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	go func() {
-		for d := range docs {
-			if r, err := ring.New(d); err == nil {
-				n.srv.SetRing(r)
-			}
-		}
-	}()
-	n.stop = func() { cancel(); sdk.Close() }
+	n.stop = mem.Close
 }
 
 func (c *cluster) stopEdge(id uint32) {
@@ -165,9 +141,13 @@ func (c *cluster) change(mutate func(d *ring.Document)) (before, after *ring.Doc
 	return cur, &next
 }
 
-func newCluster(t *testing.T, edges int) *cluster {
-	path := filepath.Join(t.TempDir(), "ring.json")
-	st, err := store.Open("file:"+path, quiet())
+// newCluster starts edges 1..edges, a ring of them in the store at url
+// ("" for a file store in a temp dir), the SDK and a router.
+func newCluster(t *testing.T, url string, edges int) *cluster {
+	if url == "" {
+		url = "file:" + filepath.Join(t.TempDir(), "ring.json")
+	}
+	st, err := store.Open(url, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -340,6 +320,11 @@ func (c *cluster) settled(d *ring.Document, users []*user) bool {
 // once and in order, and the users that move must be the ones the ring
 // change predicts.
 func TestZeroLossResize(t *testing.T) {
+	t.Run("file", func(t *testing.T) { zeroLossResize(t, "") })
+	t.Run("etcd", func(t *testing.T) { zeroLossResize(t, etcdtest.Start(t).URL("/push")) })
+}
+
+func zeroLossResize(t *testing.T, storeURL string) {
 	users := 2000
 	if testing.Short() {
 		users = 300
@@ -347,7 +332,7 @@ func TestZeroLossResize(t *testing.T) {
 	if v := os.Getenv("RESIZE_USERS"); v != "" {
 		fmt.Sscan(v, &users)
 	}
-	c := newCluster(t, 3)
+	c := newCluster(t, storeURL, 3)
 	us := make([]*user, users)
 	ctx, stopUsers := context.WithCancel(context.Background())
 	defer stopUsers()
@@ -431,8 +416,8 @@ func TestZeroLossResize(t *testing.T) {
 
 	time.Sleep(500 * time.Millisecond) // some traffic before the first change
 	e4 := c.startEdge(4)
+	c.follow(e4) // live (etcd) but owning nobody until the ring names it
 	step("add edge 4", func(d *ring.Document) { d.Members = append(d.Members, c.member(e4, 1)) })
-	c.follow(e4)
 	step("drain edge 2", func(d *ring.Document) {
 		for i := range d.Members {
 			if d.Members[i].ID == 2 {
