@@ -8,10 +8,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
@@ -44,6 +47,9 @@ func run(args []string) error {
 	grpcAddr := fs.String("grpc", "127.0.0.1:9090", "gRPC push.v1.Push address")
 	adminAddr := fs.String("admin", "127.0.0.1:9100", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
 	id := fs.Uint("id", 1, "this edge's ring member id")
+	idFromHost := fs.Bool("id-from-hostname", false, "take the ring id from the hostname's ordinal suffix plus one (StatefulSet pod edge-0 is id 1)")
+	advWS := fs.String("advertise-ws", "", "WebSocket address routers reach this edge at (checked against the ring; default --listen)")
+	advGRPC := fs.String("advertise-grpc", "", "gRPC address backends reach this edge at (checked against the ring; default --grpc)")
 	ringURL := fs.String("ring", "", "ring store to follow (file:./ring.json or etcd://host:2379/prefix); empty: standalone, this edge owns every user")
 	leaseTTL := fs.Duration("lease-ttl", 5*time.Second, "etcd store: how long after this edge dies it leaves the ring")
 	fs.IntVar(&c.ListenSpan, "listen-span", 1, "also listen on the next N-1 ports after --listen's (routers spread connections over them; see the router's --edge-port-span)")
@@ -85,6 +91,15 @@ func run(args []string) error {
 		debug.SetGCPercent(*gcPercent)
 	}
 	c.ID = uint32(*id)
+	if *idFromHost {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("--id-from-hostname: %w", err)
+		}
+		if c.ID, err = edge.IDFromHostname(host); err != nil {
+			return fmt.Errorf("--id-from-hostname: %w", err)
+		}
+	}
 	c.Logger = log
 	if *origins != "" {
 		c.AllowedOrigins = strings.Split(*origins, ",")
@@ -127,8 +142,14 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("--ring %s: %w", *ringURL, err)
 		}
-		if _, ok := desired.Member(c.ID); !ok {
+		if m, ok := desired.Member(c.ID); !ok {
 			log.Warn("this edge is not in the ring: it owns no users until it is added", "id", c.ID, "ring_version", desired.Version())
+		} else {
+			for _, a := range [][3]string{{"ws", m.WS, *advWS}, {"grpc", m.GRPC, *advGRPC}} {
+				if a[2] != "" && a[1] != a[2] {
+					log.Warn("the ring names another address for this edge", "id", c.ID, "kind", a[0], "ring", a[1], "advertised", a[2])
+				}
+			}
 		}
 	}
 	srv, err := edge.New(c)
@@ -144,7 +165,47 @@ func run(args []string) error {
 		return err
 	}
 	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
-	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: srv.Ready, Logger: log})
+	var joined atomic.Bool // with a store: ready only once following it (and, with etcd, registered)
+	ready := func() error {
+		if st != nil && !joined.Load() {
+			return errors.New("not yet a member of the ring")
+		}
+		return srv.Ready()
+	}
+	var mem *edge.Membership
+	var drainOnce sync.Once
+	drained := make(chan struct{})
+	drain := func(why string) {
+		drainOnce.Do(func() {
+			defer close(drained)
+			log.Info("draining", "why", why, "drain_period", c.DrainPeriod)
+			g.Health.Shutdown() // gRPC health NOT_SERVING for routers and SDKs
+			ctx, cancel := context.WithTimeout(context.Background(), 2*c.DrainPeriod+c.CloseTimeout+5*time.Second)
+			defer cancel()
+			if mem != nil {
+				// Draining in the store first: users move to their new
+				// owners with 4003 and resume there; the rest get 1001.
+				dctx, dcancel := context.WithTimeout(ctx, c.DrainPeriod)
+				mem.Drain(dctx)
+				dcancel()
+			}
+			if err := srv.Shutdown(ctx); err != nil {
+				log.Warn("drain cut short", "err", err)
+			}
+		})
+	}
+	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: ready, Logger: log,
+		Extra: map[string]http.Handler{
+			// For a Kubernetes preStop hook: returns once the edge is drained.
+			"/drain": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				go drain("admin /drain")
+				select {
+				case <-drained:
+					fmt.Fprintln(w, "drained")
+				case <-r.Context().Done():
+				}
+			}),
+		}})
 	if err != nil {
 		return err
 	}
@@ -161,7 +222,6 @@ func run(args []string) error {
 			log.Error("admin serve", "err", err)
 		}
 	}()
-	var mem *edge.Membership
 	if st != nil {
 		// Registered only now that it serves: in the effective ring (etcd)
 		// an edge is live only while its lease is.
@@ -169,23 +229,18 @@ func run(args []string) error {
 			return err
 		}
 		defer mem.Close()
+		joined.Store(true)
 	}
 	log.Info("edge up", "id", c.ID, "ws", srv.Addr().String(), "grpc", g.Addr().String(), "admin", adm.Addr().String())
 
-	sig := daemon.WaitForSignal()
-	log.Info("shutting down", "signal", sig, "drain_period", c.DrainPeriod)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*c.DrainPeriod+c.CloseTimeout+5*time.Second)
+	select {
+	case sig := <-daemon.Signal():
+		drain("signal " + sig)
+	case <-drained: // /drain finished first
+	}
+	<-drained
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if mem != nil {
-		// Draining in the store first: users move to their new owners with
-		// 4003 and resume there; what is left gets 1001 below.
-		dctx, dcancel := context.WithTimeout(ctx, c.DrainPeriod)
-		mem.Drain(dctx)
-		dcancel()
-	}
-	if err := srv.Shutdown(ctx); err != nil {
-		log.Warn("drain cut short", "err", err)
-	}
 	g.Stop(ctx)
 	adm.Shutdown(ctx)
 	log.Info("edge stopped")

@@ -39,19 +39,14 @@ import (
 )
 
 // pendingFlags are flags the manifests already set that the binaries do
-// not define yet. The cluster-control work is adding them to cmd/edge
-// (--ring and --migrate-rate have landed; the etcd:// scheme of --ring is
-// pkg/store's, not a flag):
-//
-//	--id-from-hostname               ring id = StatefulSet ordinal + 1
-//	--advertise-ws, --advertise-grpc addresses written to the lease/ring
+// not define yet (none at the moment: --id-from-hostname, --advertise-ws
+// and --advertise-grpc have landed in cmd/edge).
 //
 // A flag listed here is accepted without a type check. Once a binary
 // defines it, the real definition is checked instead (and the test logs
 // that the entry can go), so the check tightens by itself. A flag that is
 // neither defined nor listed fails the test.
 var pendingFlags = map[string][]string{
-	"edge": {"id-from-hostname", "advertise-ws", "advertise-grpc"},
 }
 
 // Environment variables a push container may carry that are not flags.

@@ -88,10 +88,18 @@ func (g *GRPC) Stop(ctx context.Context) {
 }
 
 // WaitForSignal blocks until SIGINT or SIGTERM and returns its name.
-func WaitForSignal() string {
+func WaitForSignal() string { return <-Signal() }
+
+// Signal delivers the name of the first SIGINT or SIGTERM, for callers that
+// also wait on something else.
+func Signal() <-chan string {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
-	sig := <-ch
-	signal.Stop(ch)
-	return sig.String()
+	out := make(chan string, 1)
+	go func() {
+		sig := <-ch
+		signal.Stop(ch)
+		out <- sig.String()
+	}()
+	return out
 }

@@ -801,3 +801,16 @@ func TestFrameRightBehindTheHead(t *testing.T) {
 		t.Fatalf("want the pong for the pipelined ping, got %x %q %v", op, p, err)
 	}
 }
+
+func TestIDFromHostname(t *testing.T) {
+	for host, want := range map[string]uint32{"edge-0": 1, "edge-41": 42, "push-edge-3.edge.ns.svc": 4} {
+		if got, err := edge.IDFromHostname(host); err != nil || got != want {
+			t.Errorf("%s: %d %v, want %d", host, got, err, want)
+		}
+	}
+	for _, host := range []string{"edge", "edge-x", "edge-", "edge-99999999999"} {
+		if _, err := edge.IDFromHostname(host); err == nil {
+			t.Errorf("%s: accepted", host)
+		}
+	}
+}

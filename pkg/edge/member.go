@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +32,22 @@ func (m *Membership) current() *store.Lease {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.lease
+}
+
+// IDFromHostname derives a ring id from a StatefulSet pod name: the
+// ordinal after the last '-' plus one ("edge-0" is 1), since ring ids start
+// at 1.
+func IDFromHostname(host string) (uint32, error) {
+	host, _, _ = strings.Cut(host, ".")
+	i := strings.LastIndexByte(host, '-')
+	if i < 0 {
+		return 0, fmt.Errorf("hostname %q has no -<ordinal> suffix", host)
+	}
+	n, err := strconv.ParseUint(host[i+1:], 10, 32)
+	if err != nil || n+1 > ring.MaxID {
+		return 0, fmt.Errorf("hostname %q: ordinal %q is not a number below %d", host, host[i+1:], ring.MaxID)
+	}
+	return uint32(n + 1), nil
 }
 
 // DesiredRing loads the desired document from st, to give a new Server its

@@ -24,9 +24,10 @@ import (
 
 // Exit codes, documented in the README.
 const (
-	ExitOK      = 0
-	ExitFailure = 1 // the operation failed (server error, unreachable)
-	ExitUsage   = 2 // bad arguments
+	ExitOK       = 0
+	ExitFailure  = 1 // the operation failed (server error, unreachable)
+	ExitUsage    = 2 // bad arguments, or a change refused (unknown id, last active member, …)
+	ExitConflict = 3 // version conflict: the ring changed under a change; re-run it
 )
 
 // App runs commands; Stdout and Stderr are where they print, Env is looked
@@ -51,7 +52,7 @@ func init() {
 		{"broadcast", "--data JSON", "send a message to every connection", (*App).broadcast},
 		{"kick", "[--reason R] U...", "close every connection of the users (4004)", (*App).kick},
 		{"presence", "U...", "show whether users are connected", (*App).presence},
-		{"ring", "lookup|show|simulate ...", "read the ring store: owners, shares, what a change would move", (*App).ring},
+		{"ring", "SUBCOMMAND [flags] ...", "the ring store: lookup, show, simulate (read); init, add, drain, weight, remove (change)", (*App).ring},
 	}
 }
 
@@ -75,6 +76,9 @@ func (a *App) Main(args []string) int {
 				return ExitOK
 			case errors.Is(err, flag.ErrHelp):
 				return ExitOK
+			case errors.As(err, new(conflictError)):
+				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
+				return ExitConflict
 			case errors.As(err, new(usageError)):
 				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
 				return ExitUsage
@@ -95,7 +99,7 @@ func (a *App) usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %-36s %s\n", c.name, c.args, c.help)
 	}
 	fmt.Fprintln(w, "\nRun 'pushctl <command> --help' for its flags. Flags also read PUSH_<FLAG> variables.")
-	fmt.Fprintln(w, "Exit codes: 0 ok, 1 operation failed, 2 bad arguments.")
+	fmt.Fprintln(w, "Exit codes: 0 ok, 1 operation failed, 2 bad arguments or refused, 3 version conflict (the ring changed; re-run).")
 }
 
 // flags builds a command's flag set with the shared connection flags.

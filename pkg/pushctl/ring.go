@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -20,19 +19,25 @@ import (
 	"github.com/pushcluster/push/pkg/store"
 )
 
-// ringSubcommands are the read-only views of the ring store; changes go
-// through the store's compare-and-swap, not through these.
+// ringSubcommands are the ring commands. lookup, show and simulate only
+// read; init, add, drain, weight and remove change the document with the
+// store's compare-and-swap (see editRing).
 var ringSubcommands = []struct{ name, args, help string }{
 	{"lookup", "[--ring URL] [uid...]", "print each user's owner (uid<TAB>member id); reads uids from stdin when none are given"},
-	{"show", "[--ring URL]", "print the document and each member's share of the key space"},
+	{"show", "[--ring URL] [--live-timeout 1s] [--metrics ID=URL,...]", "print the document and each member's share of the key space, liveness (gRPC health) and connected users (edge /metrics)"},
 	{"simulate", "[--ring URL] --add SPEC | --remove ID | --weight ID=W | --drain ID [--keys N]", "print how many users a change would move (nothing is written)"},
+	{"init", "[--ring URL] [--algorithm bounded|haproxy] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W]", "create the first document (version 1) with its first member; refused when one exists"},
+	{"add", "[--ring URL] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W] [--keys N]", "add an active member"},
+	{"drain", "[--ring URL] [--keys N] ID", "set a member draining: it owns nobody and its users move to the others"},
+	{"weight", "[--ring URL] [--keys N] ID W", "set a member's weight (1..256)"},
+	{"remove", "[--ring URL] [--keys N] (--metrics URL | --force) ID", "remove a draining member once its edge holds no users (checked on its admin /metrics, or skipped with --force)"},
 }
 
 // ring dispatches "pushctl ring <subcommand>".
 func (a *App) ring(args []string) error {
 	if len(args) == 0 {
 		a.ringUsage(a.Stderr)
-		return usageError{errors.New("name a subcommand: lookup, show or simulate")}
+		return usageError{errors.New("name a subcommand: " + ringNames())}
 	}
 	switch args[0] {
 	case "-h", "--help", "help":
@@ -44,8 +49,27 @@ func (a *App) ring(args []string) error {
 		return a.ringShow(args[1:])
 	case "simulate":
 		return a.ringSimulate(args[1:])
+	case "init":
+		return a.ringInit(args[1:])
+	case "add":
+		return a.ringAdd(args[1:])
+	case "drain":
+		return a.ringDrain(args[1:])
+	case "weight":
+		return a.ringWeight(args[1:])
+	case "remove":
+		return a.ringRemove(args[1:])
 	}
-	return usageError{fmt.Errorf("unknown subcommand %q: want lookup, show or simulate", args[0])}
+	return usageError{fmt.Errorf("unknown subcommand %q: want %s", args[0], ringNames())}
+}
+
+// ringNames lists the subcommands: "lookup, show, … or remove".
+func ringNames() string {
+	var names []string
+	for _, s := range ringSubcommands {
+		names = append(names, s.name)
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 func (a *App) ringUsage(w io.Writer) {
@@ -54,6 +78,9 @@ func (a *App) ringUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-9s %s\n            %s\n", s.name, s.args, s.help)
 	}
 	fmt.Fprintln(w, "\n--ring names the store (file:./ring.json, or a path); default $PUSH_RING.")
+	fmt.Fprintln(w, "Changes are a compare-and-swap on the version read: when another change got in first,")
+	fmt.Fprintln(w, "nothing is written and pushctl exits 3 (version conflict); re-run the command.")
+	fmt.Fprintln(w, "Exit codes: 0 ok, 1 failed, 2 bad arguments or refused, 3 version conflict.")
 }
 
 // ringFlags builds a ring subcommand's flag set with the store flags.
@@ -61,7 +88,7 @@ func (a *App) ringFlags(name, usage, description string) (*flag.FlagSet, *string
 	fs := flag.NewFlagSet("pushctl ring "+name, flag.ContinueOnError)
 	fs.SetOutput(a.Stderr)
 	url := fs.String("ring", "", "ring store URL: file:./ring.json, file:/abs/ring.json or a bare path")
-	timeout := fs.Duration("timeout", 5*time.Second, "deadline for reading the store")
+	timeout := fs.Duration("timeout", 5*time.Second, "deadline for reading and writing the store")
 	flagenv.SetUsage(fs, "PUSH", "pushctl ring "+name+" "+usage, description)
 	return fs, url, timeout
 }
@@ -70,13 +97,9 @@ func (a *App) ringFlags(name, usage, description string) (*flag.FlagSet, *string
 // ring. A bad URL is a usage error; a store without a (valid) document is
 // a failure.
 func (a *App) loadRing(url string, timeout time.Duration) (*ring.Ring, error) {
-	if url == "" {
-		return nil, usageError{errors.New("--ring (or PUSH_RING) is required, e.g. --ring file:./ring.json")}
-	}
-	log := slog.New(slog.NewTextHandler(a.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	st, err := store.Open(url, log)
+	st, err := a.openStore(url)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("--ring: %w", err)}
+		return nil, err
 	}
 	defer st.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -141,31 +164,50 @@ func (a *App) ringLookup(args []string) error {
 }
 
 func (a *App) ringShow(args []string) error {
-	fs, url, timeout := a.ringFlags("show", "", "Prints the ring document and each member's share of the key space.")
-	rest, err := a.parse(fs, args)
+	fs, url, timeout := a.ringFlags("show", "[--live-timeout 1s] [--metrics ID=URL,...]",
+		"Prints the ring document and, per member, its share of the key space and two probes. "+
+			"LIVE asks the member's gRPC health service (at its grpc address, within --live-timeout): yes (SERVING), "+
+			"no (answers, but not SERVING: stopping or without the health service) or unreachable; - when --live-timeout is 0. "+
+			"USERS is the push_edge_connections gauge of the edge's admin /metrics (open WebSocket connections, one per user "+
+			"with the edge's default --max-conns-per-user 1) for the members named in --metrics; - for the others, ? when the read failed "+
+			"(the reason goes to stderr). The ring document has no admin addresses, hence --metrics.")
+	liveTimeout := fs.Duration("live-timeout", time.Second, "deadline of each member's gRPC health check (0: skip the checks)")
+	metrics := metricsFlag{}
+	fs.Var(metrics, "metrics", "read USERS from these edges' admin /metrics: ID=URL[,ID=URL...], repeatable; e.g. 1=http://10.0.0.1:9100/metrics")
+	rest, err := a.parseLocal(fs, args, "metrics")
 	if err != nil {
 		return err
 	}
 	if len(rest) > 0 {
 		return usageError{fmt.Errorf("unexpected arguments %q", rest)}
 	}
+	if *liveTimeout < 0 {
+		return usageError{fmt.Errorf("--live-timeout %v must not be negative", *liveTimeout)}
+	}
 	r, err := a.loadRing(*url, *timeout)
 	if err != nil {
 		return err
 	}
 	d := r.Document()
+	for id := range metrics {
+		if _, ok := r.Member(id); !ok {
+			return usageError{fmt.Errorf("--metrics %d: no member with id %d in ring version %d", id, id, d.Version)}
+		}
+	}
 	active := 0
 	for _, m := range d.Members {
 		if m.Active() {
 			active++
 		}
 	}
+	probes := a.probe(d.Members, *liveTimeout, metrics, *timeout)
 	fmt.Fprintf(a.Stdout, "version    %d\nalgorithm  %s\nparams     %s\nmembers    %d (%d active, %d draining)\n\n",
 		d.Version, d.Algorithm, params(d), len(d.Members), active, len(d.Members)-active)
 	shares := r.Shares()
-	rows := []string{"ID\tNAME\tSTATE\tWEIGHT\tWS\tGRPC\tSHARE"}
-	for _, m := range d.Members {
-		rows = append(rows, fmt.Sprintf("%d\t%s\t%s\t%d\t%s\t%s\t%s", m.ID, m.Name, m.State, m.Weight, m.WS, m.GRPC, percent(shares[m.ID])))
+	rows := []string{"ID\tNAME\tSTATE\tWEIGHT\tWS\tGRPC\tSHARE\tLIVE\tUSERS"}
+	for i, m := range d.Members {
+		rows = append(rows, fmt.Sprintf("%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s", m.ID, m.Name, m.State, m.Weight, m.WS, m.GRPC,
+			percent(shares[m.ID]), probes[i].live, probes[i].users))
 	}
 	return writeTable(a.Stdout, rows)
 }
@@ -342,17 +384,9 @@ func (a *App) ringSimulate(args []string) error {
 		return usageError{err}
 	}
 
-	moved := 0
-	buf := make([]byte, 0, 32)
-	for i := 0; i < *keys; i++ {
-		buf = strconv.AppendInt(append(buf[:0], "uid-"...), int64(i), 10)
-		if before.Lookup(buf) != after.Lookup(buf) {
-			moved++
-		}
-	}
 	fmt.Fprintf(a.Stdout, "version    %d -> %d (simulated, nothing written)\n", prev.Version, next.Version)
-	fmt.Fprintf(a.Stdout, "moved      %s (%d of %d keys uid-0..uid-%d)\n", percent(float64(moved)/float64(*keys)), moved, *keys, *keys-1)
-	fmt.Fprintf(a.Stdout, "ideal      %s\n\n", percent(idealMove(prev, next)))
+	printMoves(a.Stdout, before, after, *keys)
+	fmt.Fprintln(a.Stdout)
 
 	sb, sa := before.Shares(), after.Shares()
 	rows := []string{"ID\tNAME\tSTATE\tWEIGHT\tBEFORE\tAFTER\tCHANGE"}
@@ -420,6 +454,22 @@ func applyChanges(prev *ring.Document, changes []ringChange) (*ring.Document, ma
 		}
 	}
 	return &next, notes, nil
+}
+
+// printMoves prints the "moved" and "ideal" lines of a change from before
+// to after: the fraction of the keys uid-0 … uid-(keys-1) whose owner
+// changes, and the least fraction any placement would have to move.
+func printMoves(w io.Writer, before, after *ring.Ring, keys int) {
+	moved := 0
+	buf := make([]byte, 0, 32)
+	for i := 0; i < keys; i++ {
+		buf = strconv.AppendInt(append(buf[:0], "uid-"...), int64(i), 10)
+		if before.Lookup(buf) != after.Lookup(buf) {
+			moved++
+		}
+	}
+	fmt.Fprintf(w, "moved      %s (%d of %d keys uid-0..uid-%d)\n", percent(float64(moved)/float64(keys)), moved, keys, keys-1)
+	fmt.Fprintf(w, "ideal      %s\n", percent(idealMove(before.Document(), after.Document())))
 }
 
 // idealMove is the least fraction of users any placement must move from

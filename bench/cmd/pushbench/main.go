@@ -21,6 +21,7 @@ var scenarios = []struct {
 	{"edge", "one edge: bytes and fds per idle connection, CPU per upgrade, broadcast and unicast latency", runEdge},
 	{"netpoll", "fds per connection and OS threads under pinging clients: easygo netpoll vs the project's poller", runNetpoll},
 	{"proxy", "router vs HAProxy in front of the same edges: bytes and fds per idle connection, CPU per upgrade and message, added latency", runProxy},
+	{"ring", "ring placement in-process, bounded vs haproxy: balance, users moved per change, lookup ns/op, build time", runRing},
 }
 
 func main() {
