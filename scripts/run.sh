@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Brings the push cluster up on this machine with embedded defaults and
-# stops it cleanly on Ctrl-C. State (the dev secret, logs) lives in .run/.
+# Brings the push cluster up on this machine with embedded defaults — one
+# router, three edges, a ring in a file store, the demo page when it is
+# built — and stops it cleanly on Ctrl-C. State (dev secret, ring, logs)
+# lives in .run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
@@ -9,6 +11,14 @@ if [ ! -s .run/secret ]; then
   chmod 600 .run/secret
 fi
 export PUSH_JWT_SECRET_FILE="$PWD/.run/secret"
+export PUSH_RING="file:$PWD/.run/ring.json"
+
+# A fresh ring each run: ids 1-3, WebSocket ports 8081-8083, gRPC 9091-9093.
+rm -f .run/ring.json .run/ring.json.lock
+bin/pushctl ring init --id 1 --name edge-1 --ws 127.0.0.1:8081 --grpc 127.0.0.1:9091 >/dev/null
+for i in 2 3; do
+  bin/pushctl ring add --keys 0 --id "$i" --name "edge-$i" --ws "127.0.0.1:808$i" --grpc "127.0.0.1:909$i" >/dev/null
+done
 
 pids=()
 stop() {
@@ -21,31 +31,51 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-bin/edge --id 1 --listen 127.0.0.1:8080 --grpc 127.0.0.1:9090 --admin 127.0.0.1:9100 \
-  --dev --drain-period 2s --log-format text 2> .run/edge-1.log &
-pids+=($!)
-
-for _ in $(seq 50); do
-  curl -fs http://127.0.0.1:9100/readyz >/dev/null 2>&1 && break
-  sleep 0.1
-done
-if ! curl -fs http://127.0.0.1:9100/readyz >/dev/null 2>&1; then
-  echo "edge did not become ready; see .run/edge-1.log:" >&2
-  tail -20 .run/edge-1.log >&2
+wait_ready() { # name url
+  for _ in $(seq 100); do
+    curl -fs "$2" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "$1 did not become ready; see .run/$1.log:" >&2
+  tail -20 ".run/$1.log" >&2
   exit 1
+}
+
+for i in 1 2 3; do
+  bin/edge --id "$i" --listen "127.0.0.1:808$i" --grpc "127.0.0.1:909$i" --admin "127.0.0.1:910$i" \
+    --dev --drain-period 2s --log-format text 2> ".run/edge-$i.log" &
+  pids+=($!)
+done
+for i in 1 2 3; do wait_ready "edge-$i" "http://127.0.0.1:910$i/readyz"; done
+
+bin/router --listen 127.0.0.1:8080 --grpc 127.0.0.1:9090 --admin 127.0.0.1:9200 \
+  --drain-period 2s --log-format text 2> .run/router.log &
+pids+=($!)
+wait_ready router http://127.0.0.1:9200/readyz
+
+demo=""
+if [ -x bin/demo ]; then
+  bin/demo --listen 127.0.0.1:8000 --dev --ws-url ws://127.0.0.1:8080/ws --log-format text 2> .run/demo.log &
+  pids+=($!)
+  wait_ready demo http://127.0.0.1:8000/
+  demo="  demo     http://127.0.0.1:8000/   (open it, pick a user; a second tab shares the connection)"
 fi
 
 cat <<TXT
-push cluster is up (logs in .run/):
-  edge 1   WebSocket ws://127.0.0.1:8080/ws   gRPC 127.0.0.1:9090   admin http://127.0.0.1:9100/metrics
+push cluster is up (logs and the ring in .run/):
+  router   ws://127.0.0.1:8080/ws   gRPC 127.0.0.1:9090   admin http://127.0.0.1:9200/metrics
+  edges    ws 127.0.0.1:8081-8083   gRPC 127.0.0.1:9091-9093   admin http://127.0.0.1:9101-9103/metrics
+$demo
 
 Try it (in another terminal, from this directory):
-  export PUSH_JWT_SECRET_FILE=$PWD/.run/secret
+  export PUSH_JWT_SECRET_FILE=$PWD/.run/secret PUSH_RING=$PUSH_RING
   TOKEN=\$(bin/pushctl token --user alice)
-  # connect: any WebSocket client, e.g. in a browser console:
+  # connect through the router with any WebSocket client, e.g. in a browser console:
   #   ws = new WebSocket("ws://127.0.0.1:8080/ws?uid=alice&token=\$TOKEN"); ws.onmessage = e => console.log(e.data)
-  bin/pushctl publish --user alice --data '{"hello":"world"}'
+  bin/pushctl publish --user alice --data '{"hello":"world"}'      # via the router's gRPC forwarder
   bin/pushctl presence alice
+  bin/pushctl ring show                                             # members, shares, liveness
+  bin/pushctl ring weight 1 2                                       # resize while it runs
 
 Ctrl-C stops everything.
 TXT
