@@ -38,6 +38,8 @@ type client struct {
 	state state
 	level bool // watched level-triggered (after the connect)
 	uid   string
+	n     int    // index, picks the source address
+	last  uint64 // highest seq received, for resuming
 	req   []byte // handshake request still to send
 	part  []byte // partial response head or frame
 }
@@ -51,6 +53,10 @@ type Config struct {
 	PingEach  time.Duration // each client pings this often (0: never), spread evenly
 	PollEvery time.Duration // nap between non-blocking polls (0: sleep in epoll_wait)
 	PingSplit time.Duration // send each ping in two segments this far apart (0: one write)
+	// Reconnect, when set, is where a client closed with 4003 "moved" or
+	// 1001 "going away" connects again, resuming with last_seq (as the
+	// browser client does through a router).
+	Reconnect string
 }
 
 // Pool is a set of clients on one epoll loop.
@@ -58,11 +64,13 @@ type Pool struct {
 	cfg     Config
 	poll    *poller.Poller
 	addr    unix.Sockaddr
+	reconn  unix.Sockaddr // Config.Reconnect
 	mu      sync.Mutex
 	clients map[int]*client
 	gen     uint32
 
 	Opened   atomic.Int64
+	Moved    atomic.Int64 // closes with 4003 or 1001 followed by a reconnect
 	Failed   atomic.Int64
 	Closed   atomic.Int64
 	Received atomic.Int64
@@ -77,23 +85,21 @@ func NewPool(cfg Config) (*Pool, error) {
 	if cfg.Path == "" {
 		cfg.Path = "/ws"
 	}
-	ta, err := net.ResolveTCPAddr("tcp", cfg.Target)
+	sa, err := sockaddr(cfg.Target)
 	if err != nil {
 		return nil, err
 	}
-	var sa unix.Sockaddr
-	if ip4 := ta.IP.To4(); ip4 != nil {
-		s := &unix.SockaddrInet4{Port: ta.Port}
-		copy(s.Addr[:], ip4)
-		sa = s
-	} else {
-		return nil, errors.New("loadgen: IPv4 targets only")
+	var reconn unix.Sockaddr
+	if cfg.Reconnect != "" {
+		if reconn, err = sockaddr(cfg.Reconnect); err != nil {
+			return nil, err
+		}
 	}
 	p, err := poller.New(512)
 	if err != nil {
 		return nil, err
 	}
-	pl := &Pool{cfg: cfg, poll: p, addr: sa, clients: map[int]*client{}, Stats: NewStats(), done: make(chan struct{})}
+	pl := &Pool{cfg: cfg, poll: p, addr: sa, reconn: reconn, clients: map[int]*client{}, Stats: NewStats(), done: make(chan struct{})}
 	go pl.loop()
 	if cfg.PingEach > 0 {
 		go pl.pinger()
@@ -101,8 +107,24 @@ func NewPool(cfg Config) (*Pool, error) {
 	return pl, nil
 }
 
+func sockaddr(hostport string) (unix.Sockaddr, error) {
+	ta, err := net.ResolveTCPAddr("tcp", hostport)
+	if err != nil {
+		return nil, err
+	}
+	ip4 := ta.IP.To4()
+	if ip4 == nil {
+		return nil, errors.New("loadgen: IPv4 targets only")
+	}
+	s := &unix.SockaddrInet4{Port: ta.Port}
+	copy(s.Addr[:], ip4)
+	return s, nil
+}
+
 // Open starts one client for uid; completion shows in Opened or Failed.
-func (p *Pool) Open(uid string, n int) error {
+func (p *Pool) Open(uid string, n int) error { return p.open(p.addr, p.cfg.Target, uid, n, 0) }
+
+func (p *Pool) open(addr unix.Sockaddr, host, uid string, n int, last uint64) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		p.fail(err)
@@ -119,17 +141,20 @@ func (p *Pool) Open(uid string, n int) error {
 		}
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if err := unix.Connect(fd, p.addr); err != nil && err != unix.EINPROGRESS {
+	if err := unix.Connect(fd, addr); err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		p.fail(err)
 		return err
 	}
-	host := p.cfg.Target
-	req := fmt.Sprintf("GET %s?uid=%s&token=%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", p.cfg.Path, uid, p.cfg.Token(uid), host)
+	resume := ""
+	if last > 0 {
+		resume = "&last_seq=" + strconv.FormatUint(last, 10)
+	}
+	req := fmt.Sprintf("GET %s?uid=%s&token=%s%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", p.cfg.Path, uid, p.cfg.Token(uid), resume, host)
 	p.mu.Lock()
 	p.gen++
-	c := &client{fd: fd, gen: p.gen, uid: uid, req: []byte(req)}
+	c := &client{fd: fd, gen: p.gen, uid: uid, n: n, last: last, req: []byte(req)}
 	p.clients[fd] = c
 	p.mu.Unlock()
 	return p.poll.Start(fd, c.gen, poller.Write|poller.Read)
@@ -306,12 +331,22 @@ func (p *Pool) input(c *client, data []byte) {
 		switch op {
 		case 0x1:
 			p.Received.Add(1)
+			if seq, ok := field(payload, "seq"); ok && uint64(seq) > c.last {
+				c.last = uint64(seq)
+			}
 			p.Stats.record(payload, time.Now().UnixNano())
 		case 0x9:
 			p.control(c, 0xA, payload)
 		case 0x8:
 			p.control(c, 0x8, payload)
 			p.drop(c, errors.New("closed by server"))
+			if len(payload) >= 2 && p.reconn != nil {
+				if code := binary.BigEndian.Uint16(payload); code == 4003 || code == 1001 {
+					p.Moved.Add(1)
+					uid, n, last := c.uid, c.n, c.last
+					go p.open(p.reconn, p.cfg.Reconnect, uid, n, last)
+				}
+			}
 			return
 		}
 		data = data[h+int(n):]

@@ -15,6 +15,7 @@ import (
 type Event struct {
 	Type     string             `json:"type"` // progress, opened, report, error
 	Open     int64              `json:"open"`
+	Moved    int64              `json:"moved"`
 	Failed   int64              `json:"failed"`
 	Closed   int64              `json:"closed"`
 	Received int64              `json:"received"`
@@ -34,7 +35,7 @@ func RunWorker(cfg Config, prefix string, first int, in io.Reader, out io.Writer
 	defer pool.Close()
 	enc := json.NewEncoder(out)
 	emit := func(typ string) {
-		e := Event{Type: typ, Open: pool.Count(), Failed: pool.Failed.Load(), Closed: pool.Closed.Load(), Received: pool.Received.Load()}
+		e := Event{Type: typ, Open: pool.Count(), Moved: pool.Moved.Load(), Failed: pool.Failed.Load(), Closed: pool.Closed.Load(), Received: pool.Received.Load()}
 		if v, ok := pool.LastErr.Load().(string); ok {
 			e.Err = v
 		}
@@ -75,6 +76,8 @@ func RunWorker(cfg Config, prefix string, first int, in io.Reader, out io.Writer
 				time.Sleep(5 * time.Millisecond)
 			}
 			emit("opened")
+		case "status":
+			emit("status")
 		case "report":
 			h, b := pool.Stats.Take()
 			e := Event{Type: "report", Open: pool.Count(), Failed: pool.Failed.Load(), Closed: pool.Closed.Load(),

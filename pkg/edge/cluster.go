@@ -43,6 +43,9 @@ func (s *Server) forwarder() Forwarder {
 // owns are handed to their owner.
 func (s *Server) SetRing(r *ring.Ring) {
 	s.ring.Store(r)
+	if r != nil {
+		s.m.ringVersion.Set(float64(r.Version()))
+	}
 	select {
 	case s.ringChanged <- struct{}{}:
 	default:

@@ -27,6 +27,7 @@ type metrics struct {
 	moved        prometheus.Counter
 	handedOff    prometheus.Counter
 	forwarded    prometheus.Counter
+	ringVersion  prometheus.Gauge
 
 	hsOK, hsUnauthorized, hsForbidden, hsBadRequest, hsOverloaded, hsTimeout, hsTooLarge, hsNotFound prometheus.Counter
 	pubDelivered, pubStored, pubRejected                                                             prometheus.Counter
@@ -70,6 +71,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "push_edge_moved_total", Help: "Connections closed with 4003 because the ring gave their user to another edge."}),
 		handedOff: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_edge_handed_off_total", Help: "Stored messages handed to a user's new owner."}),
+		ringVersion: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "push_edge_ring_version", Help: "Version of the ring this edge follows (etcd store: the etcd revision of the effective ring; 0 standalone)."}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_edge_forwarded_total", Help: "Calls forwarded to the owner of a user this edge neither holds nor owns."}),
 	}
@@ -89,7 +92,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.conns, m.handshaking, m.handshakes, m.closes, m.msgsOut, m.bytesOut,
 			m.msgsIn, m.bytesIn, m.queueDrops, m.stored, m.expired, m.publishes, m.broadcasts,
-			m.latency, m.acceptErrors, m.moved, m.handedOff, m.forwarded)
+			m.latency, m.acceptErrors, m.moved, m.handedOff, m.forwarded, m.ringVersion)
 	}
 	return m
 }

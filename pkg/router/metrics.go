@@ -30,6 +30,7 @@ type metrics struct {
 	dialErrors   prometheus.Counter
 	redispatch   prometheus.Counter
 	edgeUp       *prometheus.GaugeVec
+	ringVersion  prometheus.Gauge
 	headTimeouts prometheus.Counter
 	ports        prometheus.Counter
 	acceptErrors prometheus.Counter
@@ -56,6 +57,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "push_router_dial_errors_total", Help: "Failed or timed out connection attempts to edges."}),
 		redispatch: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_router_redispatches_total", Help: "Connections sent to the next owner after a failed dial."}),
+		ringVersion: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "push_router_ring_version", Help: "Version of the ring in use (etcd store: the etcd revision of the effective ring)."}),
 		edgeUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "push_router_edge_up", Help: "1 when the health check finds the edge up, by edge id."}, []string{"edge"}),
 		headTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
@@ -76,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.accepted, m.routed, m.rejected, m.active, m.bytes, m.dial, m.dialErrors,
-			m.redispatch, m.edgeUp, m.headTimeouts, m.ports, m.acceptErrors, m.splices, m.tlsActive)
+			m.redispatch, m.edgeUp, m.ringVersion, m.headTimeouts, m.ports, m.acceptErrors, m.splices, m.tlsActive)
 	}
 	return m
 }

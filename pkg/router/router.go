@@ -233,6 +233,7 @@ func (r *Router) SetRing(rg *ring.Ring) error {
 	}
 	r.members = next.members
 	r.routes.Store(next)
+	r.m.ringVersion.Set(float64(rg.Version()))
 	if r.started() {
 		r.startCheckersLocked()
 	}

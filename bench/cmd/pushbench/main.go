@@ -19,6 +19,7 @@ var scenarios = []struct {
 	run        func(args []string) error
 }{
 	{"edge", "one edge: bytes and fds per idle connection, CPU per upgrade, broadcast and unicast latency", runEdge},
+	{"migrate", "ring propagation delay to routers and edges, and time to move N users off a draining edge", runMigrate},
 	{"netpoll", "fds per connection and OS threads under pinging clients: easygo netpoll vs the project's poller", runNetpoll},
 	{"proxy", "router vs HAProxy in front of the same edges: bytes and fds per idle connection, CPU per upgrade and message, added latency", runProxy},
 	{"ring", "ring placement in-process, bounded vs haproxy: balance, users moved per change, lookup ns/op, build time", runRing},
@@ -69,6 +70,7 @@ func runWorker(args []string) error {
 	sources := fs.String("sources", "", "source addresses, e.g. 127.0.0.2-127.0.0.40")
 	ping := fs.Duration("ping-each", 0, "each client pings this often")
 	split := fs.Duration("ping-split", 0, "send each ping frame in two segments this far apart")
+	reconnect := fs.String("reconnect", "", "host:port a client closed with 4003 or 1001 reconnects to, resuming with last_seq")
 	pollEvery := fs.Duration("poll-every", 200*time.Microsecond, "client loops poll this often instead of sleeping in epoll_wait (0: sleep in epoll_wait)")
 	if _, err := flagenv.Parse(fs, "PUSHBENCH", args, nil); err != nil {
 		return err
@@ -82,7 +84,7 @@ func runWorker(args []string) error {
 		return err
 	}
 	now := time.Now()
-	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping, PingSplit: *split, PollEvery: *pollEvery,
+	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping, PingSplit: *split, PollEvery: *pollEvery, Reconnect: *reconnect,
 		Token: func(uid string) string { t, _ := auth.Mint(secret, uid, 24*time.Hour, now); return t }}
 	return loadgen.RunWorker(cfg, *prefix, *first, os.Stdin, os.Stdout)
 }
