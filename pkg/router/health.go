@@ -66,8 +66,21 @@ func (r *Router) check(ctx context.Context, m *member) {
 	defer t.Stop()
 	ok, bad := 0, 0
 	for {
+		// Pods keep their names across restarts but not their IPs: look
+		// the name up again before each check.
+		if a, err := resolve(m.ws); err == nil {
+			if old := m.wsAddr(); old != a {
+				m.addr.Store(&a)
+				if old.IsValid() {
+					r.log.Info("edge address changed", "edge", m.id, "ws", m.ws, "from", old.String(), "to", a.String())
+				}
+			}
+		}
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.CheckTimeout)
 		err := probe(cctx)
+		if err == nil && !m.wsAddr().IsValid() {
+			err = checkError("health: ws address does not resolve")
+		}
 		cancel()
 		if ctx.Err() != nil {
 			return

@@ -415,7 +415,7 @@ func (r *Router) dialNextLocked(l *loop, s *session) {
 		case dialExhausted:
 			r.m.ports.Inc()
 			r.log.Error("no local port left on any source address: add --source-addr addresses or widen net.ipv4.ip_local_port_range",
-				"edge", m.id, "addr", m.addr.String(), "sources", len(r.cfg.SourceAddrs))
+				"edge", m.id, "addr", m.wsAddr().String(), "sources", len(r.cfg.SourceAddrs))
 			r.rejectLocked(s, http.StatusServiceUnavailable, rejPorts)
 			return
 		default:
@@ -429,11 +429,15 @@ func (r *Router) dialNextLocked(l *loop, s *session) {
 // connectLocked starts a non-blocking connect to m, bound to the next
 // source address; EADDRNOTAVAIL moves on to the following address.
 func (r *Router) connectLocked(l *loop, s *session, m *member) (int, error) {
-	port := m.addr.Port()
+	addr := m.wsAddr()
+	if !addr.IsValid() {
+		return dialFailed, fmt.Errorf("edge %d: %s does not resolve yet", m.id, m.ws) // redispatched like a refused dial
+	}
+	port := addr.Port()
 	if span := r.cfg.EdgePortSpan; span > 1 {
 		port += uint16(m.port.Add(1) % uint32(span))
 	}
-	sa, fam := sockaddr(netip.AddrPortFrom(m.addr.Addr(), port))
+	sa, fam := sockaddr(netip.AddrPortFrom(addr.Addr(), port))
 	srcs := r.src4
 	if fam == unix.AF_INET6 {
 		srcs = r.src6

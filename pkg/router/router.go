@@ -80,11 +80,29 @@ type member struct {
 	id       uint32
 	label    string // id as a metric label
 	ws, grpc string
-	addr     netip.AddrPort // resolved ws address
+	addr     atomic.Pointer[netip.AddrPort] // resolved ws address; re-resolved by the health checker
 	up       atomic.Bool
 	port     atomic.Uint32 // rotation over EdgePortSpan
 	routed   prometheus.Counter
 	upGauge  prometheus.Gauge
+}
+
+// resolve turns a ws host:port into an address (names through DNS).
+func resolve(hostport string) (netip.AddrPort, error) {
+	ta, err := net.ResolveTCPAddr("tcp", hostport)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	ip, _ := netip.AddrFromSlice(ta.IP)
+	return netip.AddrPortFrom(ip.Unmap(), uint16(ta.Port)), nil
+}
+
+// wsAddr is the member's current resolved address (invalid if none yet).
+func (m *member) wsAddr() netip.AddrPort {
+	if a := m.addr.Load(); a != nil {
+		return *a
+	}
+	return netip.AddrPort{}
 }
 
 // New validates cfg and binds the listeners.
@@ -206,18 +224,21 @@ func (r *Router) SetRing(rg *ring.Ring) error {
 			next.members[m.ID] = old
 			continue
 		}
-		ta, err := net.ResolveTCPAddr("tcp", m.WS)
-		if err != nil {
-			return fmt.Errorf("router: member %d ws %q: %w", m.ID, m.WS, err)
-		}
-		ip, _ := netip.AddrFromSlice(ta.IP)
 		label := strconv.FormatUint(uint64(m.ID), 10)
 		nm := &member{id: m.ID, label: label, ws: m.WS, grpc: m.GRPC,
-			addr:    netip.AddrPortFrom(ip.Unmap(), uint16(ta.Port)),
 			routed:  r.m.routed.WithLabelValues(label),
 			upGauge: r.m.edgeUp.WithLabelValues(label)}
-		nm.up.Store(true)
-		nm.upGauge.Set(1)
+		if a, err := resolve(m.WS); err != nil {
+			// A name that does not resolve yet (a pod being created) is not
+			// a reason to refuse the whole ring: the member starts down and
+			// its health checker resolves it again.
+			r.log.Warn("edge address does not resolve; marked down", "edge", m.ID, "ws", m.WS, "err", err)
+			nm.upGauge.Set(0)
+		} else {
+			nm.addr.Store(&a)
+			nm.up.Store(true)
+			nm.upGauge.Set(1)
+		}
 		next.members[m.ID] = nm
 	}
 	for id, old := range r.members {

@@ -900,3 +900,25 @@ func TestTCPHealthCheck(t *testing.T) {
 	defer ln2.Close()
 	waitFor(t, "member up again", func() bool { return r.Up(4) })
 }
+
+// A member whose name does not resolve (a pod not created yet) does not
+// make the router refuse the ring: it starts down, users go to the others,
+// and a name given as "localhost" is resolved by the health checker.
+func TestUnresolvableMemberStartsDown(t *testing.T) {
+	e := startEdge(t, 1)
+	ghost := ring.Member{ID: 2, Name: "edge-2", WS: "no-such-edge.invalid:8080", GRPC: "no-such-edge.invalid:9090", Weight: 1}
+	local := e.member()
+	_, port, _ := net.SplitHostPort(local.WS)
+	local.WS = "localhost:" + port
+	r := startRouter(t, Config{}, newRing(t, 1, local, ghost))
+	if r.Up(2) {
+		t.Fatal("an unresolvable member is up")
+	}
+	waitFor(t, "edge 1 up", func() bool { return r.Up(1) })
+	for i := 0; i < 20; i++ {
+		uid := fmt.Sprintf("ghost-%d", i)
+		c := dialWS(t, r, uid, nil)
+		waitFor(t, "user on edge 1", func() bool { return e.srv.Presence(uid) == 1 })
+		c.CloseNow()
+	}
+}

@@ -218,13 +218,14 @@ func (r *Router) dialTLSBackend(key []byte) (net.Conn, *member, string) {
 			r.m.redispatch.Inc()
 		}
 		m := t.members[id]
-		port := m.addr.Port()
+		addr := m.wsAddr()
+		port := addr.Port()
 		if span := r.cfg.EdgePortSpan; span > 1 {
 			port += uint16(m.port.Add(1) % uint32(span))
 		}
-		to := netip.AddrPortFrom(m.addr.Addr(), port).String()
+		to := netip.AddrPortFrom(addr.Addr(), port).String()
 		srcs := r.src4
-		if !m.addr.Addr().Is4() {
+		if !addr.Addr().Is4() {
 			srcs = r.src6
 		}
 		tries := max(len(srcs), 1)
