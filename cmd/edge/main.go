@@ -63,6 +63,7 @@ func run(args []string) error {
 	fs.DurationVar(&c.PingInterval, "ping-interval", 30*time.Second, "ping period of open connections")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 75*time.Second, "close a connection silent for this long (4000)")
 	fs.DurationVar(&c.CloseTimeout, "close-timeout", 3*time.Second, "wait for the client's close frame after ours")
+	fs.DurationVar(&c.PollTimeout, "poll-timeout", 25*time.Second, "how long a long-poll request (GET /poll) is held when nothing is waiting")
 	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", 4096, "largest message a client may send (1009 beyond)")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", 65536, "largest published payload (InvalidArgument beyond)")
 	fs.IntVar(&c.MaxQueueBytes, "max-queue-bytes", 256<<10, "outbound bytes one connection may owe before it is closed as a slow consumer")
@@ -79,7 +80,7 @@ func run(args []string) error {
 	gcPercent := fs.Int("gogc", 400, "Go GC target percentage (GOGC); the live heap is small per connection and garbage comes from publishes, so collecting less often cuts latency spikes; 0 keeps the runtime's setting")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "json", "json or text")
-	flagenv.SetUsage(fs, "PUSH", "edge [flags]", "Terminates browser WebSockets (GET /ws?uid=&token=&last_seq=) on epoll and delivers pushes received over gRPC.")
+	flagenv.SetUsage(fs, "PUSH", "edge [flags]", "Terminates browser WebSockets (GET /ws?uid=&token=&last_seq=), Server-Sent Events (GET /sse) and long-polls (GET /poll) on epoll and delivers pushes received over gRPC.")
 	if _, err := flagenv.Parse(fs, "PUSH", args, nil); err != nil {
 		return err
 	}

@@ -59,6 +59,9 @@ type Config struct {
 	// IdleTimeout closes a connection that sent no frame (pongs included)
 	// for this long (default 2.5 × PingInterval).
 	IdleTimeout time.Duration
+	// PollTimeout is how long a long-poll request (GET /poll) is held when
+	// there is nothing to answer (default 25s).
+	PollTimeout time.Duration
 	// CloseTimeout bounds the wait for the client's close frame after the
 	// edge sent its own (default 3s).
 	CloseTimeout time.Duration
@@ -126,6 +129,7 @@ func (c *Config) setDefaults() {
 	defD(&c.PingInterval, 30*time.Second)
 	defD(&c.IdleTimeout, c.PingInterval*5/2)
 	defD(&c.CloseTimeout, 3*time.Second)
+	defD(&c.PollTimeout, 25*time.Second)
 	def(&c.MaxMessageBytes, 4096)
 	def(&c.MaxPayloadBytes, 65536)
 	def(&c.MaxQueueBytes, 256<<10)
@@ -170,7 +174,7 @@ func (c *Config) validate() error {
 		return bad("max-queue-bytes %d must hold two payloads (>= %d)", c.MaxQueueBytes, 2*c.MaxPayloadBytes)
 	case c.Tick <= 0 || c.Tick > time.Second:
 		return bad("tick %v outside (0, 1s]", c.Tick)
-	case c.PingInterval < c.Tick, c.HandshakeTimeout < c.Tick, c.CloseTimeout < c.Tick:
+	case c.PingInterval < c.Tick, c.HandshakeTimeout < c.Tick, c.CloseTimeout < c.Tick, c.PollTimeout < c.Tick:
 		return bad("ping interval, handshake and close timeouts must be at least one tick (%v)", c.Tick)
 	case c.IdleTimeout <= c.PingInterval:
 		return bad("idle timeout %v must exceed the ping interval %v", c.IdleTimeout, c.PingInterval)

@@ -32,11 +32,12 @@ type conn struct {
 	gen        uint32 // generation stored in epoll events
 	state      connState
 	loop       uint8
-	registered bool // present in the user registry
-	wantWrite  bool // EPOLLOUT armed (or to be, once polled)
-	polled     bool // registered with the loop's epoll
-	shutAfter  bool // shut down writing once out drains (close frame queued)
-	proxied    bool // the PROXY header (AcceptProxy) was read
+	registered bool  // present in the user registry
+	wantWrite  bool  // EPOLLOUT armed (or to be, once polled)
+	polled     bool  // registered with the loop's epoll
+	shutAfter  bool  // shut down writing once out drains (close frame queued)
+	proxied    bool  // the PROXY header (AcceptProxy) was read
+	kind       uint8 // transport: kindWS, kindSSE or kindPoll
 	uid        string
 	lastSeen   int64 // Unix ns of the last frame from the client
 	tm         wheel.Timer[*conn]
@@ -59,6 +60,7 @@ type readState struct {
 	fragText bool
 	fragLen  int
 	carry    []byte // incomplete UTF-8 sequence at the end of the last fragment
+	origin   []byte // SSE/long-poll: the allowed Origin, echoed in the answer's CORS header
 }
 
 func (c *conn) rs() *readState {
@@ -69,7 +71,7 @@ func (c *conn) rs() *readState {
 }
 
 func (c *conn) dropReadState() {
-	if c.rd != nil && len(c.rd.pending) == 0 && !c.rd.frag {
+	if c.rd != nil && len(c.rd.pending) == 0 && !c.rd.frag && c.rd.origin == nil {
 		c.rd = nil
 	}
 }
@@ -175,9 +177,11 @@ func (s *Server) flushLocked(c *conn) {
 	c.wantWrite = false
 	if c.shutAfter {
 		c.shutAfter = false
-		unix.Shutdown(int(c.fd), unix.SHUT_WR)
+		shutdownWrite(c)
 	}
 }
+
+func shutdownWrite(c *conn) { unix.Shutdown(int(c.fd), unix.SHUT_WR) }
 
 // closeWithLocked starts the closing handshake: the close frame is written
 // (or queued behind pending messages), writing is shut down once it is out,
@@ -187,12 +191,23 @@ func (s *Server) closeWithLocked(c *conn, code int, reason string) {
 		return
 	}
 	s.m.closed(code)
+	switch c.kind {
+	case kindSSE:
+		b := append([]byte("event: close\ndata: "), closeNotice(code, reason)...)
+		if s.writeLocked(c, append(b, "\n\n"...), nil) {
+			s.endStreamLocked(c)
+		}
+		return
+	case kindPoll:
+		s.pollAnswer(c, closeNotice(code, reason))
+		return
+	}
 	if !s.writeLocked(c, closeFrame(code, reason), nil) {
 		return // closed as a slow consumer meanwhile
 	}
 	c.state = stClosing
 	if c.out == nil {
-		unix.Shutdown(int(c.fd), unix.SHUT_WR)
+		shutdownWrite(c)
 	} else {
 		c.shutAfter = true
 	}
@@ -249,6 +264,8 @@ func detachInShard(u *registry.User[*conn], c *conn) {
 	}
 }
 
+var ssePing = []byte(": ping\n\n")
+
 // onTimer runs a connection's deadline: handshake timeout, ping, idle
 // timeout or the end of the close wait.
 func (s *Server) onTimer(c *conn, now time.Time) {
@@ -258,12 +275,21 @@ func (s *Server) onTimer(c *conn, now time.Time) {
 		s.m.hsTimeout.Inc()
 		s.closeNowLocked(c, -1)
 	case stOpen:
-		if now.UnixNano()-c.lastSeen >= int64(s.cfg.IdleTimeout) {
-			s.closeWithLocked(c, CloseIdle, "idle timeout")
-			break
-		}
-		if s.writeLocked(c, pingFrame, nil) {
-			s.schedule(c, now.Add(s.cfg.PingInterval))
+		switch c.kind {
+		case kindPoll: // nothing came within PollTimeout: an empty answer
+			s.pollAnswer(c, nil)
+		case kindSSE: // a comment keeps proxies from timing the stream out
+			if s.writeLocked(c, ssePing, nil) {
+				s.schedule(c, now.Add(s.cfg.PingInterval))
+			}
+		default:
+			if now.UnixNano()-c.lastSeen >= int64(s.cfg.IdleTimeout) {
+				s.closeWithLocked(c, CloseIdle, "idle timeout")
+				break
+			}
+			if s.writeLocked(c, pingFrame, nil) {
+				s.schedule(c, now.Add(s.cfg.PingInterval))
+			}
 		}
 	case stClosing:
 		s.closeNowLocked(c, -1)

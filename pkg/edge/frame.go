@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"strconv"
@@ -87,7 +88,15 @@ func messageTail(data []byte) []byte {
 	if utf8.Valid(data) && json.Valid(data) {
 		b := make([]byte, 0, len(head)+len(data)+1)
 		b = append(b, head...)
-		b = append(b, data...)
+		if bytes.ContainsAny(data, "\r\n") {
+			// One line, so the same bytes also fit an SSE "data:" line;
+			// only insignificant whitespace changes.
+			var buf bytes.Buffer
+			json.Compact(&buf, data)
+			b = append(b, buf.Bytes()...)
+		} else {
+			b = append(b, data...)
+		}
 		return append(b, '}')
 	}
 	q, _ := json.Marshal(string(data)) // invalid UTF-8 becomes U+FFFD
@@ -112,16 +121,6 @@ func seqPrefix(b []byte, seq uint64, tailLen int) int {
 // broadcastFrame is the one frame every connection gets for a broadcast.
 func broadcastFrame(tail []byte) []byte {
 	return frame(ws.OpText, []byte(`{"seq":0,"broadcast":true`), tail)
-}
-
-// gapFrame tells a resuming client which sequence numbers are lost.
-func gapFrame(from, to uint64) []byte {
-	p := []byte(`{"gap":true,"from":`)
-	p = strconv.AppendUint(p, from, 10)
-	p = append(p, `,"to":`...)
-	p = strconv.AppendUint(p, to, 10)
-	p = append(p, '}')
-	return frame(ws.OpText, p)
 }
 
 // validCloseCode reports whether a client may send code (RFC 6455 7.4).

@@ -182,14 +182,14 @@ func (h *handshake) upgradeLocked(c *conn, head []byte) {
 	c.uid = string(h.uid)
 	c.lastSeen = now.UnixNano()
 	s.schedule(c, now.Add(s.cfg.PingInterval))
-	s.attachLocked(c, h)
+	s.attachLocked(c, h.lastSeq, h.hasLast)
 }
 
 // attachLocked registers c under its user: older connections beyond
 // MaxConnsPerUser are closed with 4002, and what the mailbox holds for the
 // client is written before any new publish can reach it (publishers wait on
 // the same shard lock).
-func (s *Server) attachLocked(c *conn, h *handshake) {
+func (s *Server) attachLocked(c *conn, lastSeq uint64, hasLast bool) {
 	now := time.Now().UnixNano()
 	s.reg.Do(c.uid, true, func(u *registry.User[*conn]) {
 		for len(u.Conns) >= s.cfg.MaxConnsPerUser {
@@ -203,25 +203,15 @@ func (s *Server) attachLocked(c *conn, h *handshake) {
 		u.Conns = append(u.Conns, c)
 		c.registered = true
 		if u.Box == nil {
-			if h.hasLast {
+			if hasLast {
 				// Nothing stored here, but keep the client's numbering.
 				u.Box = s.newBox()
-				u.Box.Resume(nil, h.lastSeq, true, now)
+				u.Box.Resume(nil, lastSeq, true, now)
 			}
 			return
 		}
-		msgs, gap := u.Box.Resume(nil, h.lastSeq, h.hasLast, now)
-		if gap.From != 0 {
-			s.writeLocked(c, gapFrame(gap.From, gap.To), nil)
-		}
-		var pre [maxHeader + 32]byte
-		for _, m := range msgs {
-			n := seqPrefix(pre[:], m.Seq, len(m.Body))
-			if !s.writeLocked(c, pre[:n], m.Body) {
-				break
-			}
-			s.m.msgsOut.Inc()
-		}
+		msgs, gap := u.Box.Resume(nil, lastSeq, hasLast, now)
+		s.replayLocked(c, gap, msgs)
 		detachInShard(u, c)
 	})
 }

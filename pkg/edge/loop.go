@@ -120,11 +120,13 @@ func (l *loop) readLocked(c *conn) {
 		var used int
 		if c.state == stHandshake {
 			used = l.handshakeLocked(c, data)
-			if c.state == stOpen && used < len(data) {
+			if c.state == stOpen && c.kind == kindWS && used < len(data) {
 				// Frames sent right behind the head (a client that did not
 				// wait for the 101, or a router replaying both at once).
 				used += l.framesLocked(c, data[used:])
 			}
+		} else if c.kind != kindWS {
+			used = len(data) // an SSE or long-poll client has nothing more to say
 		} else {
 			c.lastSeen = time.Now().UnixNano()
 			s.m.bytesIn.Add(float64(n))
@@ -410,7 +412,11 @@ func (l *loop) handshakeLocked(c *conn, data []byte) int {
 		l.reject(c, 431, "request head too large")
 		return used + len(data)
 	}
-	l.hs.upgradeLocked(c, head)
+	if kind, ok := streamPath(head); ok {
+		l.streamRequest(c, kind, head)
+	} else {
+		l.hs.upgradeLocked(c, head)
+	}
 	return used + len(head)
 }
 

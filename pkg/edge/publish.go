@@ -120,18 +120,11 @@ func (s *Server) publishTail(uid string, tail []byte, expires int64) Result {
 			u.Box = s.newBox()
 		}
 		r.Seq = u.Box.Push(tail, expires, len(u.Conns) > 0)
-		var pre [maxHeader + 32]byte
-		n := 0
 		for i := 0; i < len(u.Conns); i++ {
 			c := u.Conns[i]
 			c.mu.Lock()
-			if c.state == stOpen {
-				if n == 0 {
-					n = seqPrefix(pre[:], r.Seq, len(tail))
-				}
-				if s.writeLocked(c, pre[:n], tail) {
-					r.Conns++
-				}
+			if c.state == stOpen && s.sendMessage(c, r.Seq, tail) {
+				r.Conns++
 			}
 			if c.registered && c.state >= stClosing {
 				c.registered = false
@@ -142,7 +135,7 @@ func (s *Server) publishTail(uid string, tail []byte, expires int64) Result {
 		}
 		if r.Conns > 0 {
 			s.m.msgsOut.Add(float64(r.Conns))
-			s.m.bytesOut.Add(float64(r.Conns * (n + len(tail))))
+			s.m.bytesOut.Add(float64(r.Conns * (maxHeader + 16 + len(tail))))
 		}
 	})
 	if r.Conns > 0 {
@@ -166,7 +159,11 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 	if s.draining.Load() {
 		return 0, ErrShuttingDown
 	}
-	f := broadcastFrame(messageTail(data))
+	tail := messageTail(data)
+	f := broadcastFrame(tail)
+	// SSE and long-poll connections get the same envelope in their framing.
+	sse := append(append([]byte("data: {\"seq\":0,\"broadcast\":true"), tail...), "\n\n"...)
+	poll := append([]byte("{\"seq\":0,\"broadcast\":true"), tail...)
 	workers := s.cfg.BroadcastWriters
 	var total atomic.Int64
 	var wg sync.WaitGroup
@@ -184,8 +181,19 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 					continue
 				}
 				c.mu.Lock()
-				if c.state == stOpen && s.writeLocked(c, f, nil) {
-					n++
+				if c.state == stOpen {
+					var ok bool
+					switch c.kind {
+					case kindSSE:
+						ok = s.writeLocked(c, sse, nil)
+					case kindPoll:
+						ok = s.pollAnswer(c, poll)
+					default:
+						ok = s.writeLocked(c, f, nil)
+					}
+					if ok {
+						n++
+					}
 				}
 				s.release(c)
 			}

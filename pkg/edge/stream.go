@@ -1,0 +1,291 @@
+package edge
+
+import (
+	"bytes"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/mailbox"
+	"github.com/pushcluster/push/pkg/userid"
+)
+
+// Transports. A conn's kind decides how a message is written; everything
+// else (registry, mailbox, seq, timers, moves) is shared, so an idle SSE or
+// long-poll request costs what an idle WebSocket does.
+const (
+	kindWS   uint8 = iota // WebSocket frames
+	kindSSE               // text/event-stream: "id: N\ndata: {...}\n\n"
+	kindPoll              // one JSON array, then the response ends
+)
+
+// sendMessage writes one message (seq, shared tail) in c's transport. A
+// long-poll answers with it and ends; the next poll resumes after it.
+func (s *Server) sendMessage(c *conn, seq uint64, tail []byte) bool {
+	switch c.kind {
+	case kindSSE:
+		var b []byte
+		b = append(b, "id: "...)
+		b = strconv.AppendUint(b, seq, 10)
+		b = append(b, "\ndata: {\"seq\":"...)
+		b = strconv.AppendUint(b, seq, 10)
+		b = append(b, tail...)
+		b = append(b, "\n\n"...)
+		return s.writeLocked(c, b, nil)
+	case kindPoll:
+		return s.pollAnswer(c, pollBody(nil, seq, tail))
+	}
+	var pre [maxHeader + 32]byte
+	n := seqPrefix(pre[:], seq, len(tail))
+	return s.writeLocked(c, pre[:n], tail)
+}
+
+// pollBody appends `{"seq":N<tail>` (an envelope) to b.
+func pollBody(b []byte, seq uint64, tail []byte) []byte {
+	b = append(b, `{"seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	return append(b, tail...)
+}
+
+// replayLocked writes what a connecting client missed: a gap notice, then
+// the messages. A long-poll gets them all in one answer (or waits).
+func (s *Server) replayLocked(c *conn, gap mailbox.Gap, msgs []mailbox.Message) {
+	if c.kind == kindPoll {
+		if gap.From == 0 && len(msgs) == 0 {
+			return // hold the request until a message or PollTimeout
+		}
+		var b []byte
+		if gap.From != 0 {
+			b = gapJSON(b, gap.From, gap.To)
+		}
+		for _, m := range msgs {
+			if len(b) > 0 {
+				b = append(b, ',')
+			}
+			b = pollBody(b, m.Seq, m.Body)
+		}
+		if s.pollAnswer(c, b) {
+			s.m.msgsOut.Add(float64(len(msgs)))
+		}
+		return
+	}
+	if gap.From != 0 {
+		if c.kind == kindSSE {
+			s.writeLocked(c, append(append([]byte("data: "), gapJSON(nil, gap.From, gap.To)...), "\n\n"...), nil)
+		} else {
+			s.writeLocked(c, frame(ws.OpText, gapJSON(nil, gap.From, gap.To)), nil)
+		}
+	}
+	for _, m := range msgs {
+		if !s.sendMessage(c, m.Seq, m.Body) {
+			break
+		}
+		s.m.msgsOut.Inc()
+	}
+}
+
+func gapJSON(b []byte, from, to uint64) []byte {
+	b = append(b, `{"gap":true,"from":`...)
+	b = strconv.AppendUint(b, from, 10)
+	b = append(b, `,"to":`...)
+	b = strconv.AppendUint(b, to, 10)
+	return append(b, '}')
+}
+
+// pollAnswer ends a held long-poll with a JSON array of items and closes
+// the connection once it is written.
+func (s *Server) pollAnswer(c *conn, items []byte) bool {
+	if c.state != stOpen {
+		return false
+	}
+	body := make([]byte, 0, len(items)+2)
+	body = append(body, '[')
+	body = append(body, items...)
+	body = append(body, ']')
+	head := c.streamHead(http.StatusOK, "application/json", len(body))
+	if !s.writeLocked(c, head, body) {
+		return false
+	}
+	s.endStreamLocked(c)
+	return true
+}
+
+// endStreamLocked finishes an SSE or long-poll response: the connection
+// closes once the bytes are out (like a WebSocket after its close frame).
+func (s *Server) endStreamLocked(c *conn) {
+	if c.state != stOpen {
+		return
+	}
+	c.state = stClosing
+	if c.out == nil {
+		shutdownWrite(c)
+	} else {
+		c.shutAfter = true
+	}
+	s.open.Add(-1)
+	s.m.conns.Dec()
+	s.schedule(c, time.Now().Add(s.cfg.CloseTimeout))
+}
+
+// closeNotice tells an SSE or long-poll client why the stream ends, with
+// the WebSocket close codes (4003 moved, 4004 kicked, 1001 going away...).
+func closeNotice(code int, reason string) []byte {
+	b := []byte(`{"close":`)
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, `,"reason":`...)
+	b = strconv.AppendQuote(b, reason)
+	return append(b, '}')
+}
+
+// streamHead is the response head of an SSE stream (length < 0) or a
+// long-poll answer, with CORS for the allowed Origin the request had.
+func (c *conn) streamHead(status int, ctype string, length int) []byte {
+	b := []byte("HTTP/1.1 ")
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(status)...)
+	b = append(b, "\r\nContent-Type: "...)
+	b = append(b, ctype...)
+	b = append(b, "\r\nCache-Control: no-cache, no-store\r\nX-Accel-Buffering: no\r\n"...)
+	if c.rd != nil && len(c.rd.origin) > 0 {
+		b = append(b, "Access-Control-Allow-Origin: "...)
+		b = append(b, c.rd.origin...)
+		b = append(b, "\r\nVary: Origin\r\n"...)
+	}
+	if length >= 0 {
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, int64(length), 10)
+		b = append(b, "\r\nConnection: close\r\n"...)
+	}
+	return append(b, "\r\n"...)
+}
+
+// streamRequest handles GET /sse and GET /poll: the same uid, token and
+// last_seq as /ws (SSE also resumes from the Last-Event-ID header its
+// EventSource sends on reconnect), the same checks and answers (400, 401,
+// 403, 503), then the connection joins its user like a WebSocket.
+func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
+	s := l.s
+	q, hdrs := requestParts(head)
+	var uid, token []byte
+	var lastSeq uint64
+	hasLast, seen := false, [3]bool{}
+	for len(q) > 0 {
+		var kv []byte
+		kv, q, _ = bytes.Cut(q, []byte("&"))
+		k, v, _ := bytes.Cut(kv, []byte("="))
+		switch string(k) {
+		case "uid":
+			if !seen[0] {
+				seen[0], uid = true, v
+			}
+		case "token":
+			if !seen[1] {
+				seen[1], token = true, v
+			}
+		case "last_seq":
+			if !seen[2] {
+				seen[2] = true
+				n, err := strconv.ParseUint(string(v), 10, 64)
+				if err != nil || n > MaxSeq {
+					s.m.hsBadRequest.Inc()
+					l.reject(c, http.StatusBadRequest, "last_seq must be an integer from 0 to 2^53-1")
+					return
+				}
+				lastSeq, hasLast = n, true
+			}
+		}
+	}
+	var origin, host []byte
+	for len(hdrs) > 0 {
+		var line []byte
+		line, hdrs, _ = bytes.Cut(hdrs, []byte("\r\n"))
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		v = bytes.TrimSpace(v)
+		switch {
+		case bytes.EqualFold(k, []byte("Origin")):
+			origin = v
+		case bytes.EqualFold(k, []byte("Host")):
+			host = v
+		case kind == kindSSE && bytes.EqualFold(k, []byte("Last-Event-ID")):
+			if n, err := strconv.ParseUint(string(v), 10, 64); err == nil && n <= MaxSeq && (!hasLast || n > lastSeq) {
+				lastSeq, hasLast = n, true
+			}
+		}
+	}
+	if !seen[0] || !userid.Valid(string(uid)) {
+		s.m.hsBadRequest.Inc()
+		l.reject(c, http.StatusBadRequest, "uid missing or invalid ("+userid.Rule+")")
+		return
+	}
+	if len(origin) > 0 && !s.originAllowed(origin, host) {
+		s.m.hsForbidden.Inc()
+		l.reject(c, http.StatusForbidden, "origin not allowed")
+		return
+	}
+	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) {
+		s.m.hsOverloaded.Inc()
+		l.reject(c, http.StatusServiceUnavailable, "edge at capacity or draining")
+		return
+	}
+	if err := s.cfg.Verifier.Verify(string(token), string(uid)); err != nil {
+		s.m.hsUnauthorized.Inc()
+		l.reject(c, http.StatusUnauthorized, auth.Reason(err))
+		return
+	}
+	now := time.Now()
+	c.kind = kindSSE
+	if kind == kindPoll {
+		c.kind = kindPoll
+	}
+	if len(origin) > 0 {
+		c.rs().origin = append([]byte(nil), origin...) // for the CORS header of a later answer
+	}
+	c.state = stOpen
+	s.m.handshaking.Dec()
+	s.m.conns.Inc()
+	s.open.Add(1)
+	if kind == kindSSE {
+		if !s.writeLocked(c, c.streamHead(http.StatusOK, "text/event-stream", -1), nil) {
+			return
+		}
+		if c.rd != nil {
+			c.rd.origin = nil // only a long-poll answers later
+		}
+	}
+	s.m.hsOK.Inc()
+	c.uid = string(uid)
+	c.lastSeen = now.UnixNano()
+	next := s.cfg.PingInterval
+	if kind == kindPoll {
+		next = s.cfg.PollTimeout
+	}
+	s.schedule(c, now.Add(next))
+	s.attachLocked(c, lastSeq, hasLast)
+}
+
+// requestParts splits a request head into its raw query and header lines.
+func requestParts(head []byte) (query, headers []byte) {
+	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	_, target, _ := bytes.Cut(line, []byte(" "))
+	target, _, _ = bytes.Cut(target, []byte(" "))
+	_, query, _ = bytes.Cut(target, []byte("?"))
+	return query, rest
+}
+
+// streamPath reports which non-WebSocket endpoint a request head asks for.
+func streamPath(head []byte) (uint8, bool) {
+	switch {
+	case bytes.HasPrefix(head, []byte("GET /sse?")), bytes.HasPrefix(head, []byte("GET /sse ")):
+		return kindSSE, true
+	case bytes.HasPrefix(head, []byte("GET /poll?")), bytes.HasPrefix(head, []byte("GET /poll ")):
+		return kindPoll, true
+	}
+	return kindWS, false
+}
