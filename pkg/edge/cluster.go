@@ -111,12 +111,18 @@ func (s *Server) moveUsers() {
 		return
 	}
 	s.log.Info("moving users to their new owners", "users", len(moving), "rate", s.cfg.MigrateRate)
+	// An absolute schedule keeps the rate exact whatever each wait
+	// overshoots; the jitter keeps edges out of lockstep.
 	gap := time.Second / time.Duration(s.cfg.MigrateRate)
-	for _, c := range moving {
-		select {
-		case <-s.stop:
-			return
-		case <-time.After(gap/2 + rand.N(gap+1)): // mean gap, never in lockstep with other edges
+	start := time.Now()
+	for i, c := range moving {
+		at := start.Add(time.Duration(i)*gap + rand.N(gap+1) - gap/2)
+		if d := time.Until(at); d > 0 {
+			select {
+			case <-s.stop:
+				return
+			case <-time.After(d):
+			}
 		}
 		if s.draining.Load() {
 			return

@@ -29,7 +29,7 @@ const DefaultPollInterval = time.Second
 // settle is how long the watcher lets a burst of directory events (an
 // editor's truncate-then-write, a ConfigMap's symlink swap) finish before
 // it reads, so that it rarely reads a half-written hand edit.
-const settle = 20 * time.Millisecond
+const settle = 5 * time.Millisecond
 
 // File is the file store: one JSON document (ring.Document.Marshal's
 // form) at a path. Create it with OpenFile or Open.
