@@ -75,8 +75,9 @@ func run(args []string) error {
 	fs.IntVar(&c.MigrateRate, "migrate-rate", 500, "users per second closed with 4003 \"moved\" when the ring gives them to another edge")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins allowed besides the request's own host (https://*.example.com matches subdomains)")
 	fs.BoolVar(&c.Dev, "dev", false, "development: allow any Origin (authentication stays on)")
-	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret (default: $PUSH_JWT_SECRET)")
+	secretFile := fs.String("jwt-secret-file", "", "comma-separated files with HS256 secrets, the current one first; all are accepted, for rotation (default: $PUSH_JWT_SECRET)")
 	pubKeys := fs.String("jwt-public-keys", "", "comma-separated PEM files of RS256/EdDSA public keys also accepted")
+	keyReload := fs.Duration("jwt-reload", 10*time.Second, "re-read the key files this often and apply changes without restarting (0: never)")
 	gcPercent := fs.Int("gogc", 400, "Go GC target percentage (GOGC); the live heap is small per connection and garbage comes from publishes, so collecting less often cuts latency spikes; 0 keeps the runtime's setting")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "json", "json or text")
@@ -105,18 +106,16 @@ func run(args []string) error {
 	if *origins != "" {
 		c.AllowedOrigins = strings.Split(*origins, ",")
 	}
-	secret, err := auth.LoadSecret(*secretFile)
+	keyFiles := auth.ParseKeyFiles(*secretFile, *pubKeys)
+	keyring, err := keyFiles.Load()
 	if err != nil {
 		return err
 	}
-	ac := auth.Config{HMACSecret: secret}
-	if *pubKeys != "" {
-		if ac.PublicKeys, err = auth.LoadPublicKeys(strings.Split(*pubKeys, ",")...); err != nil {
-			return err
-		}
-	}
-	if c.Verifier, err = auth.NewVerifier(ac); err != nil {
-		return err
+	c.Verifier = keyring
+	if *keyReload > 0 {
+		kctx, stopKeys := context.WithCancel(context.Background())
+		defer stopKeys()
+		go keyFiles.Watch(kctx, keyring, *keyReload, log)
 	}
 	reg := admin.NewRegistry()
 	c.Metrics = reg

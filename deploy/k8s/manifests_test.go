@@ -1079,7 +1079,9 @@ func (c *cluster) checkSecrets(t *testing.T, dev bool) {
 			path := ""
 			for _, e := range ct.Env {
 				if e.Name == "PUSH_JWT_SECRET_FILE" {
-					path = e.Value
+					// A list: the current secret first (it must be in the
+					// Secret), then ones present only during a rotation.
+					path, _, _ = strings.Cut(e.Value, ",")
 				}
 			}
 			found := false

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -78,6 +79,9 @@ type Config struct {
 	// at least MinSecretLen bytes. It may be empty only when PublicKeys is
 	// not, in which case HS256 tokens are refused with ErrMethod.
 	HMACSecret []byte
+	// MoreHMACSecrets are also accepted for HS256 (key rotation: the next
+	// or the previous secret beside the current one).
+	MoreHMACSecrets [][]byte
 	// PublicKeys optionally enables asymmetric tokens: *rsa.PublicKey keys
 	// verify RS256 and ed25519.PublicKey keys verify EdDSA. Several keys of
 	// one kind are tried in turn, which allows key rotation.
@@ -87,6 +91,28 @@ type Config struct {
 	// Now is the clock; nil means time.Now. Injectable for tests.
 	Now func() time.Time
 }
+
+// TokenVerifier is what the edge needs of a Verifier; a Keyring is one too.
+type TokenVerifier interface {
+	Verify(token, uid string) error
+}
+
+// Keyring is a TokenVerifier whose keys can be replaced while it is in use
+// (the edge re-reads its secret files), so rotating a key drops nobody.
+type Keyring struct{ v atomic.Pointer[Verifier] }
+
+// NewKeyring starts with v.
+func NewKeyring(v *Verifier) *Keyring {
+	k := &Keyring{}
+	k.v.Store(v)
+	return k
+}
+
+// Set replaces the verifier for every later Verify.
+func (k *Keyring) Set(v *Verifier) { k.v.Store(v) }
+
+// Verify checks token with the current verifier.
+func (k *Keyring) Verify(token, uid string) error { return k.v.Load().Verify(token, uid) }
 
 // Verifier checks browser tokens. It is safe for concurrent use and meant to
 // be built once at start-up: all per-key and per-option work happens in
@@ -111,13 +137,23 @@ type Verifier struct {
 // key is of an unsupported type or too weak.
 func NewVerifier(c Config) (*Verifier, error) {
 	v := &Verifier{}
-	if len(c.HMACSecret) > 0 {
-		if len(c.HMACSecret) < MinSecretLen {
-			return nil, fmt.Errorf("auth: HMAC secret is %d bytes, need at least %d", len(c.HMACSecret), MinSecretLen)
+	var hmacKeys []jwt.VerificationKey
+	for i, secret := range append([][]byte{c.HMACSecret}, c.MoreHMACSecrets...) {
+		if len(secret) == 0 {
+			if i == 0 {
+				continue // public keys only
+			}
+			return nil, fmt.Errorf("auth: HMAC secret %d is empty", i+1)
+		}
+		if len(secret) < MinSecretLen {
+			return nil, fmt.Errorf("auth: HMAC secret %d is %d bytes, need at least %d", i+1, len(secret), MinSecretLen)
 		}
 		// Copy so a caller reusing or zeroing its slice cannot change the
 		// key under a running verifier.
-		v.hmacKey = append([]byte(nil), c.HMACSecret...)
+		hmacKeys = append(hmacKeys, append([]byte(nil), secret...))
+	}
+	if len(hmacKeys) > 0 {
+		v.hmacKey = keySet(hmacKeys)
 		v.methods = append(v.methods, algHS256)
 	}
 

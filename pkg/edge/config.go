@@ -95,8 +95,9 @@ type Config struct {
 	// Forwarder reaches the owner of a user this edge neither holds nor
 	// owns; nil handles every call here (standalone).
 	Forwarder Forwarder
-	// Verifier checks tokens; required.
-	Verifier *auth.Verifier
+	// Verifier checks tokens; required (an *auth.Verifier, or an
+	// *auth.Keyring whose keys can change while the edge runs).
+	Verifier auth.TokenVerifier
 	// BroadcastWriters is how many goroutines write a broadcast, each to a
 	// share of the connections (default GOMAXPROCS).
 	BroadcastWriters int
