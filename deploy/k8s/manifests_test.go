@@ -46,8 +46,7 @@ import (
 // defines it, the real definition is checked instead (and the test logs
 // that the entry can go), so the check tightens by itself. A flag that is
 // neither defined nor listed fails the test.
-var pendingFlags = map[string][]string{
-}
+var pendingFlags = map[string][]string{}
 
 // Environment variables a push container may carry that are not flags.
 var plainEnv = []string{"POD_NAME", "POD_NAMESPACE", "GOMEMLIMIT"}
