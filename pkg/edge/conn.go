@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pushcluster/push/pkg/poller"
+	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
 	"github.com/pushcluster/push/pkg/wheel"
 )
@@ -91,9 +92,9 @@ func (s *Server) writeLocked(c *conn, a, b []byte) bool {
 	var n int
 	var err error
 	if len(b) == 0 {
-		n, err = sysWrite(int(c.fd), a)
+		n, err = rawtcp.Write(int(c.fd), a)
 	} else {
-		n, err = writev(int(c.fd), a, b)
+		n, err = rawtcp.Writev2(int(c.fd), a, b)
 	}
 	if n == total {
 		return true

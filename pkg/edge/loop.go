@@ -100,7 +100,7 @@ func (l *loop) readLocked(c *conn) {
 			off = copy(l.buf, c.rd.pending)
 			c.rd.pending = nil
 		}
-		n, err := sysRead(int(c.fd), l.buf[off:])
+		n, err := rawtcp.Read(int(c.fd), l.buf[off:])
 		if n <= 0 {
 			if off > 0 {
 				c.rs().pending = append([]byte(nil), l.buf[:off]...)
@@ -422,6 +422,6 @@ func (l *loop) handshakeLocked(c *conn, data []byte) int {
 
 // reject answers a handshake with an HTTP error and closes.
 func (l *loop) reject(c *conn, status int, reason string) {
-	sysWrite(int(c.fd), httpError(status, reason))
+	rawtcp.Write(int(c.fd), httpError(status, reason))
 	l.s.closeNowLocked(c, -1)
 }

@@ -275,7 +275,7 @@ func (l *loop) headLocked(s *session, ev poller.Event) {
 			return
 		}
 		// Consume exactly the header; the head after it stays queued.
-		if got, _ := sysRead(int(s.cfd), l.discard[:hn]); got != hn {
+		if got, _ := rawtcp.Read(int(s.cfd), l.discard[:hn]); got != hn {
 			r.closeLocked(s)
 			return
 		}
@@ -524,7 +524,7 @@ func (r *Router) connectedLocked(l *loop, s *session, ev poller.Event) {
 		var b [64]byte
 		src, dst := r.clientAddrs(s)
 		hdr := proxyproto.AppendV2(b[:0], src, dst)
-		if n, werr := sysWrite(int(s.efd), hdr); n != len(hdr) {
+		if n, werr := rawtcp.Write(int(s.efd), hdr); n != len(hdr) {
 			err = fmt.Errorf("write PROXY header: %d of %d bytes: %v", n, len(hdr), werr)
 		}
 	}
@@ -635,11 +635,11 @@ func (r *Router) rejectLocked(s *session, status int, reason string) {
 	fd := int(s.cfd)
 	var b [4096]byte
 	for i := 0; i < 32; i++ {
-		if n, _ := sysRead(fd, b[:]); n < len(b) {
+		if n, _ := rawtcp.Read(fd, b[:]); n < len(b) {
 			break
 		}
 	}
-	sysWrite(fd, resp)
+	rawtcp.Write(fd, resp)
 	unix.Shutdown(fd, unix.SHUT_WR)
 	r.closeLocked(s)
 }

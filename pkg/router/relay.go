@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pushcluster/push/pkg/poller"
+	"github.com/pushcluster/push/pkg/rawtcp"
 )
 
 // relayEventLocked handles readiness on one side of a relayed session.
@@ -85,7 +86,7 @@ func (l *loop) moveLocked(s *session, d int) {
 		return
 	}
 	src, dst := s.fds(d)
-	n, err := sysRead(src, l.buf[:copyMax])
+	n, err := rawtcp.Read(src, l.buf[:copyMax])
 	if n == 0 && err == nil {
 		r.endLocked(s, d)
 		return
@@ -97,7 +98,7 @@ func (l *loop) moveLocked(s *session, d int) {
 		return
 	}
 	r.count(d, n)
-	w, err := sysWrite(dst, l.buf[:n])
+	w, err := rawtcp.Write(dst, l.buf[:n])
 	if w < n {
 		if err != nil && !retry(err) {
 			r.closeLocked(s)
@@ -182,7 +183,7 @@ func (l *loop) flushLocked(s *session, d int) {
 		r.pipes.put(f.p)
 	} else {
 		for len(f.buf) > 0 {
-			w, err := sysWrite(dst, f.buf)
+			w, err := rawtcp.Write(dst, f.buf)
 			if err != nil {
 				if !retry(err) {
 					r.closeLocked(s)

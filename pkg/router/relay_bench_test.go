@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pushcluster/push/pkg/rawtcp"
 )
 
 // tcpPair returns both ends of a loopback TCP connection: the writer as a
@@ -63,12 +65,12 @@ func BenchmarkRelay(b *testing.B) {
 					moved := 0
 					for moved < size {
 						if mode == "copy" {
-							n, err := sysRead(src, buf)
+							n, err := rawtcp.Read(src, buf)
 							if err != nil {
 								continue // not arrived yet
 							}
 							for w := 0; w < n; {
-								m, err := sysWrite(dst, buf[w:n])
+								m, err := rawtcp.Write(dst, buf[w:n])
 								if err == nil {
 									w += m
 								}

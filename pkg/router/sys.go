@@ -7,28 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Every descriptor here is non-blocking, so reads, writes, peeks and
-// splices never sleep in the kernel: they use RawSyscall, which skips the
-// scheduler's entersyscall/exitsyscall bookkeeping (as the edge does).
-
-func sysRead(fd int, p []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
-		return -1, e
-	}
-	return int(r), nil
-}
-
-func sysWrite(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	if e != 0 {
-		return -1, e
-	}
-	return int(r), nil
-}
+// Every descriptor here is non-blocking, so peeks and splices never sleep
+// in the kernel: they use RawSyscall like rawtcp.Read and rawtcp.Write.
 
 // recvPeek copies what is queued on fd into p without consuming it.
 func recvPeek(fd int, p []byte) (int, error) {
