@@ -57,6 +57,7 @@ func run(args []string) error {
 	fs.IntVar(&c.Backlog, "backlog", 4096, "listen queue length (capped by net.core.somaxconn)")
 	fs.BoolVar(&c.ReusePort, "reuseport", false, "set SO_REUSEPORT on the WebSocket listener")
 	fs.IntVar(&c.MaxConns, "max-conns", 100000, "upgraded connections beyond this get HTTP 503")
+	fs.Float64Var(&c.HandshakesPerIP, "handshakes-per-ip", 0, "new connections per second and client address (browser's address from --accept-proxy), burst twice that, 429 beyond; 0: no limit")
 	fs.IntVar(&c.MaxConnsPerUser, "max-conns-per-user", 1, "connections kept per user; an older one is closed with 4002")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time allowed from accept to a complete request head")
 	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", 8192, "request head size cap (431 beyond)")

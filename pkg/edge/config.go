@@ -42,6 +42,11 @@ type Config struct {
 	Backlog int
 	// ReusePort sets SO_REUSEPORT on the listener.
 	ReusePort bool
+	// HandshakesPerIP limits new connections per client address and second
+	// (burst twice that) with 429 beyond; the address is the browser's from
+	// the router's PROXY header with AcceptProxy. 0 turns it off (default:
+	// many users may share one NAT address).
+	HandshakesPerIP float64
 	// MaxConns caps upgraded connections; beyond it upgrades get HTTP 503
 	// (default 100000).
 	MaxConns int
@@ -159,6 +164,8 @@ func (c *Config) validate() error {
 		return bad("listen address is empty")
 	case c.MaxConns < 1, c.MaxConnsPerUser < 1, c.Backlog < 1, c.Loops < 1, c.MailboxSize < 1:
 		return bad("max-conns, max-conns-per-user, backlog, loops and mailbox-size must be >= 1")
+	case c.HandshakesPerIP < 0:
+		return bad("handshakes-per-ip %v is negative", c.HandshakesPerIP)
 	case c.MigrateRate < 1 || c.MigrateRate > 1000000:
 		return bad("migrate-rate %d outside 1..1000000", c.MigrateRate)
 	case c.ListenSpan < 1 || c.ListenSpan > 64:

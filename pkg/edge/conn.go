@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 
@@ -60,8 +61,9 @@ type readState struct {
 	frag     bool // inside a fragmented message
 	fragText bool
 	fragLen  int
-	carry    []byte // incomplete UTF-8 sequence at the end of the last fragment
-	origin   []byte // SSE/long-poll: the allowed Origin, echoed in the answer's CORS header
+	carry    []byte         // incomplete UTF-8 sequence at the end of the last fragment
+	origin   []byte         // SSE/long-poll: the allowed Origin, echoed in the answer's CORS header
+	client   netip.AddrPort // the browser's address from the PROXY header, during the handshake
 }
 
 func (c *conn) rs() *readState {
@@ -72,7 +74,8 @@ func (c *conn) rs() *readState {
 }
 
 func (c *conn) dropReadState() {
-	if c.rd != nil && len(c.rd.pending) == 0 && !c.rd.frag && c.rd.origin == nil {
+	if c.rd != nil && len(c.rd.pending) == 0 && !c.rd.frag && c.rd.origin == nil &&
+		(c.state != stHandshake || !c.rd.client.IsValid()) {
 		c.rd = nil
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -34,7 +33,6 @@ type handshake struct {
 	host    []byte
 	lastSeq uint64
 	hasLast bool
-	client  netip.AddrPort // from the PROXY header, for logs
 }
 
 // Read and Write let the upgrader read the head from memory and write its

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"net/http"
 	"time"
 	"unicode/utf8"
 
@@ -395,7 +396,7 @@ func (l *loop) handshakeLocked(c *conn, data []byte) int {
 			return len(data)
 		}
 		c.proxied = true
-		l.hs.client = h.Source
+		c.rs().client = h.Source // kept while the head is incomplete
 		data, used = data[n:], n
 	}
 	end := bytes.Index(data, headEnd)
@@ -410,6 +411,10 @@ func (l *loop) handshakeLocked(c *conn, data []byte) int {
 	if len(head) > s.cfg.MaxHeaderBytes {
 		s.m.hsTooLarge.Inc()
 		l.reject(c, 431, "request head too large")
+		return used + len(data)
+	}
+	if !l.admitClient(c) {
+		l.reject(c, http.StatusTooManyRequests, "too many new connections from this address")
 		return used + len(data)
 	}
 	if kind, ok := streamPath(head); ok {

@@ -29,8 +29,8 @@ type metrics struct {
 	forwarded    prometheus.Counter
 	ringVersion  prometheus.Gauge
 
-	hsOK, hsUnauthorized, hsForbidden, hsBadRequest, hsOverloaded, hsTimeout, hsTooLarge, hsNotFound prometheus.Counter
-	pubDelivered, pubStored, pubRejected                                                             prometheus.Counter
+	hsOK, hsUnauthorized, hsForbidden, hsBadRequest, hsOverloaded, hsTimeout, hsTooLarge, hsNotFound, hsRateLimited prometheus.Counter
+	pubDelivered, pubStored, pubRejected                                                                            prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -82,7 +82,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}{
 		{&m.hsOK, "ok"}, {&m.hsUnauthorized, "unauthorized"}, {&m.hsForbidden, "forbidden"},
 		{&m.hsBadRequest, "bad_request"}, {&m.hsOverloaded, "overloaded"}, {&m.hsTimeout, "timeout"},
-		{&m.hsTooLarge, "too_large"}, {&m.hsNotFound, "not_found"},
+		{&m.hsTooLarge, "too_large"}, {&m.hsNotFound, "not_found"}, {&m.hsRateLimited, "rate_limited"},
 	} {
 		*r.p = m.handshakes.WithLabelValues(r.name)
 	}

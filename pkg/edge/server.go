@@ -34,6 +34,8 @@ type Server struct {
 
 	reg *registry.Registry[*conn]
 
+	limiter *ipLimiter // nil unless HandshakesPerIP > 0
+
 	ring        atomic.Pointer[ring.Ring] // nil: standalone, owns every user
 	ringChanged chan struct{}             // wakes the migrator (buffered 1)
 	fwd         atomic.Pointer[fwdBox]    // Config.Forwarder, or SetForwarder's
@@ -63,6 +65,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.table = make([]atomic.Pointer[conn], size)
 	s.reg = registry.New[*conn](256)
+	if cfg.HandshakesPerIP > 0 {
+		s.limiter = newIPLimiter(cfg.HandshakesPerIP)
+	}
 	if cfg.Forwarder != nil {
 		s.SetForwarder(cfg.Forwarder)
 	}
@@ -188,6 +193,9 @@ func (s *Server) tickLoop() {
 			if now.Sub(lastSweep) >= time.Second {
 				lastSweep = now
 				s.sweep(now)
+				if s.limiter != nil {
+					s.limiter.sweep(now)
+				}
 			}
 		}
 	}

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/proxyproto"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
@@ -184,5 +187,34 @@ func TestStreamsGetBroadcastsAndCORS(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden {
 		t.Fatalf("bad origin: %d", resp.StatusCode)
+	}
+}
+
+// Handshakes are limited per browser address (from the router's PROXY
+// header): one address over its budget gets 429, another is untouched.
+func TestHandshakesPerIP(t *testing.T) {
+	e := start(t, func(c *edge.Config) {
+		c.AcceptProxy, c.HandshakesPerIP, c.PollTimeout = true, 0.01, 100*time.Millisecond // a burst of 1, then 1 per 100 s
+	})
+	try := func(src string) int {
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(proxyproto.AppendV2(nil, netip.MustParseAddrPort(src+":4000"), netip.MustParseAddrPort("127.0.0.1:80")))
+		fmt.Fprintf(c, "GET /poll?uid=rl&token=%s HTTP/1.1\r\nHost: x\r\n\r\n", token(t, "rl"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode
+	}
+	if got := []int{try("198.51.100.1"), try("198.51.100.1")}; got[0] != 200 || got[1] != http.StatusTooManyRequests {
+		t.Fatalf("two handshakes from one address with a burst of 1: %v, want [200 429]", got)
+	}
+	if got := try("198.51.100.2"); got != 200 {
+		t.Fatalf("another address got %d", got)
 	}
 }
