@@ -24,7 +24,8 @@ test: deps
 test-short:
 	$(GO) test -count=1 -short ./...
 
-# Benchmarks: SCENARIO=edge N=19000 picks one scenario (see bench/README.md).
+# Benchmarks: the standard set (under 15 minutes on 2 cores), or SCENARIO=conns
+# N=200000 for one scenario at a size (see bench/README.md).
 SCENARIO ?= all
 N ?=
 bench: build deps

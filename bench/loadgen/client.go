@@ -57,6 +57,12 @@ type Config struct {
 	// 1001 "going away" connects again, resuming with last_seq (as the
 	// browser client does through a router).
 	Reconnect string
+	// RetryJitter, when set (with Reconnect), also reconnects a client
+	// whose connection ended without a close frame (EOF, reset: the edge
+	// was killed) or whose connect or handshake failed, after a random
+	// delay below RetryJitter, until the pool closes: browsers after an
+	// edge restart.
+	RetryJitter time.Duration
 }
 
 // Pool is a set of clients on one epoll loop.
@@ -76,8 +82,9 @@ type Pool struct {
 	Received atomic.Int64
 	LastErr  atomic.Value // string
 
-	Stats *Stats
-	done  chan struct{}
+	Stats   *Stats
+	done    chan struct{}
+	closing atomic.Bool
 }
 
 // NewPool starts the event loop.
@@ -144,6 +151,7 @@ func (p *Pool) open(addr unix.Sockaddr, host, uid string, n int, last uint64) er
 	if err := unix.Connect(fd, addr); err != nil && err != unix.EINPROGRESS {
 		unix.Close(fd)
 		p.fail(err)
+		p.retry(uid, n, last)
 		return err
 	}
 	resume := ""
@@ -167,6 +175,7 @@ func (p *Pool) fail(err error) {
 
 // Close closes every client and stops the loop.
 func (p *Pool) Close() {
+	p.closing.Store(true)
 	p.mu.Lock()
 	for fd, c := range p.clients {
 		c.mu.Lock()
@@ -232,6 +241,21 @@ func (p *Pool) drop(c *client, err error) {
 		delete(p.clients, c.fd)
 	}
 	p.mu.Unlock()
+	p.retry(c.uid, c.n, c.last)
+}
+
+// retry reconnects a user after a random delay below RetryJitter (see
+// Config).
+func (p *Pool) retry(uid string, n int, last uint64) {
+	if p.cfg.RetryJitter <= 0 || p.reconn == nil || p.closing.Load() {
+		return
+	}
+	p.Moved.Add(1)
+	time.AfterFunc(rand.N(p.cfg.RetryJitter), func() {
+		if !p.closing.Load() {
+			p.open(p.reconn, p.cfg.Reconnect, uid, n, last)
+		}
+	})
 }
 
 func (p *Pool) event(c *client, ev poller.Event, buf []byte) {
@@ -340,7 +364,7 @@ func (p *Pool) input(c *client, data []byte) {
 		case 0x8:
 			p.control(c, 0x8, payload)
 			p.drop(c, errors.New("closed by server"))
-			if len(payload) >= 2 && p.reconn != nil {
+			if len(payload) >= 2 && p.reconn != nil && p.cfg.RetryJitter <= 0 {
 				if code := binary.BigEndian.Uint16(payload); code == 4003 || code == 1001 {
 					p.Moved.Add(1)
 					uid, n, last := c.uid, c.n, c.last

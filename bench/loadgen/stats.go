@@ -144,3 +144,21 @@ func (h *Hist) Quantile(q float64) int64 {
 	}
 	return h.Max
 }
+
+// CDF returns (latency ms, fraction of messages at or below it), one point
+// per non-empty bucket, for plotting.
+func (h *Hist) CDF() [][2]float64 {
+	keys := make([]int, 0, len(h.Counts))
+	for b := range h.Counts {
+		keys = append(keys, b)
+	}
+	sort.Ints(keys)
+	out := make([][2]float64, 0, len(keys))
+	var seen int64
+	for _, b := range keys {
+		seen += h.Counts[b]
+		v := min(bucketValue(b), h.Max)
+		out = append(out, [2]float64{float64(v) / 1e6, float64(seen) / float64(max(h.N, 1))})
+	}
+	return out
+}

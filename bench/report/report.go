@@ -40,6 +40,7 @@ type Run struct {
 	Machine  Machine        `json:"machine"`
 	Params   map[string]any `json:"params"`
 	Figures  []Figure       `json:"figures"`
+	Charts   []Chart        `json:"charts,omitempty"`
 	Raw      map[string]any `json:"raw,omitempty"`
 }
 
@@ -92,6 +93,14 @@ func (r *Run) Markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", f.Name, v, f.Target, met)
 	}
+	if len(r.Charts) > 0 {
+		b.WriteString("\n")
+		for _, c := range r.Charts {
+			if c.File != "" {
+				fmt.Fprintf(&b, "![%s](%s)\n", c.Title, c.File)
+			}
+		}
+	}
 	return b.String()
 }
 
@@ -104,6 +113,9 @@ func (r *Run) Save(dir string) (string, error) {
 		return "", err
 	}
 	base := filepath.Join(dir, r.Started.Format("2006-01-02")+"-"+r.Scenario)
+	if err := r.saveCharts(base); err != nil {
+		return "", err
+	}
 	js, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return "", err

@@ -164,3 +164,32 @@ func ReadKernel() Kernel {
 	}
 	return k
 }
+
+// TCPExt reads the kernel's TcpExt counters from /proc/net/netstat
+// (ListenOverflows, ListenDrops, SyncookiesSent, …): machine-wide, so take
+// differences over a period when nothing else opens many connections.
+func TCPExt() map[string]int64 {
+	out := map[string]int64{}
+	b, err := os.ReadFile("/proc/net/netstat")
+	if err != nil {
+		return out
+	}
+	var keys []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "TcpExt:") {
+			continue
+		}
+		f := strings.Fields(line)[1:]
+		if keys == nil {
+			keys = f
+			continue
+		}
+		for i, v := range f {
+			if i < len(keys) {
+				out[keys[i]], _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+		break
+	}
+	return out
+}

@@ -7,9 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/pushcluster/push/bench/loadgen"
+	"github.com/pushcluster/push/bench/report"
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/flagenv"
 )
@@ -18,14 +20,25 @@ var scenarios = []struct {
 	name, help string
 	run        func(args []string) error
 }{
+	{"baseline", "the edge against gorilla/websocket with a goroutine per connection (bench/baseline), same load: bytes per connection, fan-out CPU, p99 as ratios", runBaseline},
+	{"conns", "N idle connections through SO_REUSEPORT routers to edges over many processes: upgrades/s, bytes per connection (slopes), kernel memory, CPU at rest", runConns},
 	{"edge", "one edge: bytes and fds per idle connection, CPU per upgrade, broadcast and unicast latency", runEdge},
+	{"storm", "N clients of one edge reconnect at once after the edge restarts: time until all are back, failed handshakes, peak CPU", runStorm},
+	{"unicast", "one edge with N idle clients: publish→receive latency percentiles at R msg/s to random users, delivered/sent", runUnicast},
+	{"fanout", "one edge with N idle clients: Broadcast to all, time to the last delivery, deliveries/s, CPU per delivery", runFanout},
 	{"migrate", "ring propagation delay to routers and edges, and time to move N users off a draining edge", runMigrate},
 	{"netpoll", "fds per connection and OS threads under pinging clients: easygo netpoll vs the project's poller", runNetpoll},
 	{"proxy", "router vs HAProxy in front of the same edges: bytes and fds per idle connection, CPU per upgrade and message, added latency", runProxy},
+	{"resize", "the zero-loss resize test at bench scale: users moved vs predicted, lost, duplicated, migration time", runResize},
 	{"ring", "ring placement in-process, bounded vs haproxy: balance, users moved per change, lookup ns/op, build time", runRing},
 }
 
 func main() {
+	if os.Getenv("GOGC") == "" {
+		// The load generator and publishers allocate per message; fewer
+		// collections keep their own pauses out of the latencies measured.
+		debug.SetGCPercent(400)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
@@ -40,7 +53,7 @@ func usage() {
 	for _, s := range scenarios {
 		fmt.Fprintf(os.Stderr, "  %-8s %s\n", s.name, s.help)
 	}
-	fmt.Fprintln(os.Stderr, "\n'pushbench <scenario> --help' lists its flags.")
+	fmt.Fprintln(os.Stderr, "\n'pushbench <scenario> --help' lists its flags; 'pushbench charts RESULT.json...' renders saved charts again.")
 }
 
 func run(args []string) error {
@@ -48,8 +61,19 @@ func run(args []string) error {
 		usage()
 		return flag.ErrHelp
 	}
-	if args[0] == "worker" {
+	switch args[0] {
+	case "worker":
 		return runWorker(args[1:])
+	case "baseline-server":
+		return runBaselineServer(args[1:])
+	case "charts":
+		// pushbench charts RESULT.json...: render the saved charts again.
+		for _, p := range args[1:] {
+			if err := report.Rerender(p); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	for _, s := range scenarios {
 		if s.name == args[0] {
@@ -71,6 +95,7 @@ func runWorker(args []string) error {
 	ping := fs.Duration("ping-each", 0, "each client pings this often")
 	split := fs.Duration("ping-split", 0, "send each ping frame in two segments this far apart")
 	reconnect := fs.String("reconnect", "", "host:port a client closed with 4003 or 1001 reconnects to, resuming with last_seq")
+	retry := fs.Duration("retry-jitter", 0, "with --reconnect: a client whose connection ends for any reason (EOF, reset, refused) reconnects after a random delay below this")
 	pollEvery := fs.Duration("poll-every", 200*time.Microsecond, "client loops poll this often instead of sleeping in epoll_wait (0: sleep in epoll_wait)")
 	if _, err := flagenv.Parse(fs, "PUSHBENCH", args, nil); err != nil {
 		return err
@@ -84,7 +109,7 @@ func runWorker(args []string) error {
 		return err
 	}
 	now := time.Now()
-	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping, PingSplit: *split, PollEvery: *pollEvery, Reconnect: *reconnect,
+	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping, PingSplit: *split, PollEvery: *pollEvery, Reconnect: *reconnect, RetryJitter: *retry,
 		Token: func(uid string) string { t, _ := auth.Mint(secret, uid, 24*time.Hour, now); return t }}
 	return loadgen.RunWorker(cfg, *prefix, *first, os.Stdin, os.Stdout)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pushcluster/push/bench/loadgen"
@@ -140,7 +141,8 @@ func (w *worker) stop() {
 }
 
 // openAll asks every worker to open count more clients at rate (total) and
-// shows progress until all answered.
+// shows progress (open clients, rate, failures, last error) about once a
+// second until all answered, within a bound.
 func openAll(ws []*worker, count, rate int) (opened, failed int64, lastErr string, err error) {
 	per := count / len(ws)
 	for i, w := range ws {
@@ -150,18 +152,97 @@ func openAll(ws []*worker, count, rate int) (opened, failed int64, lastErr strin
 		}
 		w.send("open %d %d", n, rate/len(ws))
 	}
-	for _, w := range ws {
-		e, err := w.await("opened", time.Duration(count/max(rate, 1)+120)*time.Second)
-		if err != nil {
-			return 0, 0, "", err
-		}
-		opened += e.Open
-		failed += e.Failed
-		if e.Err != "" {
-			lastErr = e.Err
+	timeout := time.Duration(count/max(rate, 1)+120) * time.Second
+	type state struct {
+		last  loadgen.Event
+		done  bool
+		err   error
+		final loadgen.Event
+	}
+	var mu sync.Mutex
+	st := make([]state, len(ws))
+	var wg sync.WaitGroup
+	for i, w := range ws {
+		wg.Add(1)
+		go func(i int, w *worker) {
+			defer wg.Done()
+			deadline := time.After(timeout)
+			for {
+				select {
+				case e, ok := <-w.events:
+					if !ok {
+						mu.Lock()
+						st[i].err = fmt.Errorf("worker exited")
+						mu.Unlock()
+						return
+					}
+					mu.Lock()
+					switch e.Type {
+					case "progress":
+						st[i].last = e
+					case "opened":
+						st[i].last, st[i].final, st[i].done = e, e, true
+					}
+					mu.Unlock()
+					if e.Type == "opened" {
+						return
+					}
+				case <-deadline:
+					mu.Lock()
+					st[i].err = fmt.Errorf("worker: no \"opened\" event within %v", timeout)
+					mu.Unlock()
+					return
+				}
+			}
+		}(i, w)
+	}
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	t0, prevOpen, prevT := time.Now(), int64(-1), time.Now()
+	for {
+		select {
+		case <-finished:
+			for _, s := range st {
+				if s.err != nil {
+					return 0, 0, "", s.err
+				}
+				opened += s.final.Open
+				failed += s.final.Failed
+				if s.final.Err != "" {
+					lastErr = s.final.Err
+				}
+			}
+			return opened, failed, lastErr, nil
+		case <-tick.C:
+			mu.Lock()
+			var open, fail int64
+			var le string
+			for _, s := range st {
+				open += s.last.Open
+				fail += s.last.Failed
+				if s.last.Err != "" {
+					le = s.last.Err
+				}
+			}
+			mu.Unlock()
+			if open == 0 && fail == 0 {
+				continue
+			}
+			now := time.Now()
+			rateNow := 0.0
+			if prevOpen >= 0 {
+				rateNow = float64(open-prevOpen) / now.Sub(prevT).Seconds()
+			}
+			prevOpen, prevT = open, now
+			line := fmt.Sprintf("  … %d clients open (%.0f/s now), %d failed, %.0f s", open, rateNow, fail, now.Sub(t0).Seconds())
+			if le != "" {
+				line += ", last error: " + le
+			}
+			progress("%s", line)
 		}
 	}
-	return opened, failed, lastErr, nil
 }
 
 func progress(format string, a ...any) {
