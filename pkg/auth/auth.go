@@ -99,7 +99,10 @@ type TokenVerifier interface {
 
 // Keyring is a TokenVerifier whose keys can be replaced while it is in use
 // (the edge re-reads its secret files), so rotating a key drops nobody.
-type Keyring struct{ v atomic.Pointer[Verifier] }
+type Keyring struct {
+	v    atomic.Pointer[Verifier]
+	seen []byte // fingerprint of the key files it was loaded from (KeyFiles.Load)
+}
 
 // NewKeyring starts with v.
 func NewKeyring(v *Verifier) *Keyring {
@@ -130,6 +133,12 @@ type Verifier struct {
 	// methods is the parser allow-list; kept to tell ErrMethod apart from
 	// ErrBadSignature (the library reports both as a signature error).
 	methods []string
+
+	// The HS256 fast path (fast.go): one HMAC pool per secret, and the
+	// same leeway and clock as the parser.
+	hmacPools []*hmacPool
+	leeway    time.Duration
+	timeFunc  func() time.Time
 }
 
 // NewVerifier validates c and builds a Verifier. It fails if the secret is
@@ -151,7 +160,9 @@ func NewVerifier(c Config) (*Verifier, error) {
 		// Copy so a caller reusing or zeroing its slice cannot change the
 		// key under a running verifier.
 		hmacKeys = append(hmacKeys, append([]byte(nil), secret...))
+		v.hmacPools = append(v.hmacPools, newHMACPool(secret))
 	}
+	v.leeway, v.timeFunc = c.Leeway, c.Now
 	if len(hmacKeys) > 0 {
 		v.hmacKey = keySet(hmacKeys)
 		v.methods = append(v.methods, algHS256)
@@ -248,6 +259,9 @@ func (v *Verifier) Verify(token, uid string) error {
 	}
 	if len(token) > MaxTokenLen {
 		return errTooLong
+	}
+	if err, ok := v.verifyFast(token, uid); ok {
+		return err
 	}
 	var claims tokenClaims
 	t, err := v.parser.ParseWithClaims(token, &claims, v.keyFunc)

@@ -83,11 +83,13 @@ func (f KeyFiles) load() (*Verifier, []byte, error) {
 
 // Load builds a Keyring from the files.
 func (f KeyFiles) Load() (*Keyring, error) {
-	v, _, err := f.load()
+	v, seen, err := f.load()
 	if err != nil {
 		return nil, err
 	}
-	return NewKeyring(v), nil
+	k := NewKeyring(v)
+	k.seen = seen
+	return k, nil
 }
 
 // Watch re-reads the files every interval until ctx ends and swaps k's
@@ -95,7 +97,7 @@ func (f KeyFiles) Load() (*Keyring, error) {
 // read that fails keeps the keys in use and is logged: a half-updated
 // mount never locks users out.
 func (f KeyFiles) Watch(ctx context.Context, k *Keyring, every time.Duration, log *slog.Logger) {
-	_, last, _ := f.load()
+	last := k.seen // what k was built from (Load), not what the files say by now
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
