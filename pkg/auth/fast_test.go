@@ -62,7 +62,7 @@ func TestFastPathAgreesWithGolangJWT(t *testing.T) {
 			fmt.Sprintf(`{"sub":"u","exp":%d}`, n-1),    // expired, within leeway
 			fmt.Sprintf(`{"sub":"u","exp":%d}`, n-5),    // expired exactly at leeway
 			fmt.Sprintf(`{"sub":"u","exp":%d}`, n-3600), // expired
-			`{"sub":"u"}`,                               // no exp
+			`{"sub":"u"}`, // no exp
 			fmt.Sprintf(`{"sub":"u","exp":"%d"}`, n+60), // exp as a string
 			fmt.Sprintf(`{"sub":"u","exp":%d,"nbf":%d}`, n+60, n+3),
 			fmt.Sprintf(`{"sub":"u","exp":%d,"nbf":%d}`, n+60, n+30),
@@ -90,10 +90,10 @@ func TestFastPathAgreesWithGolangJWT(t *testing.T) {
 		handmade([]byte(strings.Repeat("x", 40)), hs, fmt.Sprintf(`{"sub":"u","exp":%d}`, n+60)), // unknown secret
 		parts[0]+"."+parts[1]+"."+parts[2][:len(parts[2])-1]+"A",                                 // altered signature
 		parts[0]+"."+parts[1]+"."+parts[2]+"=",                                                   // padded signature
-		parts[0]+"."+parts[1],                                                                    // two segments
-		parts[0]+"."+parts[1]+"."+parts[2]+".x",                                                  // four segments
-		parts[0]+".."+parts[2],                                                                   // empty payload
-		parts[0]+"."+parts[1]+"x."+parts[2],                                                      // payload changed
+		parts[0]+"."+parts[1],                   // two segments
+		parts[0]+"."+parts[1]+"."+parts[2]+".x", // four segments
+		parts[0]+".."+parts[2],                  // empty payload
+		parts[0]+"."+parts[1]+"x."+parts[2],     // payload changed
 		handmade(secret, `{"alg":"none","typ":"JWT"}`, fmt.Sprintf(`{"sub":"u","exp":%d}`, n+60)),
 		handmade(secret, `{"alg":"HS512","typ":"JWT"}`, fmt.Sprintf(`{"sub":"u","exp":%d}`, n+60)),
 	)
