@@ -148,8 +148,8 @@ func (b *Box) Resume(dst []Message, lastSeq uint64, hasLast bool, now int64) ([]
 	b.Expire(now)
 	var gap Gap
 	if hasLast {
-		adopted := lastSeq > b.last
-		if adopted {
+		base := lastSeq // renumbered unsent messages follow this
+		if lastSeq > b.last {
 			// The client saw numbers this box never issued: it comes from
 			// another edge. Continue after its last_seq; what was lost here
 			// unsent becomes a reported gap right after it.
@@ -157,10 +157,11 @@ func (b *Box) Resume(dst []Message, lastSeq uint64, hasLast bool, now int64) ([]
 				gap = Gap{From: lastSeq + 1, To: lastSeq + b.lostUnsent}
 			}
 			b.last = lastSeq + b.lostUnsent
+			base = b.last
 		} else if b.floor > lastSeq {
 			gap = Gap{From: lastSeq + 1, To: b.floor}
 		}
-		b.renumberUnsent(lastSeq)
+		b.renumberUnsent(lastSeq, base)
 		for i := 0; i < b.n; i++ {
 			m := b.at(i)
 			if m.Seq > lastSeq {
@@ -208,27 +209,37 @@ func (b *Box) TakeUnsent(now int64) []Message {
 	return out
 }
 
-// renumberUnsent moves unsent messages numbered at or below lastSeq to the
-// end with fresh numbers, keeping their relative order and the box sorted.
-func (b *Box) renumberUnsent(lastSeq uint64) {
-	moved := 0
+// renumberUnsent gives the unsent messages, in the order they were stored,
+// the numbers after base (and after every sent message) when any of them
+// is numbered at or below lastSeq: the client saw those numbers from
+// another edge. Renumbering all of them, not only the overlapping ones,
+// keeps publish order (a user moving mid-stream must not see 41..53
+// before 21..40).
+func (b *Box) renumberUnsent(lastSeq, base uint64) {
+	var maxSent uint64
+	overlap := false
+	unsent := 0
 	for i := 0; i < b.n; i++ {
-		if m := b.at(i); !m.Sent && m.Seq <= lastSeq {
-			moved++
+		m := b.at(i)
+		switch {
+		case m.Sent:
+			maxSent = max(maxSent, m.Seq)
+		default:
+			unsent++
+			overlap = overlap || m.Seq <= lastSeq
 		}
 	}
-	if moved == 0 {
+	if !overlap {
 		return
 	}
-	if lastSeq > b.last {
-		b.last = lastSeq
-	}
-	// Stable partition: keep the rest in place, then append the moved ones.
-	tmp := make([]Message, 0, moved)
+	base = max(base, lastSeq, maxSent)
+	// Stable partition: sent messages keep their places, unsent ones
+	// follow in their stored order with fresh numbers.
+	tmp := make([]Message, 0, unsent)
 	kept := 0
 	for i := 0; i < b.n; i++ {
 		m := b.at(i)
-		if !m.Sent && m.Seq <= lastSeq {
+		if !m.Sent {
 			tmp = append(tmp, *m)
 			continue
 		}
@@ -238,8 +249,9 @@ func (b *Box) renumberUnsent(lastSeq uint64) {
 		kept++
 	}
 	for i := range tmp {
-		b.last++
-		tmp[i].Seq = b.last
+		base++
+		tmp[i].Seq = base
 		*b.at(kept + i) = tmp[i]
 	}
+	b.last = base
 }

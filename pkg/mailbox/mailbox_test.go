@@ -1,6 +1,7 @@
 package mailbox
 
 import (
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -131,22 +132,45 @@ func TestAdoptionReportsLostUnsent(t *testing.T) {
 	}
 }
 
-// Unsent messages numbered at or below the client's last_seq are renumbered
-// after the newest, never skipped, and sent ones above it are replayed.
-func TestOverlappingNumberingRenumbersUnsent(t *testing.T) {
+// When the client saw numbers from another edge that overlap what this
+// box stored unsent, every unsent message is renumbered after last_seq in
+// the order it was stored: nothing is skipped and publish order holds.
+func TestOverlappingNumberingRenumbersUnsentInOrder(t *testing.T) {
 	b := New(10)
 	b.Push([]byte("s1"), 100*sec, true)  // 1
 	b.Push([]byte("u2"), 100*sec, false) // 2
 	b.Push([]byte("s3"), 100*sec, true)  // 3
 	b.Push([]byte("u4"), 100*sec, false) // 4
 	got, _ := b.Resume(nil, 3, true, 1)
-	if !reflect.DeepEqual(bodies(got), []string{"u4", "u2"}) || !reflect.DeepEqual(seqs(got), []uint64{4, 5}) {
-		t.Fatalf("got %v %v", bodies(got), seqs(got))
+	if !reflect.DeepEqual(bodies(got), []string{"u2", "u4"}) || !reflect.DeepEqual(seqs(got), []uint64{4, 5}) {
+		t.Fatalf("got %v %v, want u2,u4 as 4,5", bodies(got), seqs(got))
 	}
 	for i := 1; i < b.n; i++ {
 		if b.at(i-1).Seq >= b.at(i).Seq {
 			t.Fatalf("box not sorted: %d then %d", b.at(i-1).Seq, b.at(i).Seq)
 		}
+	}
+}
+
+// The move the browser test caught: the new owner stored 33 messages (its
+// numbers 1..33) while the client was still on the old edge, which had
+// numbered up to 20. They must arrive after 20 in the order published.
+func TestMovedUserGetsStoredMessagesInPublishOrder(t *testing.T) {
+	b := New(64)
+	for i := 21; i <= 53; i++ {
+		b.Push([]byte(fmt.Sprint(i)), 100*sec, false)
+	}
+	got, gap := b.Resume(nil, 20, true, 1)
+	if gap != (Gap{}) || len(got) != 33 {
+		t.Fatalf("got %d messages, gap %+v", len(got), gap)
+	}
+	for i, m := range got {
+		if string(m.Body) != fmt.Sprint(21+i) || m.Seq != uint64(21+i) {
+			t.Fatalf("message %d: body %s seq %d, want %d", i, m.Body, m.Seq, 21+i)
+		}
+	}
+	if next := b.Push([]byte("54"), 100*sec, true); next != 54 {
+		t.Fatalf("next seq %d, want 54", next)
 	}
 }
 
