@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
 	"github.com/pushcluster/push/pkg/poller"
@@ -268,7 +269,15 @@ func detachInShard(u *registry.User[*conn], c *conn) {
 	}
 }
 
-var ssePing = []byte(": ping\n\n")
+// Heartbeats a page can see: browsers hide WebSocket pings and SSE
+// comments from scripts, and a client's watchdog needs something to reset
+// it on an idle connection. The WebSocket ping (answered by the browser
+// itself, which keeps the edge's idle timer fed) goes in the same write.
+var (
+	heartbeat   = []byte(`{"seq":0,"hb":true}`)
+	wsHeartbeat = append(append([]byte(nil), pingFrame...), frame(ws.OpText, heartbeat)...)
+	ssePing     = append(append([]byte("data: "), heartbeat...), "\n\n"...)
+)
 
 // onTimer runs a connection's deadline: handshake timeout, ping, idle
 // timeout or the end of the close wait.
@@ -291,7 +300,7 @@ func (s *Server) onTimer(c *conn, now time.Time) {
 				s.closeWithLocked(c, CloseIdle, "idle timeout")
 				break
 			}
-			if s.writeLocked(c, pingFrame, nil) {
+			if s.writeLocked(c, wsHeartbeat, nil) {
 				s.schedule(c, now.Add(s.cfg.PingInterval))
 			}
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/mailbox"
+	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/userid"
 )
 
@@ -229,14 +230,25 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 		l.reject(c, http.StatusForbidden, "origin not allowed")
 		return
 	}
+	// From here on the Origin is allowed: answers carry CORS, or the page's
+	// script could not see a 401 and would retry instead of asking for a
+	// new token.
+	reject := func(status int, reason string) {
+		if len(origin) > 0 {
+			c.rs().origin = append([]byte(nil), origin...)
+		}
+		head := c.streamHead(status, "text/plain; charset=utf-8", len(reason))
+		rawtcp.Write(int(c.fd), append(head, reason...))
+		s.closeNowLocked(c, -1)
+	}
 	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) {
 		s.m.hsOverloaded.Inc()
-		l.reject(c, http.StatusServiceUnavailable, "edge at capacity or draining")
+		reject(http.StatusServiceUnavailable, "edge at capacity or draining")
 		return
 	}
 	if err := s.cfg.Verifier.Verify(string(token), string(uid)); err != nil {
 		s.m.hsUnauthorized.Inc()
-		l.reject(c, http.StatusUnauthorized, auth.Reason(err))
+		reject(http.StatusUnauthorized, auth.Reason(err))
 		return
 	}
 	now := time.Now()

@@ -171,11 +171,26 @@ func TestStreamsGetBroadcastsAndCORS(t *testing.T) {
 	if _, err := e.push.Broadcast(ctx(t), &pushv1.BroadcastRequest{Data: []byte(`"all"`)}); err != nil {
 		t.Fatal(err)
 	}
-	if ev := r.next(t); ev.data != `{"seq":0,"broadcast":true,"data":"all"}` {
+	ev := r.next(t)
+	for ev.data == `{"seq":0,"hb":true}` {
+		ev = r.next(t)
+	}
+	if ev.data != `{"seq":0,"broadcast":true,"data":"all"}` {
 		t.Fatalf("sse broadcast %q", ev.data)
 	}
 	if got := <-done; len(got) != 1 || string(got[0]) != `{"seq":0,"broadcast":true,"data":"all"}` {
 		t.Fatalf("poll broadcast %s", got)
+	}
+	// A 401 to an allowed Origin carries CORS, so the page sees it.
+	req401, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/poll?uid=x&token=forged", e.addr), nil)
+	req401.Header.Set("Origin", "https://app.example.com")
+	resp401, err := http.DefaultClient.Do(req401)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp401.Body.Close()
+	if resp401.StatusCode != http.StatusUnauthorized || resp401.Header.Get("Access-Control-Allow-Origin") != "https://app.example.com" {
+		t.Fatalf("401 to an allowed origin: %d, CORS %q", resp401.StatusCode, resp401.Header.Get("Access-Control-Allow-Origin"))
 	}
 	// A disallowed Origin is refused before anything else.
 	req, _ := http.NewRequest("GET", fmt.Sprintf("http://%s/sse?uid=x&token=%s", e.addr, token(t, "x")), nil)
