@@ -20,6 +20,7 @@ test: deps
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) test -race -count=1 -timeout 15m ./...
+	cd web && npm test
 
 test-short:
 	$(GO) test -count=1 -short ./...
@@ -42,6 +43,7 @@ proto:
 
 deps:
 	./scripts/deps.sh
+	./scripts/browser-deps.sh
 
 clean:
 	rm -rf $(BIN) .run

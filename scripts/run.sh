@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings the push cluster up on this machine with embedded defaults — one
-# router, three edges, a ring in a file store, the demo page when it is
-# built — and stops it cleanly on Ctrl-C. State (dev secret, ring, logs)
+# router, three edges, a ring in a file store and the demo page — and stops
+# it cleanly on Ctrl-C. State (dev secret, ring, logs)
 # lives in .run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,19 +53,16 @@ bin/router --listen 127.0.0.1:8080 --grpc 127.0.0.1:9090 --admin 127.0.0.1:9200 
 pids+=($!)
 wait_ready router http://127.0.0.1:9200/readyz
 
-demo=""
-if [ -x bin/demo ]; then
-  bin/demo --listen 127.0.0.1:8000 --dev --ws-url ws://127.0.0.1:8080/ws --log-format text 2> .run/demo.log &
-  pids+=($!)
-  wait_ready demo http://127.0.0.1:8000/
-  demo="  demo     http://127.0.0.1:8000/   (open it, pick a user; a second tab shares the connection)"
-fi
+# The demo page: dev tokens and a publish form (--dev), the SDK on the same ring.
+bin/demo --listen 127.0.0.1:8000 --dev --ws-url ws://127.0.0.1:8080/ws --log-format text 2> .run/demo.log &
+pids+=($!)
+wait_ready demo http://127.0.0.1:8000/
 
 cat <<TXT
 push cluster is up (logs and the ring in .run/):
   router   ws://127.0.0.1:8080/ws   gRPC 127.0.0.1:9090   admin http://127.0.0.1:9200/metrics
   edges    ws 127.0.0.1:8081-8083   gRPC 127.0.0.1:9091-9093   admin http://127.0.0.1:9101-9103/metrics
-$demo
+  demo     http://127.0.0.1:8000/?uid=alice   (pick a user, publish from the form; a second tab shares the connection)
 
 Try it (in another terminal, from this directory):
   export PUSH_JWT_SECRET_FILE=$PWD/.run/secret PUSH_RING=$PUSH_RING

@@ -1,0 +1,115 @@
+// Command demo serves the browser demo page of the push cluster: the
+// JavaScript client, a page to connect as any user and publish to any user,
+// and (with --dev) a token endpoint. Run `demo --help` for its flags; each
+// also reads PUSH_<FLAG> from the environment.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/client"
+	"github.com/pushcluster/push/pkg/daemon"
+	"github.com/pushcluster/push/pkg/demo"
+	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/store"
+	pushv1 "github.com/pushcluster/push/proto/push/v1"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+// direct publishes through one push.v1.Push address (an edge, or a
+// router's forwarder), for a cluster without a ring store.
+type direct struct{ c pushv1.PushClient }
+
+func (d direct) Publish(ctx context.Context, uid string, data []byte, ttl time.Duration) (*pushv1.PublishResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, client.DefaultTimeout)
+	defer cancel()
+	return d.c.Publish(ctx, &pushv1.PublishRequest{UserId: uid, Data: data, TtlSeconds: uint32((ttl + time.Second - 1) / time.Second)})
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	var c demo.Config
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8000", "HTTP address of the demo page")
+	fs.StringVar(&c.WSURL, "ws-url", "ws://127.0.0.1:8080/ws", "WebSocket endpoint the page connects to (the router's, or an edge's)")
+	fs.BoolVar(&c.Dev, "dev", false, "development: POST /token mints a token for any user and POST /publish publishes to any user (404 without)")
+	fs.DurationVar(&c.TokenTTL, "token-ttl", time.Hour, "lifetime of the tokens --dev mints")
+	ringURL := fs.String("ring", "", "ring store the SDK follows to publish (file:./ring.json or etcd://host:2379/prefix)")
+	grpcAddr := fs.String("push-grpc", "127.0.0.1:9090", "without --ring: push.v1.Push address to publish through (an edge or a router)")
+	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret tokens are minted with (default: $PUSH_JWT_SECRET)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "json", "json or text")
+	flagenv.SetUsage(fs, "PUSH", "demo [flags]", "Serves the push cluster's browser demo page and JavaScript client; with --dev also mints tokens and publishes for the page.")
+	if _, err := flagenv.Parse(fs, "PUSH", args, nil); err != nil {
+		return err
+	}
+	log, err := daemon.Logger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	c.Logger = log
+	if c.Dev {
+		if c.Secret, err = auth.LoadSecret(*secretFile); err != nil {
+			return err
+		}
+	}
+	if *ringURL != "" {
+		st, err := store.Open(*ringURL, log)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		sdk, err := client.New(ctx, st, client.WithLogger(log))
+		cancel()
+		if err != nil {
+			return err
+		}
+		defer sdk.Close()
+		c.Publisher = sdk
+	} else {
+		cc, err := grpc.NewClient(*grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return fmt.Errorf("--push-grpc %s: %w", *grpcAddr, err)
+		}
+		defer cc.Close()
+		c.Publisher = direct{pushv1.NewPushClient(cc)}
+	}
+	srv, err := demo.New(c)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve() }()
+	log.Info("demo up", "url", "http://"+srv.Addr().String()+"/", "ws_url", c.WSURL, "dev", c.Dev)
+	select {
+	case sig := <-daemon.Signal():
+		log.Info("shutting down", "signal", sig)
+	case err := <-errc:
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		log.Warn("shutdown cut short", "err", err)
+	}
+	log.Info("demo stopped")
+	return nil
+}

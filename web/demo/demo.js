@@ -1,0 +1,148 @@
+// The demo page: pick a user, watch the connection and the messages, publish
+// to anyone. Query parameters (used by the browser tests): uid=NAME connects
+// at once, share=worker|leader|none picks tab sharing, token=JWT uses that
+// token instead of asking the dev token endpoint.
+import { connect } from '/push.js';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const MAX_ROWS = 200;
+
+// What the page shows, also for tests to read (window.pushDemo).
+const demo = { client: null, messages: [], states: [], gaps: [], config: null };
+window.pushDemo = demo;
+
+async function postJSON(path, body) {
+  const res = await fetch(path, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+  const text = await res.text();
+  let v = null;
+  try { v = JSON.parse(text); } catch {}
+  if (!res.ok) throw new Error((v && v.error) || text.trim() || 'HTTP ' + res.status);
+  return v;
+}
+
+async function config() {
+  if (!demo.config) {
+    const res = await fetch('/config');
+    demo.config = await res.json();
+  }
+  return demo.config;
+}
+
+const describe = {
+  idle: () => 'not connected',
+  connecting: (s) => 'connecting' + (s.transport ? ' (' + s.transport + ')' : ''),
+  open: (s) => 'connected over ' + s.transport,
+  reconnecting: (s) => 'reconnecting in ' + (s.delay / 1000).toFixed(1) + ' s',
+  stopped: (s) => ({ unauthorized: 'auth error', replaced: 'replaced by another connection',
+    kicked: 'kicked', closed: 'disconnected', unsupported: 'unsupported browser' })[s.reason] || 'stopped',
+};
+
+function showState(s) {
+  const el = $('status');
+  el.dataset.state = s.state;
+  el.dataset.reason = s.reason || '';
+  $('state-text').textContent = (describe[s.state] || (() => s.state))(s);
+  $('state-detail').textContent = s.detail || (s.code ? 'last close ' + s.code : '');
+  $('fact-transport').textContent = s.transport || '–';
+  $('fact-shared').textContent = { worker: 'shares a SharedWorker', leader: 'leader tab (holds the connection)',
+    follower: 'follower tab (relayed)', none: 'own connection' }[s.shared] || '–';
+  $('fact-seq').textContent = String(s.lastSeq || (demo.client && demo.client.lastSeq) || 0);
+  const on = s.state !== 'stopped' && s.state !== 'idle';
+  $('disconnect').disabled = !on;
+}
+
+function row(cls, seq, text) {
+  const list = $('messages');
+  list.querySelector('.empty')?.remove();
+  const li = document.createElement('li');
+  li.className = cls;
+  const cell = (c, t) => {
+    const s = document.createElement('span');
+    s.className = c;
+    s.textContent = t;
+    li.append(s);
+  };
+  cell('seq', seq);
+  cell('time', new Date().toLocaleTimeString());
+  cell('data', text);
+  list.prepend(li);
+  while (list.children.length > MAX_ROWS) list.lastElementChild.remove();
+}
+
+function onMessage(m) {
+  const text = typeof m.data === 'string' ? m.data : JSON.stringify(m.data);
+  row(m.broadcast ? 'broadcast' : '', m.broadcast ? 'all' : '#' + m.seq, text);
+  const at = performance.now();
+  // wall: the system clock (performance.timeOrigin can drift from it by
+  // hundreds of ms in Chromium), to compare with a stamp from another process.
+  demo.messages.push({ seq: m.seq, data: m.data, broadcast: !!m.broadcast, at, wall: Date.now() });
+  $('count').textContent = String(demo.messages.length);
+  $('fact-seq').textContent = String(demo.client.lastSeq);
+}
+
+async function start(uid) {
+  stop();
+  demo.messages.length = 0;
+  demo.states.length = 0;
+  demo.gaps.length = 0;
+  $('messages').replaceChildren();
+  $('count').textContent = '0';
+  $('fact-uid').textContent = uid;
+  $('uid').value = uid;
+  if (!$('pub-user').value) $('pub-user').value = uid;
+  const cfg = await config();
+  const given = params.get('token');
+  const getToken = async () => (await postJSON('/token', { uid })).token;
+  const opts = { uid, share: params.get('share') || 'auto' };
+  if (given) opts.token = given;
+  else opts.getToken = getToken;
+  const hb = Number(params.get('heartbeat'));
+  if (hb > 0) opts.heartbeatTimeout = hb;
+  const c = connect(cfg.ws_url, opts);
+  demo.client = c;
+  c.on('state', (s) => {
+    demo.states.push({ ...s, at: performance.now() });
+    showState(s);
+  });
+  c.on('message', onMessage);
+  c.on('gap', (g) => {
+    demo.gaps.push(g);
+    row('gap', 'gap', 'messages ' + g.from + '–' + g.to + ' could not be replayed');
+  });
+  history.replaceState(null, '', '?' + new URLSearchParams({ ...Object.fromEntries(params), uid }));
+}
+
+function stop() {
+  if (demo.client) demo.client.close();
+}
+
+// publish is also what the tests call, to time publish → visible in one clock.
+demo.publish = (user, data) => postJSON('/publish', { user, data });
+
+$('connect-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  start($('uid').value.trim());
+});
+$('disconnect').addEventListener('click', stop);
+$('quick').addEventListener('click', (e) => {
+  const uid = e.target.dataset && e.target.dataset.uid;
+  if (uid) start(uid);
+});
+$('publish-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const out = $('pub-result');
+  const raw = $('pub-data').value;
+  let data;
+  try { data = JSON.parse(raw); } catch { data = raw; }
+  try {
+    const r = await demo.publish($('pub-user').value.trim(), data);
+    out.className = 'result';
+    out.textContent = r.outcome.toLowerCase() + (r.seq ? ' as seq ' + r.seq : '') + (r.edge ? ' on edge ' + r.edge : '');
+  } catch (err) {
+    out.className = 'result bad';
+    out.textContent = err.message;
+  }
+});
+
+if (params.get('uid')) start(params.get('uid'));

@@ -1,0 +1,620 @@
+// Browser client of the push cluster (docs/protocol.md). One ES module, no
+// build step, no dependencies. See push.d.ts and README.md for the API.
+//
+// Layers, innermost first:
+//   transports  WebSocket, Server-Sent Events and long-polling, each turned
+//               into the same small interface (open → messages → close code);
+//   Session     one logical connection: state machine, backoff with full
+//               jitter, dedupe by seq, resume with last_seq, fallback between
+//               transports, heartbeat watchdog, token refresh. Pure: every
+//               browser API and clock comes in through `env`, so Node tests
+//               drive it with fakes;
+//   connect()   shares one Session per user between the tabs of an origin:
+//               in a SharedWorker (push-worker.js) when there is one, else in
+//               a leader tab elected with Web Locks that relays over
+//               BroadcastChannel, else in the page itself.
+
+/** Close codes of docs/protocol.md. */
+export const Close = Object.freeze({
+  normal: 1000,
+  goingAway: 1001,
+  unauthorized: 4001,
+  replaced: 4002,
+  moved: 4003,
+  kicked: 4004,
+});
+
+const DEFAULTS = {
+  transports: ['websocket', 'sse', 'poll'],
+  minDelay: 500, // first backoff cap, ms; doubles per failed attempt
+  maxDelay: 30000,
+  movedJitter: 1000, // reconnect spread after 4003 / 1001, ms
+  heartbeatTimeout: 75000, // no frame for this long: the socket is dead
+  fallbackAfter: 2, // failures before open, in a row, before the next transport
+  pollTimeout: 35000, // the server holds a poll up to 25 s
+};
+
+/**
+ * Full-jitter exponential backoff (AWS architecture blog): a uniformly random
+ * delay in [0, min(max, min·2^attempt)).
+ */
+export function backoffDelay(attempt, { minDelay = DEFAULTS.minDelay, maxDelay = DEFAULTS.maxDelay } = {}, random = Math.random) {
+  const cap = Math.min(maxDelay, minDelay * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * cap);
+}
+
+/**
+ * Checks what a browser can check of a JWT without the key: shape, `sub`
+ * equal to uid, `exp` in the future. Returns null when it may be valid, or
+ * the reason it certainly is not. A bad signature only the server sees.
+ */
+export function tokenProblem(token, uid, nowMs = Date.now()) {
+  if (typeof token !== 'string' || token === '') return 'no token';
+  const parts = token.split('.');
+  if (parts.length !== 3) return 'malformed token';
+  let claims;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    claims = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+  } catch {
+    return 'malformed token';
+  }
+  if (claims === null || typeof claims !== 'object') return 'malformed token';
+  if (claims.sub !== uid) return 'token is for another user';
+  if (typeof claims.exp !== 'number') return 'token without exp';
+  if (claims.exp * 1000 <= nowMs) return 'token expired';
+  return null;
+}
+
+/** Adds uid, token and last_seq to an endpoint URL, swapping the path. */
+export function endpoint(url, path, uid, token, lastSeq) {
+  const u = new URL(url);
+  if (path) {
+    u.pathname = u.pathname.replace(/\/ws$/, '') + path;
+    if (path !== '/ws') u.protocol = u.protocol === 'wss:' ? 'https:' : u.protocol === 'ws:' ? 'http:' : u.protocol;
+  }
+  u.searchParams.set('uid', uid);
+  u.searchParams.set('token', token);
+  if (lastSeq > 0) u.searchParams.set('last_seq', String(lastSeq));
+  return u.toString();
+}
+
+// ---------------------------------------------------------------------------
+// Transports. open(p, h) starts one attempt; p = {url, uid, token, lastSeq};
+// h = {open(), frame(envelope), close({code, reason, opened})}. close is
+// called at most once, and never after the returned stop() was called.
+
+function parse(text) {
+  try {
+    const v = JSON.parse(text);
+    return v !== null && typeof v === 'object' ? v : null;
+  } catch {
+    return null;
+  }
+}
+
+const transports = {
+  websocket(env, p, h) {
+    const ws = new env.WebSocket(endpoint(p.url, '/ws', p.uid, p.token, p.lastSeq));
+    let opened = false;
+    let done = false;
+    ws.onopen = () => {
+      opened = true;
+      h.open();
+    };
+    ws.onmessage = (e) => {
+      const v = typeof e.data === 'string' ? parse(e.data) : null;
+      if (v) h.frame(v);
+    };
+    ws.onclose = (e) => {
+      if (done) return;
+      done = true;
+      h.close({ code: e.code, reason: e.reason, opened });
+    };
+    ws.onerror = () => {}; // a close event always follows
+    return () => {
+      done = true;
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close(Close.normal);
+      } catch {}
+    };
+  },
+
+  // SSE: `id: <seq>` and `data: <envelope>` per message; a `close` event
+  // with data {"code":4003,"reason":"moved"} carries the WebSocket close codes.
+  sse(env, p, h) {
+    const es = new env.EventSource(endpoint(p.url, '/sse', p.uid, p.token, p.lastSeq));
+    let opened = false;
+    let done = false;
+    const finish = (c) => {
+      if (done) return;
+      done = true;
+      es.close();
+      h.close(c);
+    };
+    es.onopen = () => {
+      opened = true;
+      h.open();
+    };
+    es.onmessage = (e) => {
+      const v = parse(e.data);
+      if (v) h.frame(v);
+    };
+    es.addEventListener('close', (e) => {
+      const v = parse(e.data) || {};
+      finish({ code: v.close || v.code || Close.goingAway, reason: v.reason || '', opened });
+    });
+    // EventSource would reconnect by itself with Last-Event-ID; the Session
+    // reconnects instead, with its own last_seq and backoff. readyState
+    // CLOSED means the server answered with an error status (e.g. 401).
+    es.onerror = () => finish({ code: es.readyState === 2 ? 'http-error' : 1006, reason: '', opened });
+    return () => {
+      done = true;
+      es.close();
+    };
+  },
+
+  // Long-polling: GET returns a JSON array of envelopes (held up to 25 s
+  // while empty); the next poll goes out at once with the new last_seq.
+  // Status codes stand for close codes: 401 → 4001, 409 → 4002 replaced,
+  // 410 → 4004 kicked, 503 → 1001 (draining or moved: poll again at once).
+  poll(env, p, h) {
+    let done = false;
+    let opened = false;
+    let ctl = null;
+    let timer = null;
+    let lastSeq = p.lastSeq;
+    const finish = (c) => {
+      if (done) return;
+      done = true;
+      h.close(c);
+    };
+    const once = async () => {
+      ctl = new env.AbortController();
+      timer = env.setTimeout(() => ctl.abort(), p.pollTimeout);
+      let res;
+      let body;
+      try {
+        res = await env.fetch(endpoint(p.url, '/poll', p.uid, p.token, lastSeq), {
+          signal: ctl.signal, cache: 'no-store', credentials: 'omit',
+        });
+        body = res.status === 200 ? await res.json() : null;
+      } catch {
+        env.clearTimeout(timer);
+        return finish({ code: 1006, reason: 'poll failed', opened });
+      }
+      env.clearTimeout(timer);
+      if (done) return;
+      const code = { 401: Close.unauthorized, 409: Close.replaced, 410: Close.kicked, 503: Close.goingAway }[res.status];
+      if (code) return finish({ code, reason: 'HTTP ' + res.status, opened });
+      if (res.status !== 200 || !Array.isArray(body)) return finish({ code: 'http-error', reason: 'HTTP ' + res.status, opened });
+      if (!opened) {
+        opened = true;
+        h.open();
+      }
+      for (const v of body) {
+        if (done) return;
+        // The edge ends a held poll for a move, a kick... with
+        // {"close":<WebSocket close code>,"reason":"..."}.
+        if (v && typeof v.close === 'number') return finish({ code: v.close, reason: v.reason || '', opened });
+        if (v && typeof v === 'object') {
+          if (v.seq > lastSeq) lastSeq = v.seq;
+          if (v.gap && v.to > lastSeq) lastSeq = v.to;
+          h.frame(v);
+        }
+      }
+      if (!done) once();
+    };
+    once();
+    return () => {
+      done = true;
+      env.clearTimeout(timer);
+      if (ctl) ctl.abort();
+    };
+  },
+};
+
+// ---------------------------------------------------------------------------
+// Session
+
+/** A tiny event emitter: on() returns the function that removes the handler. */
+class Emitter {
+  #h = new Map();
+  on(ev, fn) {
+    if (!this.#h.has(ev)) this.#h.set(ev, new Set());
+    this.#h.get(ev).add(fn);
+    return () => this.off(ev, fn);
+  }
+  off(ev, fn) {
+    this.#h.get(ev)?.delete(fn);
+  }
+  emit(ev, v) {
+    for (const fn of [...(this.#h.get(ev) || [])]) {
+      try {
+        fn(v);
+      } catch (e) {
+        setTimeout(() => { throw e; }); // a handler's bug must not stop delivery
+      }
+    }
+  }
+}
+
+function defaultEnv() {
+  const g = globalThis;
+  return {
+    WebSocket: g.WebSocket, EventSource: g.EventSource, AbortController: g.AbortController,
+    fetch: g.fetch && g.fetch.bind(g),
+    setTimeout: g.setTimeout.bind(g), clearTimeout: g.clearTimeout.bind(g),
+    random: Math.random, now: Date.now,
+  };
+}
+
+/**
+ * One logical connection for one user, without tab sharing. States:
+ *   connecting   an attempt is under way (transport named)
+ *   open         messages flow
+ *   reconnecting waiting `delay` ms before the next attempt
+ *   stopped      no more attempts: reason 'closed' | 'replaced' | 'kicked' | 'unauthorized'
+ */
+export class Session extends Emitter {
+  constructor(url, opts = {}) {
+    super();
+    this.url = url;
+    this.uid = opts.uid;
+    this.token = opts.token;
+    this.getToken = opts.getToken;
+    this.o = { ...DEFAULTS, ...opts };
+    this.env = { ...defaultEnv(), ...(opts.env || {}) };
+    this.lastSeq = opts.lastSeq || 0;
+    this.state = { state: 'idle', transport: null, attempt: 0, lastSeq: this.lastSeq };
+    this.transports = this.o.transports.filter((t) => this.#available(t));
+    this.ti = 0; // index of the current transport
+    this.failures = 0; // failures before open, in a row, on the current transport
+    this.attempt = 0; // backoff attempt
+    this.refreshed = false; // asked getToken once since the last open
+    this.stop = null; // stops the current transport attempt
+    this.timer = null; // backoff or jitter timer
+    this.watchdog = null;
+    this.ended = false;
+  }
+
+  #available(t) {
+    const e = this.env;
+    return t === 'websocket' ? !!e.WebSocket : t === 'sse' ? !!e.EventSource : t === 'poll' ? !!(e.fetch && e.AbortController) : false;
+  }
+
+  #set(state, extra = {}) {
+    this.state = { state, transport: this.transports[this.ti] || null, attempt: this.attempt, lastSeq: this.lastSeq, ...extra };
+    this.emit('state', this.state);
+  }
+
+  /** Starts connecting; returns this. */
+  start() {
+    if (!this.started) {
+      this.started = true;
+      this.#connect();
+    }
+    return this;
+  }
+
+  /** Stops for good (state stopped, reason 'closed'). */
+  close() {
+    this.#end('closed');
+  }
+
+  #end(reason, { code, reason: text, detail } = {}) {
+    if (this.ended) return;
+    this.ended = true;
+    this.#teardown();
+    const extra = {};
+    if (code !== undefined) extra.code = code;
+    if (detail || text) extra.detail = detail || text;
+    this.#set('stopped', { reason, ...extra });
+  }
+
+  #teardown() {
+    if (this.stop) this.stop();
+    this.stop = null;
+    this.env.clearTimeout(this.timer);
+    this.env.clearTimeout(this.watchdog);
+    this.timer = this.watchdog = null;
+  }
+
+  async #refreshToken(why) {
+    if (!this.getToken || this.refreshed) {
+      this.#end('unauthorized', { detail: why });
+      return false;
+    }
+    this.refreshed = true;
+    try {
+      this.token = await this.getToken();
+    } catch (e) {
+      // Most likely the token service is unreachable for a moment: that
+      // says nothing about the user's rights, so retry later.
+      this.refreshed = false;
+      this.#later(backoffDelay(this.attempt++, this.o, this.env.random), { code: 'token-error', reason: String((e && e.message) || e) });
+      return false;
+    }
+    if (!this.token) {
+      this.#end('unauthorized', { detail: why + '; getToken gave no token' });
+      return false;
+    }
+    return !this.ended;
+  }
+
+  async #connect() {
+    if (this.ended) return;
+    if (this.transports.length === 0) return this.#end('unsupported', { detail: 'no transport available' });
+    let bad = tokenProblem(this.token, this.uid, this.env.now());
+    if (bad) {
+      if (!(await this.#refreshToken(bad))) return;
+      if ((bad = tokenProblem(this.token, this.uid, this.env.now()))) return this.#end('unauthorized', { detail: bad });
+    }
+    const name = this.transports[this.ti];
+    this.#set('connecting');
+    const p = { url: this.url, uid: this.uid, token: this.token, lastSeq: this.lastSeq, pollTimeout: this.o.pollTimeout };
+    this.stop = transports[name](this.env, p, {
+      open: () => {
+        this.failures = 0;
+        this.attempt = 0;
+        this.refreshed = false;
+        this.#set('open');
+        this.#arm();
+      },
+      frame: (v) => {
+        this.#arm();
+        this.#frame(v);
+      },
+      close: (c) => this.#closed(c),
+    });
+  }
+
+  #arm() {
+    this.env.clearTimeout(this.watchdog);
+    if (this.o.heartbeatTimeout > 0 && this.transports[this.ti] !== 'poll') {
+      this.watchdog = this.env.setTimeout(() => {
+        // Browsers hide WebSocket pings: silence is all a page can see.
+        this.#teardown();
+        this.#closed({ code: 'heartbeat', reason: 'no frame for ' + this.o.heartbeatTimeout + ' ms', opened: true });
+      }, this.o.heartbeatTimeout);
+    }
+  }
+
+  #frame(v) {
+    if (v.gap === true) {
+      if (typeof v.to === 'number' && v.to > this.lastSeq) this.lastSeq = v.to;
+      this.emit('gap', { from: v.from, to: v.to });
+      return;
+    }
+    if (v.broadcast === true) {
+      this.emit('message', v); // not stored, not resumable, not numbered
+      return;
+    }
+    if (typeof v.seq !== 'number' || v.seq <= this.lastSeq) return; // duplicate after a resume
+    this.lastSeq = v.seq;
+    this.emit('message', v);
+  }
+
+  #closed({ code, reason, opened }) {
+    this.stop = null;
+    this.env.clearTimeout(this.watchdog);
+    if (this.ended) return;
+    const info = { code, reason };
+    switch (code) {
+      case Close.replaced:
+        return this.#end('replaced', info);
+      case Close.kicked:
+        return this.#end('kicked', info);
+      case Close.unauthorized:
+        return this.#refreshToken('server said 4001').then((ok) => ok && this.#later(0, info));
+      case Close.moved:
+      case Close.goingAway:
+        // The user has a new owner, or this edge is leaving: resume at once,
+        // spread a little so a drained edge's users do not arrive together.
+        this.attempt = 0;
+        return this.#later(Math.floor(this.env.random() * this.o.movedJitter), info);
+    }
+    let cycled = false;
+    if (!opened && ++this.failures >= this.o.fallbackAfter) {
+      this.failures = 0;
+      this.ti = (this.ti + 1) % this.transports.length;
+      // Next transport at once, except after the whole list failed.
+      if (this.ti !== 0) return this.#later(0, info);
+      cycled = true;
+    }
+    const delay = backoffDelay(this.attempt++, this.o, this.env.random);
+    this.#later(delay, info);
+    // A browser cannot see a WebSocket's HTTP 401: when nothing opens at
+    // all, a fresh token is worth one try (a rotated secret, a clock skew).
+    if (cycled && this.getToken && !this.refreshed) {
+      this.refreshed = true;
+      Promise.resolve().then(() => this.getToken()).then((t) => { if (t) this.token = t; }, () => {});
+    }
+  }
+
+  #later(delay, info) {
+    if (this.ended) return;
+    this.#set('reconnecting', { delay, ...info });
+    this.timer = this.env.setTimeout(() => {
+      this.timer = null;
+      this.#connect();
+    }, delay);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Sharing between tabs
+
+const lockName = (url, uid) => 'push:' + url + '#' + uid;
+
+/** The object connect() returns; every mode looks the same from outside. */
+class Client extends Emitter {
+  constructor(url, opts) {
+    super();
+    this.url = url;
+    this.uid = opts.uid;
+    this.lastSeq = opts.lastSeq || 0;
+    this.state = { state: 'idle', transport: null, attempt: 0, lastSeq: this.lastSeq };
+    this.mode = 'none';
+    this.closers = [];
+  }
+
+  // Every mode delivers through here: the page's own dedupe makes relays
+  // idempotent and keeps lastSeq for a takeover.
+  _message(v) {
+    if (v.broadcast !== true) {
+      if (v.seq <= this.lastSeq) return;
+      this.lastSeq = v.seq;
+    }
+    this.emit('message', v);
+  }
+
+  _gap(g) {
+    if (g.to > this.lastSeq) this.lastSeq = g.to;
+    this.emit('gap', g);
+  }
+
+  _state(s) {
+    this.state = { ...s, shared: this.mode };
+    this.emit('state', this.state);
+  }
+
+  close() {
+    for (const f of this.closers.splice(0)) f();
+    if (this.state.state !== 'stopped') this._state({ ...this.state, state: 'stopped', reason: 'closed' });
+  }
+}
+
+function tokenSource(opts) {
+  if (opts.getToken) return opts.getToken;
+  return null;
+}
+
+function runLocal(c, url, opts) {
+  const s = new Session(url, { ...opts, lastSeq: c.lastSeq });
+  s.on('message', (v) => c._message(v));
+  s.on('gap', (g) => c._gap(g));
+  s.on('state', (st) => c._state(st));
+  c.closers.push(() => s.close());
+  s.start();
+  return s;
+}
+
+function viaWorker(c, url, opts) {
+  const workerURL = opts.workerUrl || new URL('./push-worker.js', import.meta.url);
+  const w = new SharedWorker(workerURL, { type: 'module', name: 'push' });
+  const port = w.port;
+  let heard = false;
+  // A worker that cannot start (no module workers, a blocked script): lead
+  // or follow from this tab instead.
+  w.onerror = () => {
+    if (heard || c.state.state === 'stopped') return;
+    for (const f of c.closers.splice(0)) f();
+    if (globalThis.navigator?.locks && typeof BroadcastChannel === 'function') viaLeader(c, url, opts);
+    else {
+      c.mode = 'none';
+      runLocal(c, url, opts);
+    }
+  };
+  const getToken = tokenSource(opts);
+  port.onmessage = async (e) => {
+    const m = e.data;
+    heard = true;
+    if (m.type === 'message') c._message(m.v);
+    else if (m.type === 'gap') c._gap(m.v);
+    else if (m.type === 'state') c._state(m.v);
+    else if (m.type === 'token') {
+      let token = null;
+      let error = null;
+      try {
+        if (!getToken) throw new Error('no getToken');
+        token = await getToken();
+      } catch (err) {
+        error = String((err && err.message) || err);
+      }
+      port.postMessage({ type: 'token', id: m.id, token, error });
+    }
+  };
+  port.start();
+  const { env, getToken: _g, workerUrl: _w, share: _s, ...plain } = opts;
+  port.postMessage({ type: 'subscribe', url, opts: { ...plain, lastSeq: c.lastSeq }, canRefresh: !!getToken });
+  const bye = () => port.postMessage({ type: 'unsubscribe' });
+  addEventListener('pagehide', bye);
+  c.closers.push(() => {
+    removeEventListener('pagehide', bye);
+    bye();
+    port.close();
+  });
+}
+
+function viaLeader(c, url, opts) {
+  const name = lockName(url, opts.uid);
+  const bc = new BroadcastChannel(name);
+  let session = null;
+  let closed = false;
+  const release = [];
+  bc.onmessage = (e) => {
+    const m = e.data;
+    if (session) {
+      if (m.type === 'hello') bc.postMessage({ type: 'state', v: session.state });
+      return;
+    }
+    if (m.type === 'message') c._message(m.v);
+    else if (m.type === 'gap') c._gap(m.v);
+    else if (m.type === 'state') c._state(m.v);
+  };
+  c.mode = 'follower';
+  c._state({ ...c.state, state: 'connecting' });
+  bc.postMessage({ type: 'hello' });
+  // The lock is held for the tab's life (or until close()); the browser
+  // releases it when the tab goes away and the next waiting tab leads.
+  navigator.locks.request(name, () => {
+    if (closed) return;
+    c.mode = 'leader';
+    session = runLocal(c, url, opts);
+    session.on('message', (v) => bc.postMessage({ type: 'message', v }));
+    session.on('gap', (v) => bc.postMessage({ type: 'gap', v }));
+    session.on('state', (v) => bc.postMessage({ type: 'state', v }));
+    return new Promise((resolve) => release.push(resolve));
+  });
+  c.closers.push(() => {
+    closed = true;
+    if (session) session.close();
+    for (const r of release) r();
+    bc.close();
+  });
+}
+
+/**
+ * Connects to the push cluster at `url` (the router's ws:// or wss:// URL
+ * ending in /ws). See push.d.ts.
+ */
+export function connect(url, opts = {}) {
+  if (!opts.uid) throw new TypeError('push: connect needs a uid');
+  if (!opts.token && !opts.getToken) throw new TypeError('push: connect needs a token or getToken');
+  const c = new Client(url, opts);
+  let share = opts.share || 'auto';
+  const g = globalThis;
+  if (share === 'auto') {
+    share = typeof g.SharedWorker === 'function' ? 'worker'
+      : g.navigator && g.navigator.locks && typeof g.BroadcastChannel === 'function' ? 'leader' : 'none';
+  }
+  const start = () => {
+    if (share === 'none') {
+      c.mode = 'none';
+      runLocal(c, url, opts);
+    } else if (share === 'worker') {
+      c.mode = 'worker';
+      viaWorker(c, url, opts);
+    } else if (share === 'leader') {
+      viaLeader(c, url, opts);
+    } else {
+      throw new TypeError('push: share must be auto, worker, leader or none');
+    }
+  };
+  // Started after the caller attached its handlers: the first states
+  // (or an immediate auth error) are not lost.
+  queueMicrotask(start);
+  return c;
+}
