@@ -242,12 +242,10 @@ const scenarios = {
       }
     })();
     await publisher;
-    // The client delivers in seq order, once. Whether seq order is publish
-    // order across the move is the cluster's business: an edge that lost
-    // the user forwards what it still receives, and those can be numbered
-    // after later publishes that went straight to the new owner. Reported
-    // here (ORDER line), enforced with STRICT_ORDER=1.
-    const got = await expectMessages(page, range(1, total), 'after drain', { publishOrder: process.env.STRICT_ORDER === '1' });
+    // Once, in seq order, and in publish order: the new owner numbers what
+    // it stored for the user after their last_seq in the order it was
+    // published (pkg/mailbox). STRICT_ORDER=0 relaxes it to report only.
+    const got = await expectMessages(page, range(1, total), 'after drain', { publishOrder: process.env.STRICT_ORDER !== '0' });
     const inversions = got.filter((m, i) => i > 0 && m.data.n < got[i - 1].data.n).length;
     if (inversions) {
       console.log(`ORDER drain: ${inversions} publish-order inversion(s) across the move; delivered n=${got.map((m) => m.data.n).join(',')}; publish outcomes ${JSON.stringify(outcomes)}`);
