@@ -3,19 +3,22 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/pushcluster/push/bench/loadgen"
 	"github.com/pushcluster/push/bench/report"
 	"github.com/pushcluster/push/bench/sample"
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
+	"github.com/pushcluster/push/pkg/client"
+	"github.com/pushcluster/push/pkg/ring"
+	"github.com/pushcluster/push/pkg/store"
 )
 
 // rig is one WebSocket server under test (an edge, or the gorilla
@@ -27,10 +30,11 @@ type rig struct {
 	metricsURL, gcURL string
 	prefix            string
 	wk                []*worker
-	stride            int   // uid index distance between workers
-	held              []int // clients opened per worker
-	cc                *grpc.ClientConn
-	push              pushv1.PushClient
+	stride            int            // uid index distance between workers
+	held              []int          // clients opened per worker
+	sdk               *client.Client // publishers go through the Go SDK, as backends do
+	st                store.Store
+	dir               string
 }
 
 // newRig starts workers (each --first i*stride) against ws and dials grpc.
@@ -45,12 +49,29 @@ func newRig(d *daemon, ws, grpcAddr, admin, prefix, sources string, workers, n i
 		}
 		g.wk = append(g.wk, w)
 	}
-	cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// A one-member ring in a file store, so the publishers use the SDK
+	// exactly as a backend would (ring lookup, pooled connection, retries).
+	dir, err := os.MkdirTemp("", "pushbench-ring-")
 	if err != nil {
 		g.close()
 		return nil, err
 	}
-	g.cc, g.push = cc, pushv1.NewPushClient(cc)
+	g.dir = dir
+	if g.st, err = store.Open("file:"+filepath.Join(dir, "ring.json"), slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		g.close()
+		return nil, err
+	}
+	doc := &ring.Document{Version: 1, Members: []ring.Member{{ID: 1, Name: "target", WS: ws, GRPC: grpcAddr, Weight: 1}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := g.st.CompareAndSwap(ctx, 0, doc, false); err != nil {
+		g.close()
+		return nil, err
+	}
+	if g.sdk, err = client.New(ctx, g.st, client.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))); err != nil {
+		g.close()
+		return nil, err
+	}
 	return g, nil
 }
 
@@ -58,8 +79,14 @@ func (g *rig) close() {
 	for _, w := range g.wk {
 		w.stop()
 	}
-	if g.cc != nil {
-		g.cc.Close()
+	if g.sdk != nil {
+		g.sdk.Close()
+	}
+	if g.st != nil {
+		g.st.Close()
+	}
+	if g.dir != "" {
+		os.RemoveAll(g.dir)
 	}
 }
 
@@ -243,7 +270,7 @@ func (g *rig) fanout(rounds int) (fanoutResult, error) {
 		time.Sleep(time.Second) // let the previous round's clients finish reading
 		b0, _ := sample.Read(g.d.pid(), "", "")
 		payload := fmt.Sprintf(`{"b":%d,"t":%d}`, i, time.Now().UnixNano())
-		resp, err := g.push.Broadcast(context.Background(), &pushv1.BroadcastRequest{Data: []byte(payload)})
+		resp, err := g.sdk.Broadcast(context.Background(), []byte(payload))
 		if err != nil {
 			return res, fmt.Errorf("broadcast: %w", err)
 		}
@@ -356,7 +383,7 @@ func (g *rig) unicast(rate int, dur time.Duration, publishers int) (unicastResul
 					time.Sleep(d)
 				}
 				payload := fmt.Sprintf(`{"t":%d}`, time.Now().UnixNano())
-				_, err := g.push.Publish(context.Background(), &pushv1.PublishRequest{UserId: uids[rng.IntN(len(uids))], Data: []byte(payload)})
+				_, err := g.sdk.Publish(context.Background(), uids[rng.IntN(len(uids))], []byte(payload), 0)
 				if err != nil {
 					errs.Add(1)
 					continue
