@@ -179,6 +179,11 @@ const transports = {
         res = await env.fetch(endpoint(p.url, '/poll', p.uid, p.token, lastSeq), {
           signal: ctl.signal, cache: 'no-store', credentials: 'omit',
         });
+        // The edge answers the head as soon as it accepts the poll: connected.
+        if (res.status === 200 && !opened && !done) {
+          opened = true;
+          h.open();
+        }
         body = res.status === 200 ? await res.json() : null;
       } catch {
         env.clearTimeout(timer);

@@ -102,12 +102,13 @@ func (s *Server) pollAnswer(c *conn, items []byte) bool {
 	if c.state != stOpen {
 		return false
 	}
+	// The head went out when the poll was accepted (so the client knows at
+	// once that it is connected); the body ends with the connection.
 	body := make([]byte, 0, len(items)+2)
 	body = append(body, '[')
 	body = append(body, items...)
 	body = append(body, ']')
-	head := c.streamHead(http.StatusOK, "application/json", len(body))
-	if !s.writeLocked(c, head, body) {
+	if !s.writeLocked(c, body, nil) {
 		return false
 	}
 	s.endStreamLocked(c)
@@ -141,8 +142,9 @@ func closeNotice(code int, reason string) []byte {
 	return append(b, '}')
 }
 
-// streamHead is the response head of an SSE stream (length < 0) or a
-// long-poll answer, with CORS for the allowed Origin the request had.
+// streamHead is the response head of an SSE stream or a long-poll (length
+// < 0: the body runs until the connection closes) or of an error answer,
+// with CORS for the allowed Origin the request had.
 func (c *conn) streamHead(status int, ctype string, length int) []byte {
 	b := []byte("HTTP/1.1 ")
 	b = strconv.AppendInt(b, int64(status), 10)
@@ -159,8 +161,11 @@ func (c *conn) streamHead(status int, ctype string, length int) []byte {
 	if length >= 0 {
 		b = append(b, "Content-Length: "...)
 		b = strconv.AppendInt(b, int64(length), 10)
-		b = append(b, "\r\nConnection: close\r\n"...)
+		b = append(b, "\r\n"...)
 	}
+	// Every answer ends with its connection: an SSE stream or long-poll
+	// body runs until the edge closes it.
+	b = append(b, "Connection: close\r\n"...)
 	return append(b, "\r\n"...)
 }
 
@@ -263,13 +268,15 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)
-	if kind == kindSSE {
-		if !s.writeLocked(c, c.streamHead(http.StatusOK, "text/event-stream", -1), nil) {
-			return
-		}
-		if c.rd != nil {
-			c.rd.origin = nil // only a long-poll answers later
-		}
+	ctype := "text/event-stream"
+	if kind == kindPoll {
+		ctype = "application/json" // the array follows when there is something to say
+	}
+	if !s.writeLocked(c, c.streamHead(http.StatusOK, ctype, -1), nil) {
+		return
+	}
+	if c.rd != nil {
+		c.rd.origin = nil
 	}
 	s.m.hsOK.Inc()
 	c.uid = string(uid)
