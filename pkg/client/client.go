@@ -127,6 +127,9 @@ type Client struct {
 	addrs   map[string]bool             // gRPC addresses of the current ring
 	conns   map[string]*grpc.ClientConn // by gRPC address
 	changed chan struct{}               // closed, and replaced, on every ring change
+
+	streams   map[string]*pubStream // Publish streams by gRPC address (stream.go)
+	unaryOnly map[string]bool       // edges without PublishStream
 }
 
 // New watches st and sends calls straight to the owning edge over one
@@ -187,6 +190,7 @@ func New(ctx context.Context, st store.Store, opts ...Option) (*Client, error) {
 		}, o.dial...),
 		conns:   make(map[string]*grpc.ClientConn),
 		changed: make(chan struct{}),
+		streams: make(map[string]*pubStream), unaryOnly: make(map[string]bool),
 	}
 	c.setRing(first)
 	go c.follow(docs)
@@ -234,6 +238,7 @@ func (c *Client) setRing(r *ring.Ring) {
 		if !addrs[addr] {
 			gone = append(gone, cc)
 			delete(c.conns, addr)
+			delete(c.streams, addr) // it ends with its connection, after the grace
 		}
 	}
 	close(c.changed)
@@ -266,6 +271,10 @@ func (c *Client) Close() error {
 	c.closed = true
 	conns := c.conns
 	c.conns = nil
+	for _, st := range c.streams {
+		st.cancel()
+	}
+	c.streams = nil
 	c.mu.Unlock()
 	c.stop()
 	<-c.loopDone
@@ -442,7 +451,7 @@ func (c *Client) Publish(ctx context.Context, userID string, data []byte, ttl ti
 		if err != nil {
 			return err
 		}
-		resp, err = pc.Publish(ctx, req)
+		resp, err = c.publishOn(ctx, m.GRPC, pc, req)
 		return edgeError(m, err)
 	})
 	if err != nil {

@@ -98,18 +98,49 @@ type calls struct {
 	n  map[string]int // "method target code"
 }
 
-func (c *calls) interceptor() grpc.DialOption {
-	return grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
-		cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		err := invoker(ctx, method, req, reply, cc, opts...)
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.n == nil {
-			c.n = make(map[string]int)
-		}
-		c.n[fmt.Sprintf("%s %s %s", method[strings.LastIndex(method, "/")+1:], cc.Target(), status.Code(err))]++
-		return err
-	})
+func (c *calls) add(method, target, code string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = make(map[string]int)
+	}
+	c.n[fmt.Sprintf("%s %s %s", method, target, code)]++
+}
+
+// interceptors count unary calls, and each publish answered on a
+// PublishStream as one "Publish" call, so retries show the same way.
+func (c *calls) interceptors() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any,
+			cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			c.add(method[strings.LastIndex(method, "/")+1:], cc.Target(), status.Code(err).String())
+			return err
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn,
+			method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			cs, err := streamer(ctx, desc, cc, method, opts...)
+			if err != nil {
+				c.add("Publish", cc.Target(), status.Code(err).String())
+				return nil, err
+			}
+			return &countedStream{ClientStream: cs, c: c, target: cc.Target()}, nil
+		}),
+	}
+}
+
+type countedStream struct {
+	grpc.ClientStream
+	c      *calls
+	target string
+}
+
+func (s *countedStream) RecvMsg(m any) error {
+	err := s.ClientStream.RecvMsg(m)
+	if r, ok := m.(*pushv1.PublishResponse); ok && err == nil {
+		s.c.add("Publish", s.target, codes.Code(r.GetErrorCode()).String())
+	}
+	return err
 }
 
 // count sums the calls whose key contains every fragment.
@@ -255,7 +286,7 @@ func TestPublishReachesAConnectedUser(t *testing.T) {
 func TestPublishMultiSplitsPerOwnerAndKeepsOrder(t *testing.T) {
 	cl := newCluster(t, 3)
 	var rec calls
-	c := cl.client(client.WithDialOptions(rec.interceptor()))
+	c := cl.client(client.WithDialOptions(rec.interceptors()...))
 	r := c.Ring()
 	// Interleaved owners and one duplicate, so order matters.
 	uids := users(500)
@@ -410,7 +441,7 @@ func TestRingChangeReroutesAndClosesConnections(t *testing.T) {
 func TestUnavailableEdgeRetriedUntilTheRingDropsIt(t *testing.T) {
 	cl := newCluster(t, 3)
 	var rec calls
-	c := cl.client(client.WithDialOptions(rec.interceptor()))
+	c := cl.client(client.WithDialOptions(rec.interceptors()...))
 	uid := userOwnedBy(t, c.Ring(), 3)
 	down := cl.edges[3].grpc
 	cl.edges[3].g.Server.Stop() // connection refused from now on
@@ -442,7 +473,7 @@ func TestUnavailableEdgeRetriedUntilTheRingDropsIt(t *testing.T) {
 func TestUnavailableGivesUpAtTheDeadline(t *testing.T) {
 	cl := newCluster(t, 3)
 	var rec calls
-	c := cl.client(client.WithDialOptions(rec.interceptor()))
+	c := cl.client(client.WithDialOptions(rec.interceptors()...))
 	uid := userOwnedBy(t, c.Ring(), 3)
 	cl.edges[3].g.Server.Stop()
 	cx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -459,7 +490,7 @@ func TestUnavailableGivesUpAtTheDeadline(t *testing.T) {
 func TestInvalidArgumentIsNotRetried(t *testing.T) {
 	cl := newCluster(t, 3)
 	var rec calls
-	c := cl.client(client.WithDialOptions(rec.interceptor()))
+	c := cl.client(client.WithDialOptions(rec.interceptors()...))
 	local := []struct {
 		name string
 		call func() error

@@ -814,3 +814,44 @@ func TestIDFromHostname(t *testing.T) {
 		}
 	}
 }
+
+// PublishStream: answers carry the request ids; a bad request answers with
+// its error code and the stream goes on.
+func TestPublishStream(t *testing.T) {
+	e := start(t, nil)
+	c := e.dial("ivan", "")
+	waitFor(t, "registration", func() bool { return e.srv.Presence("ivan") == 1 })
+	st, err := e.push.PublishStream(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs := []*pushv1.PublishRequest{
+		{RequestId: 7, UserId: "ivan", Data: []byte(`1`)},
+		{RequestId: 8, UserId: "bad id", Data: []byte(`x`)},
+		{RequestId: 9, UserId: "ivan", Data: []byte(`2`)},
+	}
+	for _, r := range reqs {
+		if err := st.Send(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []struct {
+		id   uint64
+		code codes.Code
+		seq  uint64
+	}{{7, codes.OK, 1}, {8, codes.InvalidArgument, 0}, {9, codes.OK, 2}} {
+		r, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.RequestId != want.id || codes.Code(r.ErrorCode) != want.code || r.Seq != want.seq {
+			t.Fatalf("answer %+v, want id %d code %v seq %d", r, want.id, want.code, want.seq)
+		}
+	}
+	st.CloseSend()
+	for i := uint64(1); i <= 2; i++ {
+		if m := read(t, c); m.Seq != i {
+			t.Fatalf("seq %d, want %d", m.Seq, i)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"errors"
+	"io"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -176,4 +177,29 @@ func (g *Service) Presence(ctx context.Context, req *pushv1.PresenceRequest) (*p
 		}
 	}
 	return out, nil
+}
+
+// PublishStream implements push.v1.Push: each request is handled as
+// Publish is and answered on the stream with its request_id, or with the
+// error code and message when it fails; one bad request does not end the
+// stream.
+func (g *Service) PublishStream(stream pushv1.Push_PublishStreamServer) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		resp, err := g.Publish(stream.Context(), req)
+		if err != nil {
+			st := status.Convert(err)
+			resp = &pushv1.PublishResponse{ErrorCode: uint32(st.Code()), Error: st.Message()}
+		}
+		resp.RequestId = req.GetRequestId()
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
 }

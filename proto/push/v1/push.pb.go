@@ -101,7 +101,9 @@ type PublishRequest struct {
 	TtlSeconds uint32 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	// Set by an edge that forwards a publish to the owner; an edge never
 	// forwards a publish that is already forwarded.
-	Forwarded     bool `protobuf:"varint,4,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	Forwarded bool `protobuf:"varint,4,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	// PublishStream only: echoed in the answer.
+	RequestId     uint64 `protobuf:"varint,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +166,13 @@ func (x *PublishRequest) GetForwarded() bool {
 	return false
 }
 
+func (x *PublishRequest) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
 type PublishResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Outcome Outcome                `protobuf:"varint,1,opt,name=outcome,proto3,enum=push.v1.Outcome" json:"outcome,omitempty"`
@@ -176,7 +185,12 @@ type PublishResponse struct {
 	// Why the message was rejected, empty otherwise.
 	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The ring id of the edge that answered.
-	EdgeId        uint32 `protobuf:"varint,5,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"`
+	EdgeId uint32 `protobuf:"varint,5,opt,name=edge_id,json=edgeId,proto3" json:"edge_id,omitempty"`
+	// PublishStream only: the request's request_id, and, when that request
+	// failed, the gRPC status code and message (unary calls return a status).
+	RequestId     uint64 `protobuf:"varint,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	ErrorCode     uint32 `protobuf:"varint,7,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -244,6 +258,27 @@ func (x *PublishResponse) GetEdgeId() uint32 {
 		return x.EdgeId
 	}
 	return 0
+}
+
+func (x *PublishResponse) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *PublishResponse) GetErrorCode() uint32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *PublishResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 type PublishMultiRequest struct {
@@ -828,19 +863,26 @@ var File_push_v1_push_proto protoreflect.FileDescriptor
 
 const file_push_v1_push_proto_rawDesc = "" +
 	"\n" +
-	"\x12push/v1/push.proto\x12\apush.v1\"|\n" +
+	"\x12push/v1/push.proto\x12\apush.v1\"\x9b\x01\n" +
 	"\x0ePublishRequest\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1f\n" +
 	"\vttl_seconds\x18\x03 \x01(\rR\n" +
 	"ttlSeconds\x12\x1c\n" +
-	"\tforwarded\x18\x04 \x01(\bR\tforwarded\"\xa2\x01\n" +
+	"\tforwarded\x18\x04 \x01(\bR\tforwarded\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\x04R\trequestId\"\xf6\x01\n" +
 	"\x0fPublishResponse\x12*\n" +
 	"\aoutcome\x18\x01 \x01(\x0e2\x10.push.v1.OutcomeR\aoutcome\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12 \n" +
 	"\vconnections\x18\x03 \x01(\rR\vconnections\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
-	"\aedge_id\x18\x05 \x01(\rR\x06edgeId\"\x83\x01\n" +
+	"\aedge_id\x18\x05 \x01(\rR\x06edgeId\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x06 \x01(\x04R\trequestId\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\a \x01(\rR\terrorCode\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\"\x83\x01\n" +
 	"\x13PublishMultiRequest\x12\x19\n" +
 	"\buser_ids\x18\x01 \x03(\tR\auserIds\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1f\n" +
@@ -883,13 +925,14 @@ const file_push_v1_push_proto_rawDesc = "" +
 	"\x11OUTCOME_DELIVERED\x10\x01\x12\x12\n" +
 	"\x0eOUTCOME_STORED\x10\x02\x12\x14\n" +
 	"\x10OUTCOME_REJECTED\x10\x03\x12\x15\n" +
-	"\x11OUTCOME_FORWARDED\x10\x042\xcb\x02\n" +
+	"\x11OUTCOME_FORWARDED\x10\x042\x93\x03\n" +
 	"\x04Push\x12<\n" +
 	"\aPublish\x12\x17.push.v1.PublishRequest\x1a\x18.push.v1.PublishResponse\x12K\n" +
 	"\fPublishMulti\x12\x1c.push.v1.PublishMultiRequest\x1a\x1d.push.v1.PublishMultiResponse\x12B\n" +
 	"\tBroadcast\x12\x19.push.v1.BroadcastRequest\x1a\x1a.push.v1.BroadcastResponse\x123\n" +
 	"\x04Kick\x12\x14.push.v1.KickRequest\x1a\x15.push.v1.KickResponse\x12?\n" +
-	"\bPresence\x12\x18.push.v1.PresenceRequest\x1a\x19.push.v1.PresenceResponseB2Z0github.com/pushcluster/push/proto/push/v1;pushv1b\x06proto3"
+	"\bPresence\x12\x18.push.v1.PresenceRequest\x1a\x19.push.v1.PresenceResponse\x12F\n" +
+	"\rPublishStream\x12\x17.push.v1.PublishRequest\x1a\x18.push.v1.PublishResponse(\x010\x01B2Z0github.com/pushcluster/push/proto/push/v1;pushv1b\x06proto3"
 
 var (
 	file_push_v1_push_proto_rawDescOnce sync.Once
@@ -930,13 +973,15 @@ var file_push_v1_push_proto_depIdxs = []int32{
 	6,  // 6: push.v1.Push.Broadcast:input_type -> push.v1.BroadcastRequest
 	8,  // 7: push.v1.Push.Kick:input_type -> push.v1.KickRequest
 	10, // 8: push.v1.Push.Presence:input_type -> push.v1.PresenceRequest
-	2,  // 9: push.v1.Push.Publish:output_type -> push.v1.PublishResponse
-	5,  // 10: push.v1.Push.PublishMulti:output_type -> push.v1.PublishMultiResponse
-	7,  // 11: push.v1.Push.Broadcast:output_type -> push.v1.BroadcastResponse
-	9,  // 12: push.v1.Push.Kick:output_type -> push.v1.KickResponse
-	12, // 13: push.v1.Push.Presence:output_type -> push.v1.PresenceResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
+	1,  // 9: push.v1.Push.PublishStream:input_type -> push.v1.PublishRequest
+	2,  // 10: push.v1.Push.Publish:output_type -> push.v1.PublishResponse
+	5,  // 11: push.v1.Push.PublishMulti:output_type -> push.v1.PublishMultiResponse
+	7,  // 12: push.v1.Push.Broadcast:output_type -> push.v1.BroadcastResponse
+	9,  // 13: push.v1.Push.Kick:output_type -> push.v1.KickResponse
+	12, // 14: push.v1.Push.Presence:output_type -> push.v1.PresenceResponse
+	2,  // 15: push.v1.Push.PublishStream:output_type -> push.v1.PublishResponse
+	10, // [10:16] is the sub-list for method output_type
+	4,  // [4:10] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name

@@ -28,11 +28,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Push_Publish_FullMethodName      = "/push.v1.Push/Publish"
-	Push_PublishMulti_FullMethodName = "/push.v1.Push/PublishMulti"
-	Push_Broadcast_FullMethodName    = "/push.v1.Push/Broadcast"
-	Push_Kick_FullMethodName         = "/push.v1.Push/Kick"
-	Push_Presence_FullMethodName     = "/push.v1.Push/Presence"
+	Push_Publish_FullMethodName       = "/push.v1.Push/Publish"
+	Push_PublishMulti_FullMethodName  = "/push.v1.Push/PublishMulti"
+	Push_Broadcast_FullMethodName     = "/push.v1.Push/Broadcast"
+	Push_Kick_FullMethodName          = "/push.v1.Push/Kick"
+	Push_Presence_FullMethodName      = "/push.v1.Push/Presence"
+	Push_PublishStream_FullMethodName = "/push.v1.Push/PublishStream"
 )
 
 // PushClient is the client API for Push service.
@@ -54,6 +55,12 @@ type PushClient interface {
 	// Presence reports whether users are connected and with how many
 	// connections.
 	Presence(ctx context.Context, in *PresenceRequest, opts ...grpc.CallOption) (*PresenceResponse, error)
+	// PublishStream carries many publishes over one stream, what the Go SDK
+	// uses for Publish: a unary call costs an HTTP/2 stream, headers and
+	// trailers each. Every request gets one answer with its request_id (in
+	// the order sent); a request that fails answers with error_code (a gRPC
+	// code) and error, and the stream goes on.
+	PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error)
 }
 
 type pushClient struct {
@@ -114,6 +121,19 @@ func (c *pushClient) Presence(ctx context.Context, in *PresenceRequest, opts ...
 	return out, nil
 }
 
+func (c *pushClient) PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Push_ServiceDesc.Streams[0], Push_PublishStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PublishRequest, PublishResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Push_PublishStreamClient = grpc.BidiStreamingClient[PublishRequest, PublishResponse]
+
 // PushServer is the server API for Push service.
 // All implementations must embed UnimplementedPushServer
 // for forward compatibility.
@@ -133,6 +153,12 @@ type PushServer interface {
 	// Presence reports whether users are connected and with how many
 	// connections.
 	Presence(context.Context, *PresenceRequest) (*PresenceResponse, error)
+	// PublishStream carries many publishes over one stream, what the Go SDK
+	// uses for Publish: a unary call costs an HTTP/2 stream, headers and
+	// trailers each. Every request gets one answer with its request_id (in
+	// the order sent); a request that fails answers with error_code (a gRPC
+	// code) and error, and the stream goes on.
+	PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error
 	mustEmbedUnimplementedPushServer()
 }
 
@@ -157,6 +183,9 @@ func (UnimplementedPushServer) Kick(context.Context, *KickRequest) (*KickRespons
 }
 func (UnimplementedPushServer) Presence(context.Context, *PresenceRequest) (*PresenceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Presence not implemented")
+}
+func (UnimplementedPushServer) PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error {
+	return status.Error(codes.Unimplemented, "method PublishStream not implemented")
 }
 func (UnimplementedPushServer) mustEmbedUnimplementedPushServer() {}
 func (UnimplementedPushServer) testEmbeddedByValue()              {}
@@ -269,6 +298,13 @@ func _Push_Presence_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Push_PublishStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PushServer).PublishStream(&grpc.GenericServerStream[PublishRequest, PublishResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Push_PublishStreamServer = grpc.BidiStreamingServer[PublishRequest, PublishResponse]
+
 // Push_ServiceDesc is the grpc.ServiceDesc for Push service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -297,6 +333,13 @@ var Push_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Push_Presence_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "PublishStream",
+			Handler:       _Push_PublishStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "push/v1/push.proto",
 }
