@@ -16,12 +16,11 @@ import (
 
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/client"
-	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/demo"
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/edge/edgetest"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
 var secret = []byte("demo-test-secret-demo-test-secret-demo!!")
@@ -31,32 +30,15 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // liveEdge runs one edge following a one-member ring in a file store and
 // returns it with an SDK client following the same store.
 func liveEdge(t *testing.T) (*edge.Server, *client.Client) {
-	v, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := edge.New(edge.Config{ID: 7, Listen: "127.0.0.1:0", Verifier: v, Dev: true, Logger: quiet(),
-		DrainPeriod: 100 * time.Millisecond, CloseTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	g, err := daemon.NewGRPC("127.0.0.1:0", 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
-	go g.Serve()
+	e := edgetest.Start(t, secret, edge.Config{ID: 7, Dev: true, DrainPeriod: 100 * time.Millisecond})
+	srv := e.Srv
 	st, err := store.Open("file:"+filepath.Join(t.TempDir(), "ring.json"), quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	doc := &ring.Document{Version: 1, Algorithm: ring.AlgorithmBounded, Members: []ring.Member{{ID: 7, Name: "edge-7",
-		WS: srv.Addr().String(), GRPC: g.Addr().String(), Weight: 1, State: ring.StateActive}}}
+	doc := &ring.Document{Version: 1, Algorithm: ring.AlgorithmBounded, Members: []ring.Member{e.Member(7, 1)}}
 	if err := st.CompareAndSwap(ctx, 0, doc, false); err != nil {
 		t.Fatal(err)
 	}
@@ -72,10 +54,6 @@ func liveEdge(t *testing.T) (*edge.Server, *client.Client) {
 	t.Cleanup(func() {
 		sdk.Close()
 		st.Close()
-		g.Server.Stop()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
 	})
 	return srv, sdk
 }

@@ -29,15 +29,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/client"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/demo"
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/edge/edgetest"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/router"
 	"github.com/pushcluster/push/pkg/store"
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -110,40 +109,17 @@ func newCluster(t *testing.T, n int) *cluster {
 	}
 	t.Cleanup(func() { st.Close() })
 	c := &cluster{t: t, st: st}
-	v, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
-	if err != nil {
-		t.Fatal(err)
-	}
 	doc := &ring.Document{Version: 1, Algorithm: ring.AlgorithmBounded}
 	for id := uint32(1); id <= uint32(n); id++ {
-		srv, err := edge.New(edge.Config{ID: id, Listen: "127.0.0.1:0", Verifier: v, Dev: true,
-			MigrateRate: 2000, Tick: 20 * time.Millisecond, DrainPeriod: 200 * time.Millisecond,
-			CloseTimeout: time.Second, Logger: quiet()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		g, err := daemon.NewGRPC("127.0.0.1:0", 4<<20)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
-		go g.Serve()
-		nd := &node{id: id, srv: srv, g: g}
+		e := edgetest.Start(t, secret, edge.Config{ID: id, Dev: true, MigrateRate: 2000})
+		nd := &node{id: id, srv: e.Srv, g: e.GRPC}
 		c.nodes = append(c.nodes, nd)
-		t.Cleanup(func() {
+		t.Cleanup(func() { // registered after the edge's own cleanup, so it runs first
 			if nd.stop != nil {
 				nd.stop()
 			}
-			g.Server.Stop()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			srv.Shutdown(ctx)
 		})
-		doc.Members = append(doc.Members, ring.Member{ID: id, Name: fmt.Sprintf("edge-%d", id),
-			WS: srv.Addr().String(), GRPC: g.Addr().String(), Weight: 1, State: ring.StateActive})
+		doc.Members = append(doc.Members, e.Member(id, 1))
 	}
 	if err := st.CompareAndSwap(ctxT(t, 10*time.Second), 0, doc, false); err != nil {
 		t.Fatal(err)

@@ -21,13 +21,12 @@ import (
 
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/client"
-	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/edge/edgetest"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/router"
 	"github.com/pushcluster/push/pkg/store"
 	"github.com/pushcluster/push/pkg/store/etcdtest"
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
 var secret = []byte("cluster-test-secret-cluster-test-secret!!")
@@ -35,9 +34,9 @@ var secret = []byte("cluster-test-secret-cluster-test-secret!!")
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 type node struct {
+	*edgetest.Edge
 	id   uint32
 	srv  *edge.Server
-	g    *daemon.GRPC
 	stop context.CancelFunc
 }
 
@@ -58,31 +57,12 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 
 // startEdge runs an edge in this process; it joins no ring by itself.
 func (c *cluster) startEdge(id uint32) *node {
-	t := c.t
-	v, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := edge.New(edge.Config{ID: id, Listen: "127.0.0.1:0", Verifier: v,
-		MigrateRate: 2000, Tick: 20 * time.Millisecond, DrainPeriod: 200 * time.Millisecond,
-		CloseTimeout: time.Second, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	g, err := daemon.NewGRPC("127.0.0.1:0", 4<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
-	go g.Serve()
-	n := &node{id: id, srv: srv, g: g}
+	e := edgetest.Start(c.t, secret, edge.Config{ID: id, MigrateRate: 2000})
+	n := &node{Edge: e, id: id, srv: e.Srv}
 	c.mu.Lock()
 	c.nodes[id] = n
 	c.mu.Unlock()
-	t.Cleanup(func() { c.stopEdge(id) })
+	c.t.Cleanup(func() { c.stopEdge(id) })
 	return n
 }
 
@@ -116,16 +96,10 @@ func (c *cluster) stopEdge(id uint32) {
 	if n.stop != nil {
 		n.stop()
 	}
-	n.g.Server.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	n.srv.Shutdown(ctx)
+	n.Stop()
 }
 
-func (c *cluster) member(n *node, weight int) ring.Member {
-	return ring.Member{ID: n.id, Name: fmt.Sprintf("edge-%d", n.id), WS: n.srv.Addr().String(),
-		GRPC: n.g.Addr().String(), Weight: weight, State: ring.StateActive}
-}
+func (c *cluster) member(n *node, weight int) ring.Member { return n.Member(n.id, weight) }
 
 // change applies mutate to the stored document as one compare-and-swap.
 func (c *cluster) change(mutate func(d *ring.Document)) (before, after *ring.Document) {
