@@ -2,18 +2,14 @@ package pushctl_test
 
 import (
 	"bytes"
-	"context"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pushcluster/push/pkg/auth"
-	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/edge/edgetest"
 	"github.com/pushcluster/push/pkg/pushctl"
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
 const secret = "pushctl-test-secret-pushctl-test-secret"
@@ -57,21 +53,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 }
 
 func TestPublishPresenceKickAgainstAnEdge(t *testing.T) {
-	v, _ := auth.NewVerifier(auth.Config{HMACSecret: []byte(secret)})
-	srv, err := edge.New(edge.Config{Listen: "127.0.0.1:0", Verifier: v, ID: 3,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DrainPeriod: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Start()
-	g, err := daemon.NewGRPC("127.0.0.1:0", 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
-	go g.Serve()
-	t.Cleanup(func() { g.Server.Stop(); srv.Shutdown(context.Background()) })
-	addr := g.Addr().String()
+	addr := edgetest.Start(t, []byte(secret), edge.Config{ID: 3, DrainPeriod: time.Millisecond}).GRPCAddr()
 
 	code, out, errOut := run(nil, "publish", "--grpc", addr, "--user", "bob", "--data", `{"hi":1}`)
 	if code != 0 || !strings.HasPrefix(out, "stored seq=1 connections=0 edge=3") {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -25,9 +24,9 @@ import (
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/edge/edgetest"
 	"github.com/pushcluster/push/pkg/pushctl"
 	"github.com/pushcluster/push/pkg/ring"
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
 // ringCmd runs "pushctl ring <args>" against the store at path.
@@ -285,22 +284,9 @@ type testEdge struct {
 
 func startEdge(t *testing.T, id uint32) *testEdge {
 	t.Helper()
-	v, _ := auth.NewVerifier(auth.Config{HMACSecret: []byte(secret)})
 	reg := admin.NewRegistry()
-	srv, err := edge.New(edge.Config{Listen: "127.0.0.1:0", Verifier: v, ID: id, Metrics: reg,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), DrainPeriod: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	g, err := daemon.NewGRPC("127.0.0.1:0", 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
-	go g.Serve()
+	e := edgetest.Start(t, []byte(secret), edge.Config{ID: id, Metrics: reg, DrainPeriod: time.Millisecond})
+	srv, g := e.Srv, e.GRPC
 	adm, err := admin.New(admin.Config{Addr: "127.0.0.1:0", Registry: reg, Ready: srv.Ready})
 	if err != nil {
 		t.Fatal(err)
@@ -310,8 +296,6 @@ func startEdge(t *testing.T, id uint32) *testEdge {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		adm.Shutdown(ctx)
-		g.Server.Stop()
-		srv.Shutdown(ctx)
 	})
 	return &testEdge{ws: srv.Addr().String(), grpc: g.Addr().String(), metrics: "http://" + adm.Addr().String() + "/metrics", g: g}
 }

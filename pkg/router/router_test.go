@@ -20,7 +20,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,8 +31,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pushcluster/push/pkg/auth"
-	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/edge/edgetest"
 	"github.com/pushcluster/push/pkg/proxyproto"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
@@ -75,53 +74,32 @@ func value(c prometheus.Collector) float64 {
 	return sum
 }
 
+// testEdge is a real edge (edgetest) with a push client on its gRPC port.
 type testEdge struct {
+	*edgetest.Edge
 	id   uint32
 	srv  *edge.Server
-	g    *daemon.GRPC
 	cc   *grpc.ClientConn
 	push pushv1.PushClient
-	once sync.Once
 }
 
 func startEdge(t *testing.T, id uint32) *testEdge {
 	t.Helper()
-	v, _ := auth.NewVerifier(auth.Config{HMACSecret: []byte(secret)})
-	srv, err := edge.New(edge.Config{Listen: "127.0.0.1:0", Verifier: v, ID: id, Logger: quiet,
-		DrainPeriod: time.Millisecond, Loops: 1, Tick: 20 * time.Millisecond})
+	ed := edgetest.Start(t, []byte(secret), edge.Config{ID: id, DrainPeriod: time.Millisecond, Loops: 1})
+	cc, err := grpc.NewClient(ed.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	g, err := daemon.NewGRPC("127.0.0.1:0", 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
-	go g.Serve()
-	cc, err := grpc.NewClient(g.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &testEdge{id: id, srv: srv, g: g, cc: cc, push: pushv1.NewPushClient(cc)}
-	t.Cleanup(e.stop)
-	return e
+	t.Cleanup(func() { cc.Close() })
+	return &testEdge{Edge: ed, id: id, srv: ed.Srv, cc: cc, push: pushv1.NewPushClient(cc)}
 }
 
-func (e *testEdge) stop() {
-	e.once.Do(func() {
-		e.cc.Close()
-		e.g.Server.Stop()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		e.srv.Shutdown(ctx)
-	})
-}
+func (e *testEdge) stop() { e.Stop() }
 
 func (e *testEdge) member() ring.Member {
-	return ring.Member{ID: e.id, Name: fmt.Sprintf("edge-%d", e.id), WS: e.srv.Addr().String(), GRPC: e.g.Addr().String(), Weight: 1}
+	m := e.Member(e.id, 1)
+	m.State = ""
+	return m
 }
 
 func newRing(t *testing.T, version uint64, members ...ring.Member) *ring.Ring {
