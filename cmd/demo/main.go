@@ -6,10 +6,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"time"
 
 	"google.golang.org/grpc"
@@ -24,15 +22,7 @@ import (
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		os.Exit(1)
-	}
-}
+func main() { daemon.Main("demo", run) }
 
 // direct publishes through one push.v1.Push address (an edge, or a
 // router's forwarder), for a cluster without a ring store.

@@ -30,15 +30,7 @@ import (
 	"github.com/pushcluster/push/pkg/userid"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "edge:", err)
-		os.Exit(1)
-	}
-}
+func main() { daemon.Main("edge", run) }
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)

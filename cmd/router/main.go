@@ -12,7 +12,6 @@ import (
 	"flag"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
@@ -27,15 +26,7 @@ import (
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
-func main() {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintln(os.Stderr, "router:", err)
-		os.Exit(1)
-	}
-}
+func main() { daemon.Main("router", run) }
 
 func run(args []string) error {
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
@@ -43,7 +34,7 @@ func run(args []string) error {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8000", "plaintext address browsers connect to (GET /ws?uid=...)")
 	grpcAddr := fs.String("grpc", "127.0.0.1:9000", "gRPC push.v1.Push forwarder address (health and reflection on)")
 	adminAddr := fs.String("admin", "127.0.0.1:9001", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
-	ringURL := fs.String("ring", "file:./ring.json", "ring store URL (file:PATH)")
+	ringURL := fs.String("ring", "file:./ring.json", "ring store URL (file:./ring.json or etcd://host:2379/prefix)")
 	ringWait := fs.Duration("ring-wait", 30*time.Second, "how long to wait at start for the first ring document")
 	fs.StringVar(&c.HashKey, "hash-key", "url_param:uid", "where the user key is: url_param:NAME, hdr:NAME or cookie:NAME")
 	fs.DurationVar(&c.HeadTimeout, "head-timeout", 5*time.Second, "time allowed from accept to a complete request head")

@@ -5,6 +5,8 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -102,4 +104,16 @@ func Signal() <-chan string {
 		out <- sig.String()
 	}()
 	return out
+}
+
+// Main runs a daemon's run function on the command line and exits: 0 on
+// success or --help, 1 with "name: error" on stderr otherwise.
+func Main(name string, run func(args []string) error) {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		os.Exit(1)
+	}
 }
