@@ -157,27 +157,54 @@ func (s *Server) handOff() {
 		}
 	})
 	for _, p := range out {
-		for i, m := range p.msgs {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			ttl := time.Duration(m.Expires - now)
-			_, err := s.forwarder().Publish(ctx, p.uid, tailData(m.Body), max(ttl, time.Second))
-			cancel()
-			if err != nil {
-				// Keep what could not be handed over; the next pass tries again.
-				s.log.Warn("hand-off to the new owner failed", "user", p.uid, "err", err)
-				s.reg.Do(p.uid, true, func(u *registry.User[*conn]) {
-					if u.Box == nil {
-						u.Box = s.newBox()
-					}
-					for _, r := range p.msgs[i:] {
-						u.Box.Push(r.Body, r.Expires, false)
-					}
-				})
-				break
-			}
-			s.m.handedOff.Inc()
-		}
+		s.forwardStored(context.Background(), p.uid, p.msgs, now)
 	}
+}
+
+// forwardStored publishes msgs, in order, to uid's owner, and returns the
+// owner's answer to the last one. What cannot be handed over is stored
+// back, for the next pass.
+func (s *Server) forwardStored(ctx context.Context, uid string, msgs []mailbox.Message, now int64) *pushv1.PublishResponse {
+	var last *pushv1.PublishResponse
+	for i, m := range msgs {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, err := s.forwarder().Publish(cctx, uid, tailData(m.Body), max(time.Duration(m.Expires-now), time.Second))
+		cancel()
+		if err != nil {
+			s.log.Warn("hand-off to the new owner failed", "user", uid, "err", err)
+			s.reg.Do(uid, true, func(u *registry.User[*conn]) {
+				if u.Box == nil {
+					u.Box = s.newBox()
+				}
+				for _, r := range msgs[i:] {
+					u.Box.Push(r.Body, r.Expires, false)
+				}
+			})
+			return nil
+		}
+		s.m.handedOff.Inc()
+		last = resp
+	}
+	return last
+}
+
+// handOverNow runs right after a publish was stored for a user this edge
+// does not own (the user left while it was published): what is stored goes
+// to the owner at once, in order, so later publishes that reach the owner
+// directly cannot overtake it. It returns the owner's answer to the newest
+// message, or nil if nothing was handed over.
+func (s *Server) handOverNow(ctx context.Context, uid string) *pushv1.PublishResponse {
+	var msgs []mailbox.Message
+	now := time.Now().UnixNano()
+	s.reg.Do(uid, false, func(u *registry.User[*conn]) {
+		if u != nil && len(u.Conns) == 0 && u.Box != nil {
+			msgs = u.Box.TakeUnsent(now)
+		}
+	})
+	if len(msgs) == 0 {
+		return nil
+	}
+	return s.forwardStored(ctx, uid, msgs, now)
 }
 
 // tailData recovers the payload from a message tail `,"data":<json>}`.

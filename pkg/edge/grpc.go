@@ -65,6 +65,11 @@ func (g *Service) Publish(ctx context.Context, req *pushv1.PublishRequest) (*pus
 		return s.forwarder().Publish(ctx, req.GetUserId(), req.GetData(), ttl)
 	}
 	r := s.publish(req.GetUserId(), req.GetData(), ttl)
+	if r.Outcome == Stored && !req.GetForwarded() && s.forwarder() != nil && !s.owns(req.GetUserId()) {
+		if resp := s.handOverNow(ctx, req.GetUserId()); resp != nil {
+			return resp, nil
+		}
+	}
 	return &pushv1.PublishResponse{Outcome: outcome(r.Outcome), Seq: r.Seq,
 		Connections: uint32(r.Conns), Reason: r.Reason, EdgeId: s.cfg.ID}, nil
 }

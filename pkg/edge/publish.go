@@ -119,7 +119,9 @@ func (s *Server) publishTail(uid string, tail []byte, expires int64) Result {
 		if u.Box == nil {
 			u.Box = s.newBox()
 		}
-		r.Seq = u.Box.Push(tail, expires, len(u.Conns) > 0)
+		// Unsent until a connection took it: a connection closing under
+		// this write must leave the message to be resumed or handed off.
+		r.Seq = u.Box.Push(tail, expires, false)
 		for i := 0; i < len(u.Conns); i++ {
 			c := u.Conns[i]
 			c.mu.Lock()
@@ -134,6 +136,7 @@ func (s *Server) publishTail(uid string, tail []byte, expires int64) Result {
 			c.mu.Unlock()
 		}
 		if r.Conns > 0 {
+			u.Box.MarkSent(r.Seq)
 			s.m.msgsOut.Add(float64(r.Conns))
 			s.m.bytesOut.Add(float64(r.Conns * (maxHeader + 16 + len(tail))))
 		}

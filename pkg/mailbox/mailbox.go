@@ -112,6 +112,17 @@ func (b *Box) drop(m *Message) {
 	*m = Message{}
 }
 
+// MarkSent records that the message numbered seq reached a connection
+// (Push stores it unsent until the caller knows).
+func (b *Box) MarkSent(seq uint64) {
+	for i := b.n - 1; i >= 0; i-- {
+		if m := b.at(i); m.Seq == seq {
+			m.Sent = true
+			return
+		}
+	}
+}
+
 // Expire removes every message whose deadline is at or before now and
 // returns how many were removed.
 func (b *Box) Expire(now int64) int {
