@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pushcluster/push/pkg/client"
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
 )
@@ -25,10 +26,10 @@ type Membership struct {
 	fwd *client.Client
 
 	mu    sync.Mutex   // guards lease, replaced after a loss
-	lease *store.Lease // nil for stores without liveness (file)
+	lease store.Lease // nil for stores without liveness
 }
 
-func (m *Membership) current() *store.Lease {
+func (m *Membership) current() store.Lease {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.lease
@@ -80,7 +81,7 @@ func Join(srv *Server, st store.Store, leaseTTL time.Duration) (*Membership, err
 	go m.follow(docs)
 	if e, ok := st.(*store.Etcd); ok {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		m.lease, err = e.Register(rctx, srv.cfg.ID, leaseTTL)
+		m.lease, err = e.Register(rctx, srv.cfg.ID, leaseTTL, owner.Live{})
 		cancel()
 		if err != nil {
 			stop()
@@ -130,7 +131,7 @@ func (m *Membership) keep(e *store.Etcd, ttl time.Duration) {
 			case <-time.After(2 * time.Second):
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			l, err := e.Register(ctx, m.srv.cfg.ID, ttl)
+			l, err := e.Register(ctx, m.srv.cfg.ID, ttl, owner.Live{})
 			cancel()
 			if err == nil {
 				m.mu.Lock()
@@ -151,7 +152,7 @@ func (m *Membership) Drain(ctx context.Context) {
 	if l == nil {
 		return
 	}
-	if err := l.SetDraining(ctx); err != nil {
+	if err := l.SetState(ctx, ring.StateDraining); err != nil {
 		m.log.Warn("could not mark this edge draining", "err", err)
 		return
 	}

@@ -103,24 +103,37 @@ func (r *Ring) LookupString(key string) uint32 {
 // members in proportion to their partitions, i.e. their weights.
 func (r *Ring) LookupLive(key []byte, up func(id uint32) bool) (uint32, bool) {
 	if r.table != nil {
-		n := uint64(len(r.table))
-		p := xxhash.Sum64(key) % n
-		last := uint32(0)
-		for i := uint64(0); i < n; i++ {
-			id := r.table[p]
-			if id != last {
-				if up(id) {
-					return id, true
-				}
-				last = id
-			}
-			if p++; p == n {
-				p = 0
-			}
-		}
-		return 0, false
+		return r.walkLive(xxhash.Sum64(key)%uint64(len(r.table)), up)
 	}
 	return r.nearestLive(keyHash(r.hash, r.avalanche, key), up)
+}
+
+// LookupLiveString is LookupLive for a string key, without allocating.
+func (r *Ring) LookupLiveString(key string, up func(id uint32) bool) (uint32, bool) {
+	if r.table != nil {
+		return r.walkLive(xxhash.Sum64String(key)%uint64(len(r.table)), up)
+	}
+	return r.nearestLive(keyHash(r.hash, r.avalanche, key), up)
+}
+
+// walkLive returns the owner of partition p if up, else of p+1, p+2, …
+// (wrapping once) that is first up.
+func (r *Ring) walkLive(p uint64, up func(id uint32) bool) (uint32, bool) {
+	n := uint64(len(r.table))
+	last := uint32(0)
+	for i := uint64(0); i < n; i++ {
+		id := r.table[p]
+		if id != last {
+			if up(id) {
+				return id, true
+			}
+			last = id
+		}
+		if p++; p == n {
+			p = 0
+		}
+	}
+	return 0, false
 }
 
 // Member returns the member with the given id, active or draining.

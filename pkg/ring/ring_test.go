@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"fmt"
 	"strconv"
 	"sync"
 	"testing"
@@ -40,5 +41,29 @@ func TestConcurrentLookups(t *testing.T) {
 			}()
 		}
 		wg.Wait()
+	}
+}
+
+// TestLookupLiveString holds the string form to the []byte form on both
+// algorithms, with some members down.
+func TestLookupLiveString(t *testing.T) {
+	for _, alg := range []string{AlgorithmBounded, AlgorithmHAProxy} {
+		d := &Document{Version: 1, Algorithm: alg}
+		for i := uint32(1); i <= 5; i++ {
+			d.Members = append(d.Members, Member{ID: i, Name: fmt.Sprintf("e%d", i), WS: fmt.Sprintf("127.0.0.1:%d", 8000+i), GRPC: fmt.Sprintf("127.0.0.1:%d", 9000+i), Weight: 1, State: StateActive})
+		}
+		r, err := New(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		up := func(id uint32) bool { return id != 2 && id != 4 }
+		for i := 0; i < 2000; i++ {
+			k := fmt.Sprintf("user-%d", i)
+			a, okA := r.LookupLive([]byte(k), up)
+			b, okB := r.LookupLiveString(k, up)
+			if a != b || okA != okB || !okA || a == 2 || a == 4 {
+				t.Fatalf("%s %q: []byte %d %v, string %d %v", alg, k, a, okA, b, okB)
+			}
+		}
 	}
 }

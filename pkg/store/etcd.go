@@ -10,36 +10,30 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
 )
 
 // Etcd keeps the desired ring document under <prefix>/ring and the
 // liveness of each edge under <prefix>/live/<id>, a key bound to the
-// edge's lease.
+// edge's lease (JSON owner.Live: state, incarnation, users).
 //
-// Load and CompareAndSwap work on the desired document (what operators
-// change with pushctl; CAS on its version, guarded by the key's etcd
-// revision). Watch delivers the effective document: the desired members
-// that are live, with a member whose live key says draining marked
-// draining. So a dead edge leaves the ring for every router, edge and SDK
-// at once when its lease expires, and comes back when it registers again.
-// The effective document's version is the etcd revision of the newest
-// change that shaped it, so it increases with liveness changes too.
+// Load, CompareAndSwap and Watch work on the desired document (what
+// operators change with pushctl; CAS on its version, guarded by the key's
+// etcd revision). Liveness is read with ReadLive and applied by package
+// owner through a Follower, the same way in every process.
 type Etcd struct {
 	cli    *clientv3.Client
 	prefix string
 	log    *slog.Logger
 }
 
-// liveValue is what an edge stores under its live key.
-type liveValue struct {
-	State ring.State `json:"state"`
-	Since time.Time  `json:"since"`
-}
 
 // OpenEtcd connects to an etcd URL: etcd://host:2379[,host2:2379][/prefix]
 // (prefix default "/push").
@@ -148,56 +142,22 @@ func (e *Etcd) CompareAndSwap(ctx context.Context, prev uint64, next *ring.Docum
 	return nil
 }
 
-// state is what Watch folds events into.
-type etcdState struct {
-	desired *ring.Document
-	live    map[uint32]ring.State
-	rev     int64
-}
-
-// effective applies liveness to the desired document.
-func (s *etcdState) effective() *ring.Document {
-	if s.desired == nil {
-		return nil
-	}
-	d := clone(s.desired)
-	d.Version = uint64(s.rev)
-	d.Members = d.Members[:0]
-	for _, m := range s.desired.Members {
-		st, ok := s.live[m.ID]
-		if !ok {
-			continue
-		}
-		if st == ring.StateDraining {
-			m.State = ring.StateDraining
-		}
-		d.Members = append(d.Members, m)
-	}
-	return d
-}
-
-// Watch delivers the effective document now and after every change of the
-// desired document or of an edge's liveness. Documents that would not
-// validate (no live active member) are logged and skipped: followers keep
-// the last good ring.
+// Watch delivers the desired document now and after every change of it.
+// Liveness is read apart (ReadLive) and applied by package owner, so that a
+// dead edge moves only its own users and an unreachable etcd changes
+// nothing. Documents that do not validate are logged and skipped: followers
+// keep the last good ring.
 func (e *Etcd) Watch(ctx context.Context) (<-chan *ring.Document, error) {
-	r, err := e.cli.Get(ctx, e.prefix+"/", clientv3.WithPrefix())
+	r, err := e.cli.Get(ctx, e.ringKey())
 	if err != nil {
-		return nil, fmt.Errorf("etcd get %s/: %w", e.prefix, err)
-	}
-	st := &etcdState{live: map[uint32]ring.State{}, rev: r.Header.Revision}
-	for _, kv := range r.Kvs {
-		e.apply(st, string(kv.Key), kv.Value, false)
+		return nil, fmt.Errorf("etcd get %s: %w", e.ringKey(), err)
 	}
 	out := make(chan *ring.Document, 1)
 	var lastSent uint64
-	send := func() {
-		d := st.effective()
-		if d == nil {
-			return
-		}
-		if err := d.Validate(); err != nil {
-			e.log.Warn("effective ring skipped", "revision", st.rev, "err", err)
+	send := func(val []byte) {
+		d, err := ring.Parse(val)
+		if err != nil {
+			e.log.Warn("ring document in etcd refused", "err", err)
 			return
 		}
 		if d.Version <= lastSent {
@@ -210,8 +170,10 @@ func (e *Etcd) Watch(ctx context.Context) (<-chan *ring.Document, error) {
 		}
 		out <- d
 	}
-	send()
-	wch := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+	if len(r.Kvs) > 0 {
+		send(r.Kvs[0].Value)
+	}
+	wch := e.cli.Watch(ctx, e.ringKey(), clientv3.WithRev(r.Header.Revision+1))
 	go func() {
 		defer close(out)
 		for resp := range wch {
@@ -220,135 +182,182 @@ func (e *Etcd) Watch(ctx context.Context) (<-chan *ring.Document, error) {
 				continue
 			}
 			for _, ev := range resp.Events {
-				e.apply(st, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
-				st.rev = max(st.rev, ev.Kv.ModRevision)
+				if ev.Type == clientv3.EventTypePut {
+					send(ev.Kv.Value)
+				}
 			}
-			send()
 		}
 	}()
 	return out, nil
-}
-
-func (e *Etcd) apply(st *etcdState, key string, val []byte, deleted bool) {
-	switch {
-	case key == e.ringKey():
-		if deleted {
-			st.desired = nil
-			return
-		}
-		d, err := ring.Parse(val)
-		if err != nil {
-			e.log.Warn("ring document in etcd refused", "err", err)
-			return
-		}
-		st.desired = d
-	case strings.HasPrefix(key, e.livePrefix()):
-		id, ok := parseLiveID(key, e.livePrefix())
-		if !ok {
-			return
-		}
-		if deleted {
-			delete(st.live, id)
-			return
-		}
-		var v liveValue
-		if json.Unmarshal(val, &v) != nil || v.State == "" {
-			v.State = ring.StateActive
-		}
-		st.live[id] = v.State
-	}
 }
 
 // Close closes the etcd client.
 func (e *Etcd) Close() error { return e.cli.Close() }
 
-// Live lists the ids of the edges whose live key exists, with their state.
-func (e *Etcd) Live(ctx context.Context) (map[uint32]ring.State, error) {
+var _ Leaser = (*Etcd)(nil)
+
+// ReadLive implements Leaser: the members whose live key exists.
+func (e *Etcd) ReadLive(ctx context.Context) (map[uint32]owner.Live, error) {
 	r, err := e.cli.Get(ctx, e.livePrefix(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("etcd get %s: %w", e.livePrefix(), err)
 	}
-	out := map[uint32]ring.State{}
+	out := make(map[uint32]owner.Live, len(r.Kvs))
 	for _, kv := range r.Kvs {
 		if id, ok := parseLiveID(string(kv.Key), e.livePrefix()); ok {
-			var v liveValue
+			var v owner.Live
 			if json.Unmarshal(kv.Value, &v) != nil || v.State == "" {
 				v.State = ring.StateActive
 			}
-			out[id] = v.State
+			out[id] = v
 		}
 	}
 	return out, nil
 }
 
-// Lease is an edge's registration: its live key exists while the lease is
-// kept alive.
-type Lease struct {
-	e     *Etcd
-	id    uint32
-	lease clientv3.LeaseID
-	stop  context.CancelFunc
-	lost  chan struct{}
-	once  sync.Once
+// Live lists the members whose live key exists, with their state.
+func (e *Etcd) Live(ctx context.Context) (map[uint32]ring.State, error) {
+	l, err := e.ReadLive(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint32]ring.State, len(l))
+	for id, v := range l {
+		out[id] = v.State
+	}
+	return out, nil
 }
 
-// ErrLeaseLost is returned by a Lease whose keep-alive ended.
-var ErrLeaseLost = errors.New("etcd lease lost")
+// etcdLease is an edge's registration: its live key exists while the etcd
+// lease is kept alive. Renewals are single KeepAliveOnce calls timed from
+// before they are sent, so Renewed never runs ahead of etcd's own count.
+type etcdLease struct {
+	e     *Etcd
+	id    uint32
+	ttl   time.Duration
+	lease clientv3.LeaseID
+	lost  chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+	users atomic.Int64
 
-// Register creates the edge's live key under a lease of ttl and keeps it
-// alive (draining the keep-alive channel) until Close. Lost is closed if
-// the lease cannot be kept (etcd unreachable past ttl): the edge has then
-// left the ring for everybody.
-func (e *Etcd) Register(ctx context.Context, id uint32, ttl time.Duration) (*Lease, error) {
+	mu        sync.Mutex // guards the fields below
+	info      owner.Live
+	renewed   time.Time
+	published int64 // users as last put
+	closed    bool
+}
+
+// Register implements Leaser: it grants a lease of ttl (whole seconds,
+// rounded up), puts the live key under it, and renews it every TTL/3. Lost
+// is closed when etcd answers that the lease is gone.
+func (e *Etcd) Register(ctx context.Context, id uint32, ttl time.Duration, info owner.Live) (Lease, error) {
 	secs := int64((ttl + time.Second - 1) / time.Second)
 	if secs < 1 {
 		secs = 1
 	}
+	ttl = time.Duration(secs) * time.Second
+	if info.State == "" {
+		info.State = ring.StateActive
+	}
+	start := time.Now()
 	g, err := e.cli.Grant(ctx, secs)
 	if err != nil {
 		return nil, fmt.Errorf("etcd lease grant: %w", err)
 	}
-	l := &Lease{e: e, id: id, lease: g.ID, lost: make(chan struct{})}
-	if err := l.put(ctx, ring.StateActive); err != nil {
+	l := &etcdLease{e: e, id: id, ttl: ttl, lease: g.ID, info: info, renewed: start,
+		lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	l.users.Store(info.Users)
+	if err := l.put(ctx); err != nil {
 		e.cli.Revoke(context.Background(), g.ID)
 		return nil, err
 	}
-	kctx, stop := context.WithCancel(context.Background())
-	l.stop = stop
-	ka, err := e.cli.KeepAlive(kctx, g.ID)
-	if err != nil {
-		stop()
-		return nil, fmt.Errorf("etcd keep-alive: %w", err)
-	}
-	go func() {
-		for range ka { // drain: an undrained channel makes the client warn and lag
-		}
-		if kctx.Err() == nil {
-			e.log.Error("etcd lease lost: this edge has left the ring", "id", id)
-		}
-		l.once.Do(func() { close(l.lost) })
-	}()
+	go l.renew()
 	return l, nil
 }
 
-func (l *Lease) put(ctx context.Context, st ring.State) error {
-	v, _ := json.Marshal(liveValue{State: st, Since: time.Now().UTC()})
-	if _, err := l.e.cli.Put(ctx, l.e.liveKey(l.id), string(v), clientv3.WithLease(l.lease)); err != nil {
+func (l *etcdLease) put(ctx context.Context) error {
+	l.mu.Lock()
+	v := l.info
+	l.mu.Unlock()
+	v.Users = l.users.Load()
+	data, _ := json.Marshal(v)
+	if _, err := l.e.cli.Put(ctx, l.e.liveKey(l.id), string(data), clientv3.WithLease(l.lease)); err != nil {
 		return fmt.Errorf("etcd put %s: %w", l.e.liveKey(l.id), err)
 	}
+	l.mu.Lock()
+	l.published = v.Users
+	l.mu.Unlock()
 	return nil
 }
 
-// SetDraining marks the edge draining for everybody: it keeps its users
-// until they have moved but gets no new ones.
-func (l *Lease) SetDraining(ctx context.Context) error { return l.put(ctx, ring.StateDraining) }
+func (l *etcdLease) renew() {
+	defer close(l.done)
+	wait := renewEvery(l.ttl)
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-time.After(wait):
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), renewEvery(l.ttl))
+		_, err := l.e.cli.KeepAliveOnce(ctx, l.lease)
+		cancel()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			l.e.log.Error("etcd lease lost: it expired before it could be renewed", "id", l.id)
+			l.once.Do(func() { close(l.lost) })
+			return
+		}
+		if err != nil {
+			wait = retryEvery(l.ttl)
+			continue
+		}
+		l.mu.Lock()
+		l.renewed = start
+		stale := l.published != l.users.Load()
+		l.mu.Unlock()
+		if stale {
+			ctx, cancel := context.WithTimeout(context.Background(), renewEvery(l.ttl))
+			l.put(ctx) // users are informational: a failed put waits for the next renewal
+			cancel()
+		}
+		wait = renewEvery(l.ttl)
+	}
+}
 
-// Lost is closed when the lease could not be kept alive.
-func (l *Lease) Lost() <-chan struct{} { return l.lost }
+func (l *etcdLease) TTL() time.Duration { return l.ttl }
 
-// Close revokes the lease, removing the edge from the effective ring now.
-func (l *Lease) Close() error {
-	l.stop()
+func (l *etcdLease) Renewed() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.renewed
+}
+
+func (l *etcdLease) Lost() <-chan struct{} { return l.lost }
+
+func (l *etcdLease) SetUsers(n int64) { l.users.Store(n) }
+
+// SetState marks the edge draining (or active) for everybody.
+func (l *etcdLease) SetState(ctx context.Context, st ring.State) error {
+	l.mu.Lock()
+	l.info.State = st
+	l.mu.Unlock()
+	return l.put(ctx)
+}
+
+// Close revokes the lease, removing the edge from everybody's live set now.
+func (l *etcdLease) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.mu.Unlock()
+	close(l.stop)
+	<-l.done
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := l.e.cli.Revoke(ctx, l.lease)

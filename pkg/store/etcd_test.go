@@ -3,11 +3,13 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
 	"github.com/pushcluster/push/pkg/store/etcdtest"
@@ -109,36 +111,53 @@ func TestEtcdCompareAndSwap(t *testing.T) {
 	}
 }
 
-// The effective ring is the desired members that are live: an edge whose
-// lease ends leaves it for every watcher, and comes back when it
-// registers again; a draining registration marks it draining.
-func TestEtcdLivenessShapesTheEffectiveRing(t *testing.T) {
+// Liveness is the leases: a Follower's view sees an edge whose lease ends
+// as not live (its users, and only its users, go to the next live member),
+// sees it again when it registers, and sees a draining registration as
+// alive but owning nobody. Watch delivers the desired document alone.
+func TestEtcdLivenessThroughTheFollower(t *testing.T) {
 	srv := etcdtest.Start(t)
 	st := openEtcd(t, srv)
 	if err := st.CompareAndSwap(cctx(t), 0, testDoc(1, 3), false); err != nil {
 		t.Fatal(err)
 	}
-	var leases []*store.Lease
+	var leases []store.Lease
 	for id := uint32(1); id <= 3; id++ {
-		l, err := st.Register(cctx(t), id, 2*time.Second)
+		l, err := st.Register(cctx(t), id, 2*time.Second, owner.Live{Incarnation: fmt.Sprint("i", id)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		leases = append(leases, l)
 	}
-	docs, err := st.Watch(cctx(t))
+	f, err := store.Follow(cctx(t), st, store.FollowOptions{Poll: 50 * time.Millisecond, Log: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := nextWith(t, docs, "three live members", func(d *ring.Document) bool { return ids(d) == "123" })
+	defer f.Close()
+	waitView := func(what string, ok func(v *owner.View) bool) *owner.View {
+		t.Helper()
+		deadline := time.After(20 * time.Second)
+		for {
+			ch := f.Changed()
+			if v := f.View(); ok(v) {
+				return v
+			}
+			select {
+			case <-ch:
+			case <-deadline:
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitView("three live members", func(v *owner.View) bool { return v.Live(1) && v.Live(2) && v.Live(3) })
+	if l, _ := f.View().LiveInfo(2); l.Incarnation != "i2" {
+		t.Fatalf("lease info %+v", l)
+	}
 
-	if err := leases[1].SetDraining(cctx(t)); err != nil {
+	if err := leases[1].SetState(cctx(t), ring.StateDraining); err != nil {
 		t.Fatal(err)
 	}
-	d := nextWith(t, docs, "member 2 draining", func(d *ring.Document) bool { return ids(d) == "12d3" })
-	if d.Version <= first.Version {
-		t.Fatalf("effective version did not grow: %d then %d", first.Version, d.Version)
-	}
+	waitView("member 2 draining", func(v *owner.View) bool { return !v.Live(2) && v.Alive(2) })
 
 	// Member 3 dies without revoking: its lease expires.
 	other, err := store.Open(srv.URL("/t"), quiet())
@@ -146,35 +165,71 @@ func TestEtcdLivenessShapesTheEffectiveRing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
-	l3, err := other.(*store.Etcd).Register(cctx(t), 3, time.Second)
-	if err != nil {
+	if _, err := other.(*store.Etcd).Register(cctx(t), 3, time.Second, owner.Live{}); err != nil {
 		t.Fatal(err)
 	}
 	leases[2].Close() // the first registration of 3 goes; the second keeps it live
-	nextWith(t, docs, "member 3 still live through its second lease", func(d *ring.Document) bool { return ids(d) == "12d3" })
+	time.Sleep(200 * time.Millisecond)
+	if !f.View().Live(3) {
+		t.Fatal("member 3 must stay live through its second lease")
+	}
 	other.Close() // the process "dies": no keep-alive, no revoke
-	_ = l3
-	nextWith(t, docs, "member 3 gone after its lease expired", func(d *ring.Document) bool { return ids(d) == "12d" })
+	v := waitView("member 3 gone after its lease expired", func(v *owner.View) bool { return !v.Alive(3) })
+	for i := 0; i < 500; i++ {
+		if id, _ := v.Owner(fmt.Sprint("u", i)); id != 1 {
+			t.Fatalf("with 2 draining and 3 dead, user u%d is owned by %d", i, id)
+		}
+	}
 
 	// It comes back.
-	l, err := st.Register(cctx(t), 3, 2*time.Second)
+	l, err := st.Register(cctx(t), 3, 2*time.Second, owner.Live{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	nextWith(t, docs, "member 3 back", func(d *ring.Document) bool { return ids(d) == "12d3" })
+	waitView("member 3 back", func(v *owner.View) bool { return v.Live(3) })
 
-	// Desired changes show through too; Load still gives the desired document.
+	// Desired changes show through; a member desired but not live owns nobody.
 	if err := st.CompareAndSwap(cctx(t), 1, testDoc(2, 4), false); err != nil {
 		t.Fatal(err)
 	}
-	nextWith(t, docs, "member 4 desired but not live: absent", func(d *ring.Document) bool { return ids(d) == "12d3" && d.Version > first.Version })
-	want, _ := st.Load(cctx(t))
-	if want.Version != 2 || len(want.Members) != 4 {
-		t.Fatalf("Load must return the desired document, got version %d with %d members", want.Version, len(want.Members))
+	v = waitView("version 2", func(v *owner.View) bool { return v.Version() == 2 })
+	if v.Live(4) {
+		t.Fatal("member 4 is desired but has no lease: not live")
 	}
 	live, err := st.Live(cctx(t))
 	if err != nil || len(live) != 3 || live[2] != ring.StateDraining {
 		t.Fatalf("live %v %v", live, err)
+	}
+}
+
+// A lost etcd lease (expired while the edge could not renew it) closes
+// Lost; Renewed never runs ahead of the renewals.
+func TestEtcdLeaseLost(t *testing.T) {
+	srv := etcdtest.Start(t)
+	st := openEtcd(t, srv)
+	l, err := st.Register(cctx(t), 1, time.Second, owner.Live{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	first := l.Renewed()
+	time.Sleep(700 * time.Millisecond)
+	if !l.Renewed().After(first) {
+		t.Fatal("not renewed within 0.7 s with a 1 s lease")
+	}
+	// Someone revokes it (what expiry does): the next renewal finds it gone.
+	other := openEtcd(t, srv)
+	live, _ := other.ReadLive(cctx(t))
+	if _, ok := live[1]; !ok {
+		t.Fatal("registered member not live")
+	}
+	if err := other.RevokeAll(cctx(t)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.Lost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Lost not closed after the lease was revoked")
 	}
 }

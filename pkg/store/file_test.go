@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
 )
@@ -645,4 +647,56 @@ func holdLock(t *testing.T, f *os.File) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// File leases: a registered member is live for every reader, a draining
+// one is alive but draining, a closed one is gone at once, and a lease
+// that nobody renews is gone after its TTL. A ring file without a lease
+// directory keeps no liveness.
+func TestFileLeases(t *testing.T) {
+	dir := t.TempDir()
+	f, err := store.OpenFile(filepath.Join(dir, "ring.json"), quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ctx := context.Background()
+	if live, err := f.ReadLive(ctx); live != nil || err != nil {
+		t.Fatalf("no lease directory: %v %v", live, err)
+	}
+	l1, err := f.Register(ctx, 1, 600*time.Millisecond, owner.Live{Incarnation: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := f.Register(ctx, 2, 600*time.Millisecond, owner.Live{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2.SetUsers(42)
+	if err := l2.SetState(ctx, ring.StateDraining); err != nil {
+		t.Fatal(err)
+	}
+	live, err := f.ReadLive(ctx)
+	if err != nil || len(live) != 2 || live[1].Incarnation != "a" || live[2].State != ring.StateDraining || live[2].Users != 42 {
+		t.Fatalf("live %+v %v", live, err)
+	}
+	time.Sleep(time.Second) // past the TTL: renewals keep both live
+	if live, _ := f.ReadLive(ctx); len(live) != 2 {
+		t.Fatalf("renewed leases expired: %+v", live)
+	}
+	if err := l2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if live, _ := f.ReadLive(ctx); len(live) != 1 {
+		t.Fatalf("closed lease still live: %+v", live)
+	}
+	// A lease file nobody renews (its process died) expires by its TTL.
+	stale := `{"id":3,"state":"active","renewed_ms":` + strconv.FormatInt(time.Now().Add(-time.Second).UnixMilli(), 10) + `,"ttl_ms":500}`
+	if err := os.WriteFile(filepath.Join(f.LeaseDir(), "3.json"), []byte(stale), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if live, _ := f.ReadLive(ctx); len(live) != 1 {
+		t.Fatalf("stale lease counted live: %+v", live)
+	}
+	l1.Close()
 }
