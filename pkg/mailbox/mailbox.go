@@ -5,12 +5,24 @@
 // A Box is pure: it takes time as an argument and does no I/O. It is not safe
 // for concurrent use; the caller (the edge's user registry) guards it.
 //
-// Sequence numbers are per user and increase by one per message. A box
-// continues another edge's numbering: when a client resumes with a last_seq
-// higher than anything this box issued (the user moved here from another
-// edge), messages this box stored but never sent are renumbered to follow
-// last_seq, so the client's dedupe-by-seq never discards them.
+// A box is one user's stream: its messages are numbered (Epoch, Seq), Seq
+// increasing by one per message within the epoch (docs/protocol.md,
+// "Epochs"). When the user moves in a planned way, the whole stream —
+// messages, epoch, numbering and idempotency records — is handed to the new
+// owner (Snapshot, Restore, Adopt), so the client's numbering continues;
+// any other change of owner starts a new epoch, and a client resuming from
+// an epoch the box does not hold gets one gap notice and the messages it
+// provably never saw (ResumeEpoch), never a payload twice.
+//
+// Clients that resume with last_seq alone (no epoch) keep the older rule:
+// when the last_seq is higher than anything this box issued (the user moved
+// here from another edge), messages stored but never sent are renumbered
+// to follow it, so the client's dedupe-by-seq never discards them.
 package mailbox
+
+// MaxSeq is the largest sequence number: JavaScript's largest exact
+// integer, 2^53-1. A stream that reaches it continues in a new epoch.
+const MaxSeq = 1<<53 - 1
 
 // Message is one stored message.
 type Message struct {
@@ -27,7 +39,25 @@ type Message struct {
 
 // Gap is a range of sequence numbers, From to To inclusive, that a resuming
 // client missed and the box can no longer replay. The zero Gap means none.
-type Gap struct{ From, To uint64 }
+// Epoch names the stream the range belongs to (empty: the box's own, for
+// clients that resumed without an epoch); Open means the range has no
+// known end: everything after From-1 in Epoch may be missing (the stream
+// ended on an edge that crashed or was fenced).
+type Gap struct {
+	From, To uint64
+	Epoch    string
+	Open     bool
+}
+
+// KeyRecord remembers a publish applied under an idempotency key: its
+// first answer, returned again to a retry.
+type KeyRecord struct {
+	Key     string
+	Epoch   string
+	Seq     uint64
+	Outcome uint8 // the caller's outcome code
+	Expires int64 // Unix ns
+}
 
 // Box is one user's bounded message buffer, ordered by Seq.
 type Box struct {
@@ -43,14 +73,41 @@ type Box struct {
 	lostUnsent uint64
 	// touched is when Expire last removed a message (Unix ns).
 	touched int64
+
+	// Epoch names the stream; set by New or a hand-over.
+	Epoch string
+	// shown: a message of this epoch reached a connection, so a client
+	// may hold the epoch.
+	shown bool
+	keys  []KeyRecord // idempotency records, oldest first, at most limit
 }
 
-// New returns an empty box that keeps at most limit messages (at least 1).
-func New(limit int) *Box {
+// New returns an empty box for a new stream named epoch that keeps at most
+// limit messages (at least 1).
+func New(limit int, epoch string) *Box {
 	if limit < 1 {
 		limit = 1
 	}
-	return &Box{limit: limit}
+	return &Box{limit: limit, Epoch: epoch}
+}
+
+// Shown reports whether a message of the box's epoch reached a connection.
+func (b *Box) Shown() bool { return b.shown }
+
+// Full reports whether the epoch has reached MaxSeq: the next Push must
+// follow a Rollover.
+func (b *Box) Full() bool { return b.last >= MaxSeq }
+
+// Rollover starts a new epoch at seq 1 (the old one reached MaxSeq).
+// Messages no connection has taken move along in order, renumbered from 1;
+// the rest are dropped (a client resuming the old epoch gets a gap).
+func (b *Box) Rollover(epoch string, now int64) {
+	unsent := b.TakeUnsent(now)
+	b.msgs, b.head, b.n = nil, 0, 0
+	b.Epoch, b.last, b.floor, b.shown, b.lostUnsent = epoch, 0, 0, false, 0
+	for _, m := range unsent {
+		b.Push(m.Body, m.Expires, false)
+	}
 }
 
 // Last returns the last sequence number issued.
@@ -62,11 +119,14 @@ func (b *Box) Len() int { return b.n }
 // Idle reports whether the box can be forgotten at now: it holds no
 // messages and nothing changed for keep nanoseconds. Keeping an empty box
 // for a while lets a client that comes back soon still learn what expired.
-func (b *Box) Idle(now, keep int64) bool { return b.n == 0 && now-b.touched >= keep }
+func (b *Box) Idle(now, keep int64) bool {
+	return b.n == 0 && len(b.keys) == 0 && now-b.touched >= keep
+}
 
 // Push stores body under the next sequence number and returns it. The oldest
 // message is evicted when the box is full.
 func (b *Box) Push(body []byte, expires int64, sent bool) uint64 {
+	b.shown = b.shown || sent
 	b.last++
 	b.append(Message{Seq: b.last, Body: body, Expires: expires, Sent: sent})
 	return b.last
@@ -115,6 +175,7 @@ func (b *Box) drop(m *Message) {
 // MarkSent records that the message numbered seq reached a connection
 // (Push stores it unsent until the caller knows).
 func (b *Box) MarkSent(seq uint64) {
+	b.shown = true
 	for i := b.n - 1; i >= 0; i-- {
 		if m := b.at(i); m.Seq == seq {
 			m.Sent = true
@@ -145,6 +206,17 @@ func (b *Box) Expire(now int64) int {
 	b.n = kept
 	if b.n == 0 {
 		b.msgs, b.head = nil, 0 // an idle user keeps no buffer
+	}
+	k := 0
+	for _, r := range b.keys {
+		if r.Expires > now {
+			b.keys[k] = r
+			k++
+		}
+	}
+	clear(b.keys[k:])
+	if b.keys = b.keys[:k]; k == 0 {
+		b.keys = nil
 	}
 	return removed
 }
@@ -190,7 +262,150 @@ func (b *Box) Resume(dst []Message, lastSeq uint64, hasLast bool, now int64) ([]
 		}
 	}
 	b.lostUnsent = 0
+	if len(dst) > 0 {
+		b.shown = true
+	}
 	return dst, gap
+}
+
+// ResumeEpoch prepares delivery to a connection whose client last saw seq
+// lastSeq of epoch (hasLast false: a fresh client, as Resume).
+//
+//   - Same epoch: every stored message after lastSeq, and the range it
+//     missed that can no longer be replayed.
+//   - Another epoch (the client's stream ended on another edge, or before
+//     this box's epoch began): the box cannot prove what the client saw of
+//     that epoch, so it reports an open Gap from lastSeq+1 in the client's
+//     epoch, then returns the messages of its own epoch that no connection
+//     has taken (provably unseen), never one that was sent.
+//
+// The returned messages are marked sent and appended to dst.
+func (b *Box) ResumeEpoch(dst []Message, epoch string, lastSeq uint64, hasLast bool, now int64) ([]Message, Gap) {
+	if !hasLast || epoch == "" {
+		return b.Resume(dst, lastSeq, hasLast, now)
+	}
+	b.Expire(now)
+	var gap Gap
+	if epoch == b.Epoch {
+		if b.floor > lastSeq {
+			gap = Gap{From: lastSeq + 1, To: b.floor, Epoch: b.Epoch}
+		}
+		for i := 0; i < b.n; i++ {
+			if m := b.at(i); m.Seq > lastSeq {
+				m.Sent = true
+				dst = append(dst, *m)
+			}
+		}
+	} else {
+		gap = Gap{From: lastSeq + 1, Epoch: epoch, Open: true}
+		for i := 0; i < b.n; i++ {
+			if m := b.at(i); !m.Sent {
+				m.Sent = true
+				dst = append(dst, *m)
+			}
+		}
+	}
+	b.lostUnsent = 0
+	if len(dst) > 0 {
+		b.shown = true
+	}
+	return dst, gap
+}
+
+// Key returns the record of a publish applied under key, if the box
+// remembers it.
+func (b *Box) Key(key string) (KeyRecord, bool) {
+	for i := len(b.keys) - 1; i >= 0; i-- {
+		if b.keys[i].Key == key {
+			return b.keys[i], true
+		}
+	}
+	return KeyRecord{}, false
+}
+
+// RememberKey records a publish applied under an idempotency key; the
+// oldest record goes when the box holds limit of them.
+func (b *Box) RememberKey(r KeyRecord) {
+	if len(b.keys) >= b.limit {
+		copy(b.keys, b.keys[1:])
+		b.keys = b.keys[:len(b.keys)-1]
+	}
+	b.keys = append(b.keys, r)
+}
+
+// Stream is a box's whole state, for handing the stream to another edge.
+type Stream struct {
+	Epoch      string
+	Last       uint64
+	Floor      uint64
+	LostUnsent uint64
+	Shown      bool
+	Messages   []Message
+	Keys       []KeyRecord
+}
+
+// Snapshot returns the box's stream (expired messages and records dropped
+// first). The box is left as it was; the caller forgets it.
+func (b *Box) Snapshot(now int64) Stream {
+	b.Expire(now)
+	st := Stream{Epoch: b.Epoch, Last: b.last, Floor: b.floor, LostUnsent: b.lostUnsent, Shown: b.shown,
+		Keys: append([]KeyRecord(nil), b.keys...)}
+	for i := 0; i < b.n; i++ {
+		st.Messages = append(st.Messages, *b.at(i))
+	}
+	return st
+}
+
+// Restore builds a box that continues st, keeping at most limit messages.
+func Restore(limit int, st Stream) *Box {
+	b := New(limit, st.Epoch)
+	b.last, b.floor, b.lostUnsent, b.shown = st.Last, st.Floor, st.LostUnsent, st.Shown
+	for _, m := range st.Messages {
+		if m.Seq == 0 || m.Seq > st.Last {
+			continue // malformed: never issued in this stream
+		}
+		b.append(m)
+	}
+	for _, r := range st.Keys {
+		b.RememberKey(r)
+	}
+	return b
+}
+
+// Adopt merges a stream handed over from another edge into b, a stream this
+// edge started meanwhile, and returns the box to keep:
+//
+//   - If nothing of b's epoch reached a connection, the handed-over stream
+//     continues: it becomes the box, and b's messages (all unsent) follow
+//     in their order with the next numbers.
+//   - Otherwise b's epoch is the one clients hold: the handed-over messages
+//     no connection took are appended to b as new messages; those that
+//     were sent are dropped (a client resuming that epoch gets a gap).
+//
+// Idempotency records of both are kept, with their first answers.
+func (b *Box) Adopt(st Stream, now int64) *Box {
+	if !b.shown {
+		nb := Restore(b.limit, st)
+		for i := 0; i < b.n; i++ {
+			m := b.at(i)
+			if m.Expires > now {
+				nb.Push(m.Body, m.Expires, m.Sent)
+			}
+		}
+		for _, r := range b.keys {
+			nb.RememberKey(r)
+		}
+		return nb
+	}
+	for _, m := range st.Messages {
+		if !m.Sent && m.Expires > now && !b.Full() {
+			b.Push(m.Body, m.Expires, false)
+		}
+	}
+	for _, r := range st.Keys {
+		b.RememberKey(r)
+	}
+	return b
 }
 
 // TakeUnsent removes and returns, in order, the messages no connection has

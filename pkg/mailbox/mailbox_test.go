@@ -25,7 +25,7 @@ func bodies(ms []Message) []string {
 }
 
 func TestPushNumbersFromOne(t *testing.T) {
-	b := New(4)
+	b := New(4, "e1")
 	for i := uint64(1); i <= 3; i++ {
 		if got := b.Push([]byte("x"), 10*sec, true); got != i {
 			t.Fatalf("push %d got seq %d", i, got)
@@ -37,7 +37,7 @@ func TestPushNumbersFromOne(t *testing.T) {
 }
 
 func TestResumeReplaysExactlyTheMissed(t *testing.T) {
-	b := New(10)
+	b := New(10, "e1")
 	for _, s := range []string{"a", "b", "c", "d"} {
 		b.Push([]byte(s), 100*sec, true)
 	}
@@ -55,7 +55,7 @@ func TestResumeReplaysExactlyTheMissed(t *testing.T) {
 }
 
 func TestEvictionReportsGap(t *testing.T) {
-	b := New(3)
+	b := New(3, "e1")
 	for i := 0; i < 6; i++ { // 1..6, keeps 4,5,6
 		b.Push([]byte{byte('a' + i)}, 100*sec, true)
 	}
@@ -69,7 +69,7 @@ func TestEvictionReportsGap(t *testing.T) {
 }
 
 func TestExpiry(t *testing.T) {
-	b := New(10)
+	b := New(10, "e1")
 	b.Push([]byte("old"), 5*sec, false)
 	b.Push([]byte("new"), 50*sec, false)
 	if n := b.Expire(5 * sec); n != 1 {
@@ -86,7 +86,7 @@ func TestExpiry(t *testing.T) {
 }
 
 func TestFreshClientGetsOnlyUnsent(t *testing.T) {
-	b := New(10)
+	b := New(10, "e1")
 	b.Push([]byte("seen"), 100*sec, true)
 	b.Push([]byte("stored1"), 100*sec, false)
 	b.Push([]byte("stored2"), 100*sec, false)
@@ -103,7 +103,7 @@ func TestFreshClientGetsOnlyUnsent(t *testing.T) {
 // A user moves here from another edge that numbered up to 57, while this
 // edge stored two messages for them numbered 1 and 2.
 func TestAdoptsHigherLastSeqFromAnotherEdge(t *testing.T) {
-	b := New(10)
+	b := New(10, "e1")
 	b.Push([]byte("x"), 100*sec, false)
 	b.Push([]byte("y"), 100*sec, false)
 	got, gap := b.Resume(nil, 57, true, 1)
@@ -119,7 +119,7 @@ func TestAdoptsHigherLastSeqFromAnotherEdge(t *testing.T) {
 }
 
 func TestAdoptionReportsLostUnsent(t *testing.T) {
-	b := New(2)
+	b := New(2, "e1")
 	for _, s := range []string{"a", "b", "c"} { // "a" is evicted unsent
 		b.Push([]byte(s), 100*sec, false)
 	}
@@ -136,7 +136,7 @@ func TestAdoptionReportsLostUnsent(t *testing.T) {
 // box stored unsent, every unsent message is renumbered after last_seq in
 // the order it was stored: nothing is skipped and publish order holds.
 func TestOverlappingNumberingRenumbersUnsentInOrder(t *testing.T) {
-	b := New(10)
+	b := New(10, "e1")
 	b.Push([]byte("s1"), 100*sec, true)  // 1
 	b.Push([]byte("u2"), 100*sec, false) // 2
 	b.Push([]byte("s3"), 100*sec, true)  // 3
@@ -156,7 +156,7 @@ func TestOverlappingNumberingRenumbersUnsentInOrder(t *testing.T) {
 // numbers 1..33) while the client was still on the old edge, which had
 // numbered up to 20. They must arrive after 20 in the order published.
 func TestMovedUserGetsStoredMessagesInPublishOrder(t *testing.T) {
-	b := New(64)
+	b := New(64, "e1")
 	for i := 21; i <= 53; i++ {
 		b.Push([]byte(fmt.Sprint(i)), 100*sec, false)
 	}
@@ -175,7 +175,7 @@ func TestMovedUserGetsStoredMessagesInPublishOrder(t *testing.T) {
 }
 
 func TestRingWrapKeepsOrder(t *testing.T) {
-	b := New(4)
+	b := New(4, "e1")
 	for i := 0; i < 11; i++ {
 		b.Push([]byte{byte(i)}, 100*sec, true)
 	}
@@ -186,7 +186,7 @@ func TestRingWrapKeepsOrder(t *testing.T) {
 }
 
 func TestPushDoesNotAllocateOnceGrown(t *testing.T) {
-	b := New(8)
+	b := New(8, "e1")
 	body := []byte("x")
 	for i := 0; i < 8; i++ {
 		b.Push(body, 100*sec, true)
@@ -197,7 +197,7 @@ func TestPushDoesNotAllocateOnceGrown(t *testing.T) {
 }
 
 func TestTakeUnsent(t *testing.T) {
-	b := New(10)
+	b := New(10, "e1")
 	b.Push([]byte("s1"), 100*sec, true)
 	b.Push([]byte("u2"), 100*sec, false)
 	b.Push([]byte("old"), 1*sec, false)

@@ -23,6 +23,11 @@ type User[C comparable] struct {
 	// Box holds recent messages; nil until the first message. The owner sets
 	// it back to nil when the box is idle (see mailbox.Box.Idle).
 	Box *mailbox.Box
+	// Gone is the ring id of the edge this user's stream was handed to
+	// (0: none), and GoneAt when (Unix ns): publishes that still arrive
+	// here are sent there. The owner clears it after a while.
+	Gone   uint32
+	GoneAt int64
 }
 
 // Remove deletes c from Conns and reports whether it was there.
@@ -43,7 +48,7 @@ func (u *User[C]) Remove(c C) bool {
 }
 
 func (u *User[C]) empty() bool {
-	return len(u.Conns) == 0 && u.Box == nil
+	return len(u.Conns) == 0 && u.Box == nil && u.Gone == 0
 }
 
 // Registry is a sharded map from user ID to *User. Safe for concurrent use.

@@ -1,0 +1,126 @@
+package mailbox
+
+import (
+	"fmt"
+	"testing"
+)
+
+func eseqs(ms []Message) string {
+	s := ""
+	for _, m := range ms {
+		s += fmt.Sprintf("%d:%s ", m.Seq, m.Body)
+	}
+	return s
+}
+
+const far = int64(1) << 62
+
+// Same epoch: exactly what came after last_seq; another epoch: one open
+// gap in the client's epoch, then only what no connection took.
+func TestResumeEpoch(t *testing.T) {
+	b := New(10, "A")
+	for i := 1; i <= 5; i++ {
+		b.Push([]byte(fmt.Sprint("m", i)), far, i <= 3)
+	}
+	got, gap := b.ResumeEpoch(nil, "A", 2, true, 0)
+	if eseqs(got) != "3:m3 4:m4 5:m5 " || gap != (Gap{}) {
+		t.Fatalf("same epoch: %s %+v", eseqs(got), gap)
+	}
+	c := New(10, "B")
+	c.Push([]byte("x1"), far, true)
+	c.Push([]byte("x2"), far, false)
+	got, gap = c.ResumeEpoch(nil, "A", 57, true, 0)
+	if eseqs(got) != "2:x2 " || gap != (Gap{From: 58, Epoch: "A", Open: true}) {
+		t.Fatalf("other epoch: %s %+v", eseqs(got), gap)
+	}
+	if !c.Shown() {
+		t.Fatal("replayed messages must mark the epoch shown")
+	}
+}
+
+// A planned hand-over continues the stream: same epoch, the numbering
+// goes on, idempotency records travel.
+func TestSnapshotRestoreContinues(t *testing.T) {
+	b := New(10, "A")
+	b.Push([]byte("m1"), far, true)
+	b.Push([]byte("m2"), far, false)
+	b.RememberKey(KeyRecord{Key: "k1", Epoch: "A", Seq: 1, Outcome: 1, Expires: far})
+	nb := Restore(10, b.Snapshot(0))
+	if nb.Epoch != "A" || nb.Last() != 2 || !nb.Shown() {
+		t.Fatalf("restored %q last %d shown %v", nb.Epoch, nb.Last(), nb.Shown())
+	}
+	if r, ok := nb.Key("k1"); !ok || r.Seq != 1 {
+		t.Fatalf("key record lost: %+v %v", r, ok)
+	}
+	if s := nb.Push([]byte("m3"), far, false); s != 3 {
+		t.Fatalf("next seq %d, want 3", s)
+	}
+	got, _ := nb.ResumeEpoch(nil, "A", 1, true, 0)
+	if eseqs(got) != "2:m2 3:m3 " {
+		t.Fatalf("resume after hand-over: %s", eseqs(got))
+	}
+}
+
+// Adopt into a stream nobody saw yet: the handed-over stream continues and
+// what was stored meanwhile follows it.
+func TestAdoptIntoUnshown(t *testing.T) {
+	old := New(10, "A")
+	old.Push([]byte("a1"), far, true)
+	old.Push([]byte("a2"), far, false)
+	mine := New(10, "B")
+	mine.Push([]byte("b1"), far, false)
+	mine.RememberKey(KeyRecord{Key: "kb", Epoch: "B", Seq: 1, Expires: far})
+	nb := mine.Adopt(old.Snapshot(0), 0)
+	if nb.Epoch != "A" {
+		t.Fatalf("epoch %q, want the handed-over A", nb.Epoch)
+	}
+	got, gap := nb.ResumeEpoch(nil, "A", 1, true, 0)
+	if eseqs(got) != "2:a2 3:b1 " || gap != (Gap{}) {
+		t.Fatalf("%s %+v", eseqs(got), gap)
+	}
+	if r, ok := nb.Key("kb"); !ok || r.Epoch != "B" || r.Seq != 1 {
+		t.Fatal("the first answer of a key must be kept as given")
+	}
+}
+
+// Adopt into a stream clients already hold: only unsent handed-over
+// messages join it, as new numbers.
+func TestAdoptIntoShown(t *testing.T) {
+	old := New(10, "A")
+	old.Push([]byte("a1"), far, true)
+	old.Push([]byte("a2"), far, false)
+	mine := New(10, "B")
+	s := mine.Push([]byte("b1"), far, false)
+	mine.MarkSent(s)
+	nb := mine.Adopt(old.Snapshot(0), 0)
+	if nb != mine || nb.Epoch != "B" {
+		t.Fatal("a shown stream must stay")
+	}
+	got, _ := nb.ResumeEpoch(nil, "B", 1, true, 0)
+	if eseqs(got) != "2:a2 " {
+		t.Fatalf("%s", eseqs(got))
+	}
+}
+
+// At MaxSeq the stream continues in a new epoch from 1, carrying what no
+// connection took; seq never exceeds 2^53-1.
+func TestRolloverAtMaxSeq(t *testing.T) {
+	b := New(10, "A")
+	b.last = MaxSeq - 1
+	if s := b.Push([]byte("last"), far, true); s != MaxSeq || !b.Full() {
+		t.Fatalf("seq %d full %v", s, b.Full())
+	}
+	b.last = MaxSeq // as if a last unsent message were stored too
+	b.append(Message{Seq: MaxSeq, Body: []byte("unsent"), Expires: far})
+	b.Rollover("B", 0)
+	if b.Epoch != "B" || b.Full() {
+		t.Fatalf("epoch %q full %v", b.Epoch, b.Full())
+	}
+	if s := b.Push([]byte("next"), far, false); s != 2 {
+		t.Fatalf("after rollover: seq %d, want 2 (the unsent one is 1)", s)
+	}
+	got, gap := b.ResumeEpoch(nil, "A", MaxSeq-1, true, 0)
+	if eseqs(got) != "1:unsent 2:next " || !gap.Open || gap.Epoch != "A" {
+		t.Fatalf("%s %+v", eseqs(got), gap)
+	}
+}
