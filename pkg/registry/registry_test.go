@@ -42,7 +42,7 @@ func TestAttachReplaceDetach(t *testing.T) {
 func TestMailboxKeepsEntryAlive(t *testing.T) {
 	r := New[*conn](1)
 	r.Do("carol", true, func(u *User[*conn]) {
-		u.Box = mailbox.New(4)
+		u.Box = mailbox.New(4, "e")
 		u.Box.Push([]byte("m"), 10, false)
 	})
 	if r.Len() != 1 {
