@@ -1,20 +1,38 @@
 // TypeScript declarations of push.js, the browser client of the push
 // cluster. The wire contract is docs/protocol.md.
 
-/** A message as the edge sends it: `{"seq":N,"data":...}`. */
+/** A message as the edge sends it: `{"seq":N,"epoch":"E","data":...}`. */
 export interface PushMessage<T = unknown> {
-  /** Per-user sequence number, increasing; 0 for broadcasts. */
+  /**
+   * Sequence number within `epoch`: increases by one per message and starts
+   * again at 1 in a new epoch; 0 for broadcasts.
+   */
   seq: number;
+  /**
+   * The stream `seq` counts in. A message of another epoch than the last one
+   * starts a new stream (its seq may be lower). Undefined on broadcasts and
+   * from edges that predate epochs.
+   */
+  epoch?: string;
   /** The published payload (JSON as published, or a string). */
   data: T;
   /** Present and true on broadcasts: not stored, not resumable. */
   broadcast?: true;
 }
 
-/** The server could no longer replay messages `from`..`to` (inclusive). */
+/**
+ * Messages `from`..`to` (inclusive) of `epoch` are lost: the edge could no
+ * longer replay them (its gap notice), or seqs were skipped within an epoch.
+ * Without `to` the gap is open-ended: everything after `from − 1` in `epoch`
+ * may be lost (the edge holding that stream crashed); reported once, and
+ * messages of a new epoch usually follow. The change of epoch itself is
+ * never reported as a gap.
+ */
 export interface PushGap {
+  /** The epoch the gap is in; undefined while none is known (older edges). */
+  epoch?: string;
   from: number;
-  to: number;
+  to?: number;
 }
 
 export type TransportName = 'websocket' | 'sse' | 'poll';
@@ -44,8 +62,10 @@ export interface PushState {
   transport: TransportName | null;
   /** Backoff attempt number (0 after a successful open). */
   attempt: number;
-  /** Highest seq delivered. */
+  /** Last seq seen in the current epoch. */
   lastSeq: number;
+  /** The current epoch; undefined until the edge named one. */
+  epoch?: string;
   /** reconnecting: ms until the next attempt. */
   delay?: number;
   /** Close code that caused a reconnect or stop, or 'heartbeat', 'http-error' (an SSE or poll error status), 'token-error' (getToken threw: retried with backoff). */
@@ -97,8 +117,14 @@ export interface ConnectOptions {
   heartbeatTimeout?: number;
   /** Failures before open, in a row, before trying the next transport (default 2). */
   fallbackAfter?: number;
-  /** Resume after this seq (default 0: only what the server stored). */
+  /**
+   * Resume after this seq (default 0: only what the server stored). With
+   * `epoch`, the last seq seen in that epoch; without, `last_seq` alone keeps
+   * its old meaning and the first epoch the edge names is taken as this seq's.
+   */
   lastSeq?: number;
+  /** Resume in this epoch (sent as `epoch=` beside `last_seq=`). */
+  epoch?: string;
 }
 
 export interface PushClient {
@@ -110,8 +136,10 @@ export interface PushClient {
   close(): void;
   /** The latest state. */
   readonly state: PushState;
-  /** Highest seq this tab delivered. */
+  /** Last seq this tab delivered in the current epoch. */
   readonly lastSeq: number;
+  /** The epoch of the last message this tab delivered (or of a gap notice). */
+  readonly epoch: string | undefined;
   readonly uid: string;
 }
 
@@ -129,6 +157,12 @@ export function backoffDelay(
   opts?: { minDelay?: number; maxDelay?: number },
   random?: () => number,
 ): number;
+
+/**
+ * Parses an SSE event id: `<epoch>:<seq>` (the seq follows the last colon)
+ * or a bare `<seq>`; null when it is neither.
+ */
+export function parseEventId(id: string): { epoch: string | undefined; seq: number } | null;
 
 /** Why a token certainly fails (shape, sub ≠ uid, expired), or null. */
 export function tokenProblem(token: string, uid: string, nowMs?: number): string | null;
@@ -163,4 +197,5 @@ export class Session {
   on(event: 'message' | 'state' | 'gap', fn: (v: any) => void): () => void;
   readonly state: PushState;
   readonly lastSeq: number;
+  readonly epoch: string | undefined;
 }

@@ -4,8 +4,10 @@
 // Layers, innermost first:
 //   transports  WebSocket, Server-Sent Events and long-polling, each turned
 //               into the same small interface (open → messages → close code);
+//   Cursor      the stream position (epoch, seq): dedupe, gaps, resume;
 //   Session     one logical connection: state machine, backoff with full
-//               jitter, dedupe by seq, resume with last_seq, fallback between
+//               jitter, dedupe by (epoch, seq), resume with last_seq and
+//               epoch, fallback between
 //               transports, heartbeat watchdog, token refresh. Pure: every
 //               browser API and clock comes in through `env`, so Node tests
 //               drive it with fakes;
@@ -66,8 +68,13 @@ export function tokenProblem(token, uid, nowMs = Date.now()) {
   return null;
 }
 
-/** Adds uid, token and last_seq to an endpoint URL, swapping the path. */
-export function endpoint(url, path, uid, token, lastSeq) {
+/**
+ * Adds uid, token, last_seq and epoch to an endpoint URL, swapping the path.
+ * With an epoch, last_seq is the last seq seen in that epoch and is sent even
+ * when 0 (nothing of that epoch seen yet); without one, last_seq alone keeps
+ * its old meaning and is left out when 0.
+ */
+export function endpoint(url, path, uid, token, lastSeq, epoch) {
   const u = new URL(url);
   if (path) {
     u.pathname = u.pathname.replace(/\/ws$/, '') + path;
@@ -75,14 +82,134 @@ export function endpoint(url, path, uid, token, lastSeq) {
   }
   u.searchParams.set('uid', uid);
   u.searchParams.set('token', token);
-  if (lastSeq > 0) u.searchParams.set('last_seq', String(lastSeq));
+  if (epoch) {
+    u.searchParams.set('last_seq', String(lastSeq > 0 ? lastSeq : 0));
+    u.searchParams.set('epoch', epoch);
+  } else if (lastSeq > 0) {
+    u.searchParams.set('last_seq', String(lastSeq));
+  }
   return u.toString();
 }
 
+/**
+ * Parses an SSE event id: `<epoch>:<seq>` (the epoch may itself contain
+ * colons: the seq follows the last one) or a bare `<seq>`. Returns
+ * {epoch, seq} (epoch undefined for a bare seq) or null when it is neither.
+ */
+export function parseEventId(id) {
+  if (typeof id !== 'string' || id === '') return null;
+  const i = id.lastIndexOf(':');
+  const num = i < 0 ? id : id.slice(i + 1);
+  if (!/^[0-9]+$/.test(num)) return null;
+  const seq = Number(num);
+  if (!Number.isSafeInteger(seq)) return null;
+  if (i < 0) return { epoch: undefined, seq };
+  const epoch = id.slice(0, i);
+  return epoch === '' ? null : { epoch, seq };
+}
+
+// An envelope's epoch as a string, or undefined when it names none (an older
+// edge, a heartbeat, a broadcast).
+function epochOf(v) {
+  return v.epoch === undefined || v.epoch === null || v.epoch === '' ? undefined : String(v.epoch);
+}
+
+const validSeq = (n) => Number.isSafeInteger(n) && n > 0; // 1 .. 2^53−1
+
+/**
+ * Where a client is in its user's stream: the current epoch (undefined until
+ * one is named), the last seq seen in it, and the start of an open-ended gap
+ * already reported in it. Pure. message() and gap() take envelopes in
+ * arrival order and say what to deliver and which gap to report:
+ *
+ * - within an epoch a message at or below seq is a duplicate; one above
+ *   seq+1 is delivered after a gap for the seqs skipped (unless a gap notice
+ *   already covered them);
+ * - a message of another epoch starts a new stream whatever its seq, with no
+ *   gap for the change itself (the edge sends a notice when something is
+ *   missing across epochs);
+ * - an envelope without an epoch (an older edge) belongs to the current one;
+ *   while no epoch is known the first epoch named is adopted and the seq kept
+ *   (last_seq alone keeps its old meaning: the edge numbers after it);
+ * - a gap notice {"gap":true,"epoch":E,"from":A,"to":B} moves seq to B; one
+ *   without "to" (everything after A−1 may be lost) marks A.. as reported; a
+ *   notice already covered (repeated on a resume) is not reported again.
+ */
+export class Cursor {
+  constructor(epoch, seq, openFrom) {
+    this.epoch = typeof epoch === 'string' && epoch !== '' ? epoch : undefined;
+    this.seq = validSeq(seq) ? seq : 0;
+    this.openFrom = validSeq(openFrom) && this.epoch !== undefined ? openFrom : undefined;
+  }
+
+  #switch(epoch) {
+    if (this.epoch === undefined) {
+      this.epoch = epoch; // adopt: the edge numbered after our last_seq
+      return;
+    }
+    this.epoch = epoch;
+    this.seq = 0;
+    this.openFrom = undefined;
+  }
+
+  /**
+   * A numbered message (not a broadcast, not a heartbeat). Returns
+   * {deliver, gap} (gap undefined when nothing was skipped).
+   */
+  message(v) {
+    if (!validSeq(v.seq)) return { deliver: false };
+    const ep = epochOf(v);
+    if (ep !== undefined && ep !== this.epoch) {
+      const adopt = this.epoch === undefined;
+      this.#switch(ep);
+      if (!adopt) {
+        this.seq = v.seq;
+        return { deliver: true };
+      }
+    }
+    if (v.seq <= this.seq) return { deliver: false };
+    let gap;
+    if (this.seq > 0 && v.seq > this.seq + 1) {
+      const from = this.seq + 1;
+      const to = this.openFrom !== undefined ? Math.min(v.seq - 1, this.openFrom - 1) : v.seq - 1;
+      if (from <= to) gap = this.#gap(from, to);
+    }
+    this.seq = v.seq;
+    return { deliver: true, gap };
+  }
+
+  /** A gap notice; returns the gap to report, or null when it says nothing new. */
+  gap(v) {
+    if (!validSeq(v.from)) return null;
+    const bounded = v.to !== undefined && v.to !== null;
+    if (bounded && !(validSeq(v.to) && v.to >= v.from)) return null;
+    const ep = epochOf(v);
+    if (ep !== undefined && ep !== this.epoch) this.#switch(ep);
+    if (this.openFrom !== undefined && v.from >= this.openFrom) return null; // reported already
+    if (bounded) {
+      if (v.to <= this.seq) return null; // behind us: reported, or never missing
+      this.seq = v.to;
+      return this.#gap(v.from, v.to);
+    }
+    this.openFrom = v.from;
+    return this.#gap(v.from);
+  }
+
+  #gap(from, to) {
+    const g = {};
+    if (this.epoch !== undefined) g.epoch = this.epoch;
+    g.from = from;
+    if (to !== undefined) g.to = to;
+    return g;
+  }
+}
+
 // ---------------------------------------------------------------------------
-// Transports. open(p, h) starts one attempt; p = {url, uid, token, lastSeq};
-// h = {open(), frame(envelope), close({code, reason, opened})}. close is
-// called at most once, and never after the returned stop() was called.
+// Transports. open(p, h) starts one attempt; p = {url, uid, token, lastSeq,
+// epoch, position()}: position() is the Session's (epoch, seq) now, for a
+// transport that makes more than one request; h = {open(), frame(envelope),
+// close({code, reason, opened})}. close is called at most once, and never
+// after the returned stop() was called.
 
 function parse(text) {
   try {
@@ -95,7 +222,7 @@ function parse(text) {
 
 const transports = {
   websocket(env, p, h) {
-    const ws = new env.WebSocket(endpoint(p.url, '/ws', p.uid, p.token, p.lastSeq));
+    const ws = new env.WebSocket(endpoint(p.url, '/ws', p.uid, p.token, p.lastSeq, p.epoch));
     let opened = false;
     let done = false;
     ws.onopen = () => {
@@ -121,10 +248,11 @@ const transports = {
     };
   },
 
-  // SSE: `id: <seq>` and `data: <envelope>` per message; a `close` event
-  // with data {"code":4003,"reason":"moved"} carries the WebSocket close codes.
+  // SSE: `id: <epoch>:<seq>` (or `id: <seq>`) and `data: <envelope>` per
+  // message; a `close` event with data {"close":4003,"reason":"moved"}
+  // carries the WebSocket close codes.
   sse(env, p, h) {
-    const es = new env.EventSource(endpoint(p.url, '/sse', p.uid, p.token, p.lastSeq));
+    const es = new env.EventSource(endpoint(p.url, '/sse', p.uid, p.token, p.lastSeq, p.epoch));
     let opened = false;
     let done = false;
     const finish = (c) => {
@@ -138,15 +266,21 @@ const transports = {
       h.open();
     };
     es.onmessage = (e) => {
-      const v = parse(e.data);
-      if (v) h.frame(v);
+      let v = parse(e.data);
+      if (!v) return;
+      // The envelope names its epoch; should it not, the id `E:N` does.
+      if (epochOf(v) === undefined && validSeq(v.seq)) {
+        const id = parseEventId(e.lastEventId);
+        if (id && id.epoch !== undefined && id.seq === v.seq) v = { ...v, epoch: id.epoch };
+      }
+      h.frame(v);
     };
     es.addEventListener('close', (e) => {
       const v = parse(e.data) || {};
       finish({ code: v.close || v.code || Close.goingAway, reason: v.reason || '', opened });
     });
     // EventSource would reconnect by itself with Last-Event-ID; the Session
-    // reconnects instead, with its own last_seq and backoff. readyState
+    // reconnects instead, with its own last_seq, epoch and backoff. readyState
     // CLOSED means the server answered with an error status (e.g. 401).
     es.onerror = () => finish({ code: es.readyState === 2 ? 'http-error' : 1006, reason: '', opened });
     return () => {
@@ -156,7 +290,8 @@ const transports = {
   },
 
   // Long-polling: GET returns a JSON array of envelopes (held up to 25 s
-  // while empty); the next poll goes out at once with the new last_seq.
+  // while empty); the next poll goes out at once with the new last_seq and
+  // epoch (the Session's position after the envelopes it was given).
   // Status codes stand for close codes: 401 → 4001, 409 → 4002 replaced,
   // 410 → 4004 kicked, 503 → 1001 (draining or moved: poll again at once).
   poll(env, p, h) {
@@ -164,7 +299,6 @@ const transports = {
     let opened = false;
     let ctl = null;
     let timer = null;
-    let lastSeq = p.lastSeq;
     const finish = (c) => {
       if (done) return;
       done = true;
@@ -176,7 +310,8 @@ const transports = {
       let res;
       let body;
       try {
-        res = await env.fetch(endpoint(p.url, '/poll', p.uid, p.token, lastSeq), {
+        const at = p.position();
+        res = await env.fetch(endpoint(p.url, '/poll', p.uid, p.token, at.lastSeq, at.epoch), {
           signal: ctl.signal, cache: 'no-store', credentials: 'omit',
         });
         // The edge answers the head as soon as it accepts the poll: connected.
@@ -203,11 +338,7 @@ const transports = {
         // The edge ends a held poll for a move, a kick... with
         // {"close":<WebSocket close code>,"reason":"..."}.
         if (v && typeof v.close === 'number') return finish({ code: v.close, reason: v.reason || '', opened });
-        if (v && typeof v === 'object') {
-          if (v.seq > lastSeq) lastSeq = v.seq;
-          if (v.gap && v.to > lastSeq) lastSeq = v.to;
-          h.frame(v);
-        }
+        if (v && typeof v === 'object') h.frame(v);
       }
       if (!done) once();
     };
@@ -271,8 +402,8 @@ export class Session extends Emitter {
     this.getToken = opts.getToken;
     this.o = { ...DEFAULTS, ...opts };
     this.env = { ...defaultEnv(), ...(opts.env || {}) };
-    this.lastSeq = opts.lastSeq || 0;
-    this.state = { state: 'idle', transport: null, attempt: 0, lastSeq: this.lastSeq };
+    this.cursor = new Cursor(opts.epoch, opts.lastSeq, opts.openGapFrom);
+    this.#state = { state: 'idle', transport: null, attempt: 0 };
     this.transports = this.o.transports.filter((t) => this.#available(t));
     this.ti = 0; // index of the current transport
     this.failures = 0; // failures before open, in a row, on the current transport
@@ -284,13 +415,30 @@ export class Session extends Emitter {
     this.ended = false;
   }
 
+  #state;
+
+  /** The latest state, with the position (lastSeq, epoch) as it is now. */
+  get state() {
+    return { ...this.#state, lastSeq: this.lastSeq, epoch: this.epoch };
+  }
+
+  /** Last seq seen in the current epoch. */
+  get lastSeq() {
+    return this.cursor.seq;
+  }
+
+  /** The current epoch, undefined until the edge named one. */
+  get epoch() {
+    return this.cursor.epoch;
+  }
+
   #available(t) {
     const e = this.env;
     return t === 'websocket' ? !!e.WebSocket : t === 'sse' ? !!e.EventSource : t === 'poll' ? !!(e.fetch && e.AbortController) : false;
   }
 
   #set(state, extra = {}) {
-    this.state = { state, transport: this.transports[this.ti] || null, attempt: this.attempt, lastSeq: this.lastSeq, ...extra };
+    this.#state = { state, transport: this.transports[this.ti] || null, attempt: this.attempt, ...extra };
     this.emit('state', this.state);
   }
 
@@ -358,7 +506,10 @@ export class Session extends Emitter {
     }
     const name = this.transports[this.ti];
     this.#set('connecting');
-    const p = { url: this.url, uid: this.uid, token: this.token, lastSeq: this.lastSeq, pollTimeout: this.o.pollTimeout };
+    const p = {
+      url: this.url, uid: this.uid, token: this.token, lastSeq: this.lastSeq, epoch: this.epoch,
+      position: () => ({ lastSeq: this.lastSeq, epoch: this.epoch }), pollTimeout: this.o.pollTimeout,
+    };
     this.stop = transports[name](this.env, p, {
       open: () => {
         this.failures = 0;
@@ -388,17 +539,18 @@ export class Session extends Emitter {
 
   #frame(v) {
     if (v.gap === true) {
-      if (typeof v.to === 'number' && v.to > this.lastSeq) this.lastSeq = v.to;
-      this.emit('gap', { from: v.from, to: v.to });
+      const g = this.cursor.gap(v);
+      if (g) this.emit('gap', g);
       return;
     }
     if (v.broadcast === true) {
       this.emit('message', v); // not stored, not resumable, not numbered
       return;
     }
-    if (typeof v.seq !== 'number' || v.seq <= this.lastSeq) return; // duplicate after a resume
-    this.lastSeq = v.seq;
-    this.emit('message', v);
+    if (v.hb === true) return; // heartbeat: only re-arms the watchdog
+    const r = this.cursor.message(v); // drops duplicates after a resume
+    if (r.gap) this.emit('gap', r.gap);
+    if (r.deliver) this.emit('message', v);
   }
 
   #closed({ code, reason, opened }) {
@@ -459,28 +611,47 @@ class Client extends Emitter {
     super();
     this.url = url;
     this.uid = opts.uid;
-    this.lastSeq = opts.lastSeq || 0;
-    this.state = { state: 'idle', transport: null, attempt: 0, lastSeq: this.lastSeq };
+    this.cursor = new Cursor(opts.epoch, opts.lastSeq);
+    this.state = { state: 'idle', transport: null, attempt: 0, lastSeq: this.lastSeq, epoch: this.epoch };
     this.mode = 'none';
     this.closers = [];
   }
 
+  get lastSeq() {
+    return this.cursor.seq;
+  }
+
+  get epoch() {
+    return this.cursor.epoch;
+  }
+
+  /** What a Session taking over from this tab resumes from. */
+  _position() {
+    return { lastSeq: this.cursor.seq, epoch: this.cursor.epoch, openGapFrom: this.cursor.openFrom };
+  }
+
   // Every mode delivers through here: the page's own dedupe makes relays
-  // idempotent and keeps lastSeq for a takeover.
+  // idempotent and keeps (epoch, lastSeq) for a takeover. Gaps are the
+  // Session's to find; here they only move the position, and one this tab
+  // already reported (an open-ended notice repeated to a new leader) is not
+  // reported twice.
   _message(v) {
-    if (v.broadcast !== true) {
-      if (v.seq <= this.lastSeq) return;
-      this.lastSeq = v.seq;
-    }
+    if (v.broadcast !== true && !this.cursor.message(v).deliver) return;
     this.emit('message', v);
   }
 
   _gap(g) {
-    if (g.to > this.lastSeq) this.lastSeq = g.to;
-    this.emit('gap', g);
+    const r = this.cursor.gap({ gap: true, ...g });
+    if (r) this.emit('gap', g);
   }
 
   _state(s) {
+    // A tab that has seen nothing yet (it just opened and follows a running
+    // connection) starts from the connection's position, so that a takeover
+    // by this tab resumes from there.
+    if (this.cursor.epoch === undefined && this.cursor.seq === 0 && (s.epoch || s.lastSeq > 0)) {
+      this.cursor = new Cursor(s.epoch, s.lastSeq);
+    }
     this.state = { ...s, shared: this.mode };
     this.emit('state', this.state);
   }
@@ -497,7 +668,7 @@ function tokenSource(opts) {
 }
 
 function runLocal(c, url, opts) {
-  const s = new Session(url, { ...opts, lastSeq: c.lastSeq });
+  const s = new Session(url, { ...opts, ...c._position() });
   s.on('message', (v) => c._message(v));
   s.on('gap', (g) => c._gap(g));
   s.on('state', (st) => c._state(st));
@@ -543,7 +714,7 @@ function viaWorker(c, url, opts) {
   };
   port.start();
   const { env, getToken: _g, workerUrl: _w, share: _s, ...plain } = opts;
-  port.postMessage({ type: 'subscribe', url, opts: { ...plain, lastSeq: c.lastSeq }, canRefresh: !!getToken });
+  port.postMessage({ type: 'subscribe', url, opts: { ...plain, ...c._position() }, canRefresh: !!getToken });
   const bye = () => port.postMessage({ type: 'unsubscribe' });
   addEventListener('pagehide', bye);
   c.closers.push(() => {

@@ -47,12 +47,21 @@ function showState(s) {
   $('fact-transport').textContent = s.transport || '–';
   $('fact-shared').textContent = { worker: 'shares a SharedWorker', leader: 'leader tab (holds the connection)',
     follower: 'follower tab (relayed)', none: 'own connection' }[s.shared] || '–';
-  $('fact-seq').textContent = String(s.lastSeq || (demo.client && demo.client.lastSeq) || 0);
+  showPosition(s);
   const on = s.state !== 'stopped' && s.state !== 'idle';
   $('disconnect').disabled = !on;
 }
 
-function row(cls, seq, text) {
+// The position this tab is at: the epoch (the stream seq counts in; it
+// changes when another edge had to take the stream over) and the last seq.
+function showPosition(s) {
+  const p = demo.client || s || {};
+  $('fact-epoch').textContent = p.epoch || '–';
+  $('fact-epoch').title = p.epoch || '';
+  $('fact-seq').textContent = String(p.lastSeq || 0);
+}
+
+function row(cls, seq, text, epoch) {
   const list = $('messages');
   list.querySelector('.empty')?.remove();
   const li = document.createElement('li');
@@ -64,6 +73,14 @@ function row(cls, seq, text) {
     li.append(s);
   };
   cell('seq', seq);
+  if (epoch) {
+    // The stream the seq counts in: seq starts again at 1 in a new epoch.
+    const e = document.createElement('small');
+    e.className = 'epoch';
+    e.textContent = epoch;
+    e.title = 'epoch ' + epoch;
+    li.lastElementChild.append(e);
+  }
   cell('time', new Date().toLocaleTimeString());
   cell('data', text);
   list.prepend(li);
@@ -72,13 +89,13 @@ function row(cls, seq, text) {
 
 function onMessage(m) {
   const text = typeof m.data === 'string' ? m.data : JSON.stringify(m.data);
-  row(m.broadcast ? 'broadcast' : '', m.broadcast ? 'all' : '#' + m.seq, text);
+  row(m.broadcast ? 'broadcast' : '', m.broadcast ? 'all' : '#' + m.seq, text, m.broadcast ? undefined : m.epoch);
   const at = performance.now();
   // wall: the system clock (performance.timeOrigin can drift from it by
   // hundreds of ms in Chromium), to compare with a stamp from another process.
-  demo.messages.push({ seq: m.seq, data: m.data, broadcast: !!m.broadcast, at, wall: Date.now() });
+  demo.messages.push({ seq: m.seq, epoch: m.epoch, data: m.data, broadcast: !!m.broadcast, at, wall: Date.now() });
   $('count').textContent = String(demo.messages.length);
-  $('fact-seq').textContent = String(demo.client.lastSeq);
+  showPosition(null);
 }
 
 async function start(uid) {
@@ -88,6 +105,8 @@ async function start(uid) {
   demo.gaps.length = 0;
   $('messages').replaceChildren();
   $('count').textContent = '0';
+  $('fact-epoch').textContent = '–';
+  $('fact-seq').textContent = '0';
   $('fact-uid').textContent = uid;
   $('uid').value = uid;
   if (!$('pub-user').value) $('pub-user').value = uid;
@@ -108,7 +127,10 @@ async function start(uid) {
   c.on('message', onMessage);
   c.on('gap', (g) => {
     demo.gaps.push(g);
-    row('gap', 'gap', 'messages ' + g.from + '–' + g.to + ' could not be replayed');
+    row('gap', 'gap', g.to == null
+      ? 'messages from ' + g.from + ' on may be lost (their edge went down)'
+      : 'messages ' + g.from + '–' + g.to + ' could not be replayed', g.epoch);
+    showPosition(null);
   });
   history.replaceState(null, '', '?' + new URLSearchParams({ ...Object.fromEntries(params), uid }));
 }

@@ -36,7 +36,7 @@ async function until(what, fn, timeout = 15000) {
 }
 
 const state = (page) => page.evaluate(() => window.pushDemo.client && window.pushDemo.client.state);
-const messages = (page) => page.evaluate(() => window.pushDemo.messages.map((m) => ({ seq: m.seq, data: m.data })));
+const messages = (page) => page.evaluate(() => window.pushDemo.messages.map((m) => ({ seq: m.seq, epoch: m.epoch, data: m.data })));
 const open = (page, what = 'open') => until(what, async () => (await state(page))?.state === 'open');
 
 async function openPage(ctx, query) {
@@ -47,8 +47,9 @@ async function openPage(ctx, query) {
   return page;
 }
 
-// messagesN waits for page to show n messages, then checks that their data
-// are exactly want (in order, once) and their seqs strictly increase.
+// expectMessages waits for page to show n messages, then checks that their
+// data are exactly want (in order, once) and their seqs strictly increase
+// within an epoch (a new epoch starts again at 1).
 async function expectMessages(page, want, label, { publishOrder = true } = {}) {
   await until(`${label}: ${want.length} messages`, async () => (await messages(page)).length >= want.length);
   await sleep(100); // would a duplicate follow?
@@ -61,7 +62,9 @@ async function expectMessages(page, want, label, { publishOrder = true } = {}) {
     throw new Error(`${label}: got n=${JSON.stringify(ns)} with seq=${JSON.stringify(got.map((m) => m.seq))}, want n=1..${want.length}; states ${states.join(' ')}`);
   }
   for (let i = 1; i < got.length; i++) {
-    if (!(got[i].seq > got[i - 1].seq)) throw new Error(`${label}: seq not increasing: ${got.map((m) => m.seq)}`);
+    if (got[i].epoch === got[i - 1].epoch && !(got[i].seq > got[i - 1].seq)) {
+      throw new Error(`${label}: seq not increasing within an epoch: ${got.map((m) => (m.epoch ?? '') + ':' + m.seq)}`);
+    }
   }
   const shown = await page.locator('#messages li .seq').count();
   if (shown !== Math.min(got.length, 200)) throw new Error(`${label}: ${shown} rows on the page for ${got.length} messages`);
@@ -204,7 +207,8 @@ const scenarios = {
     await post(CONTROL + '/publish?uid=web-lat&every_ms=5&count=' + N);
     await expectMessages(page, range(1, N), 'latency (gRPC)');
     const grpcLat = await page.evaluate(() => window.pushDemo.messages.map((m) => m.wall - m.data.t));
-    const env = await page.evaluate(() => JSON.stringify({ seq: window.pushDemo.messages[0].seq, data: window.pushDemo.messages[0].data }));
+    const first = await page.evaluate(() => window.pushDemo.messages[0]);
+    const env = JSON.stringify({ seq: first.seq, ...(first.epoch !== undefined ? { epoch: first.epoch } : {}), data: first.data });
     await ctx.close();
     const pct = (a, p) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(p * a.length))].toFixed(2);
     const q = (p) => pct(lat, p);
@@ -213,7 +217,7 @@ const scenarios = {
     // edge sends unmasked, uncompressed text frames).
     const b = Buffer.byteLength(env);
     const ws = b + (b < 126 ? 2 : 4);
-    const sse = Buffer.byteLength(`id: 1\ndata: ${env}\n\n`);
+    const sse = Buffer.byteLength(`id: ${first.epoch !== undefined ? first.epoch + ':' : ''}${first.seq}\ndata: ${env}\n\n`);
     console.log(`FIGURE bytes-per-message envelope=${b}B websocket=${ws}B (frame header + envelope) sse=${sse}B (id + data lines) poll=${b + 2}B body + one HTTP response and request per poll when messages are sparse (server side missing: not measured)`);
     console.log(`FIGURE grpc-publish-to-visible p50=${pct(grpcLat, 0.5)}ms p99=${pct(grpcLat, 0.99)}ms max=${pct(grpcLat, 1)}ms over ${N} messages, one every 5 ms (SDK Publish over gRPC → edge → router → SharedWorker → page DOM; system clock on both sides, ms resolution in the page)`);
     return `page-driven p50 ${q(0.5)} ms, p99 ${q(0.99)} ms; gRPC-driven p50 ${pct(grpcLat, 0.5)} ms, p99 ${pct(grpcLat, 0.99)} ms`;

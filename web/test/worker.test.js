@@ -78,3 +78,27 @@ test('no tab can give a token: auth error for every tab', async () => {
   assert.equal(st.reason, 'unauthorized');
   assert.equal(env.sockets.filter((s) => s.url.searchParams.get('uid') === 'w3').length, 0);
 });
+
+test('a tab that subscribes with a position (a takeover, a worker restarted) resumes with its epoch; states carry it', async () => {
+  const a = tab();
+  a.send({ type: 'subscribe', url: 'ws://h/ws', opts: { uid: 'w4', token: token('w4'), lastSeq: 57, epoch: 'E1' }, canRefresh: false });
+  await flush();
+  const socks = env.sockets.filter((s) => s.url.searchParams.get('uid') === 'w4');
+  assert.equal(socks.length, 1);
+  assert.equal(socks[0].url.searchParams.get('last_seq'), '57');
+  assert.equal(socks[0].url.searchParams.get('epoch'), 'E1');
+  socks[0].open();
+  socks[0].send({ seq: 57, epoch: 'E1', data: 'dup' });
+  socks[0].send({ gap: true, epoch: 'E1', from: 58 });
+  socks[0].send({ seq: 1, epoch: 'E2', data: 'new' });
+  const got = a.got.filter((m) => m.type !== 'state').map((m) => [m.type, m.v.epoch, m.v.seq ?? m.v.from]);
+  assert.deepEqual(got, [['gap', 'E1', 58], ['message', 'E2', 1]]);
+  const st = a.got.filter((m) => m.type === 'state').at(-1).v;
+  assert.deepEqual([st.state, st.epoch, st.lastSeq], ['open', 'E1', 57]);
+  // A second tab joins the running Session: its state is the position now.
+  const b = tab();
+  b.send({ type: 'subscribe', url: 'ws://h/ws', opts: { uid: 'w4', token: token('w4') }, canRefresh: false });
+  await flush();
+  const bst = b.got.filter((m) => m.type === 'state').at(-1).v;
+  assert.deepEqual([bst.state, bst.epoch, bst.lastSeq], ['open', 'E2', 1]);
+});
