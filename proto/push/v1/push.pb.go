@@ -1031,8 +1031,11 @@ type IdempotencyRecord struct {
 	Seq             uint64                 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
 	Outcome         Outcome                `protobuf:"varint,3,opt,name=outcome,proto3,enum=push.v1.Outcome" json:"outcome,omitempty"`
 	ExpiresUnixNano int64                  `protobuf:"varint,4,opt,name=expires_unix_nano,json=expiresUnixNano,proto3" json:"expires_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The epoch the first answer named (it may differ from the stream's after
+	// two streams were merged).
+	Epoch         string `protobuf:"bytes,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *IdempotencyRecord) Reset() {
@@ -1091,6 +1094,13 @@ func (x *IdempotencyRecord) GetExpiresUnixNano() int64 {
 		return x.ExpiresUnixNano
 	}
 	return 0
+}
+
+func (x *IdempotencyRecord) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
 }
 
 type UserStream struct {
@@ -1598,12 +1608,13 @@ const file_push_v1_push_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x12*\n" +
 	"\x11expires_unix_nano\x18\x03 \x01(\x03R\x0fexpiresUnixNano\x12\x12\n" +
-	"\x04sent\x18\x04 \x01(\bR\x04sent\"\x8f\x01\n" +
+	"\x04sent\x18\x04 \x01(\bR\x04sent\"\xa5\x01\n" +
 	"\x11IdempotencyRecord\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12*\n" +
 	"\aoutcome\x18\x03 \x01(\x0e2\x10.push.v1.OutcomeR\aoutcome\x12*\n" +
-	"\x11expires_unix_nano\x18\x04 \x01(\x03R\x0fexpiresUnixNano\"\x87\x02\n" +
+	"\x11expires_unix_nano\x18\x04 \x01(\x03R\x0fexpiresUnixNano\x12\x14\n" +
+	"\x05epoch\x18\x05 \x01(\tR\x05epoch\"\x87\x02\n" +
 	"\n" +
 	"UserStream\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
