@@ -17,8 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
-
 	"github.com/pushcluster/push/pkg/admin"
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/daemon"
@@ -43,7 +41,10 @@ func run(args []string) error {
 	advWS := fs.String("advertise-ws", "", "WebSocket address routers reach this edge at (checked against the ring; default --listen)")
 	advGRPC := fs.String("advertise-grpc", "", "gRPC address backends reach this edge at (checked against the ring; default --grpc)")
 	ringURL := fs.String("ring", "", "ring store to follow (file:./ring.json or etcd://host:2379/prefix); empty: standalone, this edge owns every user")
-	leaseTTL := fs.Duration("lease-ttl", 5*time.Second, "etcd store: how long after this edge dies it leaves the ring")
+	leaseTTL := fs.Duration("lease-ttl", 5*time.Second, "this edge's lease in the ring store (etcd lease, or lease file beside a file ring): how long after it dies its users go to the next live edge; it stops serving a fifth of this before its lease could run out")
+	fs.DurationVar(&c.GuestGrace, "guest-grace", 0, "how long a connection sent here because its owner was unreachable stays before it is moved to the owner (default twice --lease-ttl plus 1s)")
+	fs.IntVar(&c.MoveLimit, "move-limit", 2, "moves of one user within --move-window; beyond it the user stays where it is (counted in push_edge_move_limited_total)")
+	fs.DurationVar(&c.MoveWindow, "move-window", time.Minute, "window of --move-limit")
 	fs.IntVar(&c.ListenSpan, "listen-span", 1, "also listen on the next N-1 ports after --listen's (routers spread connections over them; see the router's --edge-port-span)")
 	fs.BoolVar(&c.AcceptProxy, "accept-proxy", false, "expect a PROXY protocol v1/v2 header before each request (router --send-proxy-v2)")
 	fs.IntVar(&c.Backlog, "backlog", 4096, "listen queue length (capped by net.core.somaxconn)")
@@ -84,6 +85,9 @@ func run(args []string) error {
 	}
 	if *gcPercent > 0 {
 		debug.SetGCPercent(*gcPercent)
+	}
+	if c.GuestGrace == 0 {
+		c.GuestGrace = 2**leaseTTL + time.Second
 	}
 	c.ID = uint32(*id)
 	if *idFromHost {
@@ -157,7 +161,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
+	edge.NewService(srv).Register(g.Server)
 	var joined atomic.Bool // with a store: ready only once following it (and, with etcd, registered)
 	ready := func() error {
 		if st != nil && !joined.Load() {
@@ -216,8 +220,8 @@ func run(args []string) error {
 		}
 	}()
 	if st != nil {
-		// Registered only now that it serves: in the effective ring (etcd)
-		// an edge is live only while its lease is.
+		// Registered only now that it serves: an edge is live for
+		// everybody only while its lease is.
 		if mem, err = edge.Join(srv, st, *leaseTTL); err != nil {
 			return err
 		}

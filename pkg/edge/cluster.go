@@ -1,77 +1,55 @@
 package edge
 
 import (
-	"bytes"
-	"context"
 	"math/rand/v2"
+	"sync"
 	"time"
-
-	"github.com/pushcluster/push/pkg/mailbox"
-	"github.com/pushcluster/push/pkg/registry"
-	"github.com/pushcluster/push/pkg/ring"
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
-// Forwarder reaches the owner of a user this edge neither holds nor owns.
-// pkg/client built with client.WithForwarded is one: the owner handles a
-// forwarded call itself, so a call is forwarded at most once.
-type Forwarder interface {
-	Publish(ctx context.Context, userID string, data []byte, ttl time.Duration) (*pushv1.PublishResponse, error)
-	PublishMulti(ctx context.Context, userIDs []string, data []byte, ttl time.Duration) (*pushv1.PublishMultiResponse, error)
-	Kick(ctx context.Context, userID, reason string) (*pushv1.KickResponse, error)
-	Presence(ctx context.Context, userIDs []string) (*pushv1.PresenceResponse, error)
+// moveLimiter remembers how often this edge moved each user recently, so a
+// user is moved at most MoveLimit times per MoveWindow (a last line of
+// defence if views disagree: the user stays where it is and is counted).
+// mu guards at.
+type moveLimiter struct {
+	mu sync.Mutex
+	at map[string][]int64 // uid -> Unix ns of its recent moves
 }
 
-// fwdBox holds the Forwarder behind an atomic pointer.
-type fwdBox struct{ f Forwarder }
+func (m *moveLimiter) init() { m.at = make(map[string][]int64) }
 
-// SetForwarder sets (or replaces) how this edge reaches owners. An edge
-// using the etcd store must register before an SDK can see a ring, so its
-// forwarder comes after New.
-func (s *Server) SetForwarder(f Forwarder) { s.fwd.Store(&fwdBox{f}) }
-
-func (s *Server) forwarder() Forwarder {
-	if b := s.fwd.Load(); b != nil {
-		return b.f
+// allow reports whether uid may be moved at now, and records the move.
+func (m *moveLimiter) allow(uid string, now int64, limit int, window time.Duration) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	recent := m.at[uid][:0]
+	for _, t := range m.at[uid] {
+		if now-t < int64(window) {
+			recent = append(recent, t)
+		}
 	}
-	return nil
-}
-
-// SetRing makes r the ring this edge follows (nil: standalone, it owns
-// every user). Users it holds but no longer owns are then closed with 4003
-// "moved" at MigrateRate, and messages stored for absent users it no longer
-// owns are handed to their owner.
-func (s *Server) SetRing(r *ring.Ring) {
-	s.ring.Store(r)
-	if r != nil {
-		s.m.ringVersion.Set(float64(r.Version()))
+	if len(recent) >= limit {
+		m.at[uid] = recent
+		return false
 	}
-	select {
-	case s.ringChanged <- struct{}{}:
-	default:
+	m.at[uid] = append(recent, now)
+	return true
+}
+
+// sweep forgets moves older than window.
+func (m *moveLimiter) sweep(now int64, window time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for uid, ts := range m.at {
+		if len(ts) == 0 || now-ts[len(ts)-1] >= int64(window) {
+			delete(m.at, uid)
+		}
 	}
 }
 
-// Ring returns the ring this edge follows (nil when standalone).
-func (s *Server) Ring() *ring.Ring { return s.ring.Load() }
-
-// owns reports whether the ring names this edge as uid's owner. A draining
-// edge, or one not in the ring, owns nobody.
-func (s *Server) owns(uid string) bool {
-	r := s.ring.Load()
-	return r == nil || r.LookupString(uid) == s.cfg.ID
-}
-
-// local reports whether a call for uid is this edge's to handle: it owns
-// the user, or still holds a connection of theirs (a user being moved is
-// served where they are until they arrive at the new owner).
-func (s *Server) local(uid string) bool {
-	return s.owns(uid) || s.Presence(uid) > 0
-}
-
-// migrateLoop moves users this edge no longer owns, after every ring change
-// and once a second (a user may connect here from a router whose ring is
-// behind).
+// migrateLoop moves users this edge no longer owns, after every view change
+// and once a second (a user may connect here from a router whose view is
+// behind), establishes the streams of waiting connections whose user this
+// edge now owns, and offers stored streams to their owners.
 func (s *Server) migrateLoop() {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -82,19 +60,24 @@ func (s *Server) migrateLoop() {
 		case <-s.ringChanged:
 		case <-t.C:
 		}
-		if s.ring.Load() == nil || s.draining.Load() {
+		if s.View() == nil || s.draining.Load() || !s.serving() {
 			continue
 		}
-		s.handOff()
+		s.moves.sweep(time.Now().UnixNano(), s.cfg.MoveWindow)
 		s.moveUsers()
+		s.offerStreams()
 	}
 }
 
 // moveUsers closes, at MigrateRate with jitter, every open connection whose
-// user this edge does not own, so they reconnect through a router to the
-// new owner without a storm.
+// user another live edge owns, so they reconnect through a router to the
+// owner without a storm. A connection still waiting for its stream (it came
+// here while its owner was unreachable) gets GuestGrace first; one whose
+// user this edge owns now gets its stream established instead.
 func (s *Server) moveUsers() {
 	var moving []*conn
+	var claim []string
+	now := time.Now().UnixNano()
 	top := int(s.maxFD.Load()) + 1
 	for i := 0; i < top; i++ {
 		c := s.table[i].Load()
@@ -102,15 +85,28 @@ func (s *Server) moveUsers() {
 			continue
 		}
 		c.mu.Lock()
-		if c.state == stOpen && !s.owns(c.uid) {
-			moving = append(moving, c)
+		if c.state == stOpen {
+			owner, _ := s.ownerOf(c.uid)
+			switch {
+			case owner == s.cfg.ID:
+				if c.resume != nil {
+					claim = append(claim, c.uid)
+				}
+			case owner == 0: // nobody live: stay
+			case c.resume != nil && now-c.resume.at < int64(s.cfg.GuestGrace):
+			default:
+				moving = append(moving, c)
+			}
 		}
 		c.mu.Unlock()
+	}
+	for _, uid := range claim {
+		s.establishLater(uid)
 	}
 	if len(moving) == 0 {
 		return
 	}
-	s.log.Info("moving users to their new owners", "users", len(moving), "rate", s.cfg.MigrateRate)
+	s.log.Info("moving users to their owners", "users", len(moving), "rate", s.cfg.MigrateRate)
 	// An absolute schedule keeps the rate exact whatever each wait
 	// overshoots; the jitter keeps edges out of lockstep.
 	gap := time.Second / time.Duration(s.cfg.MigrateRate)
@@ -124,92 +120,18 @@ func (s *Server) moveUsers() {
 			case <-time.After(d):
 			}
 		}
-		if s.draining.Load() {
+		if s.draining.Load() || !s.serving() {
 			return
 		}
 		c.mu.Lock()
-		if c.state == stOpen && !s.owns(c.uid) {
-			s.m.moved.Inc()
-			s.closeWithLocked(c, CloseMoved, "moved")
+		if owner, _ := s.ownerOf(c.uid); c.state == stOpen && owner != s.cfg.ID && owner != 0 {
+			if s.moves.allow(c.uid, time.Now().UnixNano(), s.cfg.MoveLimit, s.cfg.MoveWindow) {
+				s.m.moved.Inc()
+				s.closeWithLocked(c, CloseMoved, "moved")
+			} else {
+				s.m.moveLimited.Inc()
+			}
 		}
 		s.release(c)
 	}
-}
-
-// handOff forwards messages stored for absent users this edge no longer
-// owns to their owner, in order, so a user who connects there gets them.
-func (s *Server) handOff() {
-	if s.forwarder() == nil {
-		return
-	}
-	type parcel struct {
-		uid  string
-		msgs []mailbox.Message
-	}
-	var out []parcel
-	now := time.Now().UnixNano()
-	s.reg.Sweep(func(uid string, u *registry.User[*conn]) {
-		if len(u.Conns) > 0 || u.Box == nil || s.owns(uid) {
-			return
-		}
-		if msgs := u.Box.TakeUnsent(now); len(msgs) > 0 {
-			out = append(out, parcel{uid, msgs})
-		}
-	})
-	for _, p := range out {
-		s.forwardStored(context.Background(), p.uid, p.msgs, now)
-	}
-}
-
-// forwardStored publishes msgs, in order, to uid's owner, and returns the
-// owner's answer to the last one. What cannot be handed over is stored
-// back, for the next pass.
-func (s *Server) forwardStored(ctx context.Context, uid string, msgs []mailbox.Message, now int64) *pushv1.PublishResponse {
-	var last *pushv1.PublishResponse
-	for i, m := range msgs {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, err := s.forwarder().Publish(cctx, uid, tailData(m.Body), max(time.Duration(m.Expires-now), time.Second))
-		cancel()
-		if err != nil {
-			s.log.Warn("hand-off to the new owner failed", "user", uid, "err", err)
-			s.reg.Do(uid, true, func(u *registry.User[*conn]) {
-				if u.Box == nil {
-					u.Box = s.newBox()
-				}
-				for _, r := range msgs[i:] {
-					u.Box.Push(r.Body, r.Expires, false)
-				}
-			})
-			return nil
-		}
-		s.m.handedOff.Inc()
-		last = resp
-	}
-	return last
-}
-
-// handOverNow runs right after a publish was stored for a user this edge
-// does not own (the user left while it was published): what is stored goes
-// to the owner at once, in order, so later publishes that reach the owner
-// directly cannot overtake it. It returns the owner's answer to the newest
-// message, or nil if nothing was handed over.
-func (s *Server) handOverNow(ctx context.Context, uid string) *pushv1.PublishResponse {
-	var msgs []mailbox.Message
-	now := time.Now().UnixNano()
-	s.reg.Do(uid, false, func(u *registry.User[*conn]) {
-		if u != nil && len(u.Conns) == 0 && u.Box != nil {
-			msgs = u.Box.TakeUnsent(now)
-		}
-	})
-	if len(msgs) == 0 {
-		return nil
-	}
-	return s.forwardStored(ctx, uid, msgs, now)
-}
-
-// tailData recovers the payload from a message tail `,"data":<json>}`.
-// Embedding it again gives the same bytes: a payload that was not JSON is
-// stored as a JSON string, which is valid JSON and is embedded as-is.
-func tailData(tail []byte) []byte {
-	return bytes.TrimSuffix(bytes.TrimPrefix(tail, []byte(`,"data":`)), []byte("}"))
 }

@@ -97,9 +97,19 @@ type Config struct {
 	// MigrateRate is how many users a second are closed with 4003 "moved"
 	// when the ring gives them to another edge (default 500).
 	MigrateRate int
-	// Forwarder reaches the owner of a user this edge neither holds nor
-	// owns; nil handles every call here (standalone).
-	Forwarder Forwarder
+	// GuestGrace is how long a connection whose user this edge does not
+	// own (a router sent it here because the owner refused its dial) is
+	// kept before it is moved to the owner: long enough for a dead
+	// owner's lease to run out everywhere, so nobody bounces the user
+	// toward a member that is down (default 10s; Join sets twice the
+	// lease TTL plus a second).
+	GuestGrace time.Duration
+	// MoveLimit is how many times within MoveWindow this edge moves one
+	// user for a change of owner; beyond it the user is left in place and
+	// counted (push_edge_move_limited_total): a last line of defence
+	// against views that disagree (defaults 2 and 1m).
+	MoveLimit  int
+	MoveWindow time.Duration
 	// Verifier checks tokens; required (an *auth.Verifier, or an
 	// *auth.Keyring whose keys can change while the edge runs).
 	Verifier auth.TokenVerifier
@@ -128,6 +138,9 @@ func (c *Config) setDefaults() {
 	def(&c.Backlog, 4096)
 	def(&c.ListenSpan, 1)
 	def(&c.MigrateRate, 500)
+	defD(&c.GuestGrace, 10*time.Second)
+	def(&c.MoveLimit, 2)
+	defD(&c.MoveWindow, time.Minute)
 	def(&c.MaxConns, 100000)
 	def(&c.MaxConnsPerUser, 1)
 	defD(&c.HandshakeTimeout, 5*time.Second)

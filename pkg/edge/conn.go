@@ -46,6 +46,9 @@ type conn struct {
 	tm         wheel.Timer[*conn]
 	out        *outQueue  // bytes the kernel did not take yet; nil when empty
 	rd         *readState // partial input; nil between frames
+	// resume is where the client said it stopped, kept while the user's
+	// stream is not on this edge yet (nil otherwise).
+	resume *resumePoint
 }
 
 // outQueue holds unwritten bytes. Shared frames (broadcasts, message tails)
@@ -150,8 +153,15 @@ func (s *Server) enqueueLocked(c *conn, a, b []byte, copyA bool) bool {
 	return true
 }
 
-// flushLocked writes queued bytes after EPOLLOUT.
+// flushLocked writes queued bytes after EPOLLOUT, unless the edge's lease
+// is not confirmed (after a pause it writes nothing it had queued until it
+// is; resumeWrites flushes then, and fencing drops the queue). A close
+// frame queued behind messages still goes out.
 func (s *Server) flushLocked(c *conn) {
+	if !s.serving() && !c.shutAfter {
+		c.wantWrite = false
+		return
+	}
 	q := c.out
 	for q != nil && len(q.bufs) > 0 {
 		batch := q.bufs

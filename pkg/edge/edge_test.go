@@ -76,7 +76,7 @@ func tryStart(t *testing.T, mod func(*edge.Config)) (*env, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
+	edge.NewService(srv).Register(g.Server)
 	go g.Serve()
 	cc, err := grpc.NewClient(g.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

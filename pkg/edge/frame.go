@@ -106,15 +106,26 @@ func messageTail(data []byte) []byte {
 	return append(b, '}')
 }
 
-// seqPrefix writes the frame header and `{"seq":N` for a message whose tail
-// has tailLen bytes into b (len >= 40) and returns its length.
-func seqPrefix(b []byte, seq uint64, tailLen int) int {
+// seqPrefix writes the frame header and `{"seq":N,"epoch":"E"` for a
+// message whose tail has tailLen bytes into b and returns its length. b
+// must hold maxHeader + 40 + len(epoch) bytes; epoch is the stream's name
+// (epochs are short tokens of [0-9a-z.], never needing JSON escapes).
+func seqPrefix(b []byte, seq uint64, epoch string, tailLen int) int {
 	var num [20]byte
 	digits := strconv.AppendUint(num[:0], seq, 10)
 	body := len(`{"seq":`) + len(digits)
+	if epoch != "" {
+		body += len(`,"epoch":""`) + len(epoch)
+	}
 	h := putHeader(b, ws.OpText, body+tailLen)
 	n := h + copy(b[h:], `{"seq":`)
 	n += copy(b[n:], digits)
+	if epoch != "" {
+		n += copy(b[n:], `,"epoch":"`)
+		n += copy(b[n:], epoch)
+		b[n] = '"'
+		n++
+	}
 	return n
 }
 

@@ -4,30 +4,55 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strconv"
+	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/pushcluster/push/pkg/userid"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
-// Service exposes a Server as the gRPC push.v1.Push service.
+// Trailer metadata of a not-owner answer to a unary call.
+const (
+	TrailerOwner       = "push-owner"
+	TrailerRingVersion = "push-ring-version"
+)
+
+// Service exposes a Server as the gRPC push.v1.Push service, and, between
+// edges, push.v1.Cluster.
 type Service struct {
 	pushv1.UnimplementedPushServer
+	pushv1.UnimplementedClusterServer
 	s *Server
 }
 
 // NewService wraps s.
 func NewService(s *Server) *Service { return &Service{s: s} }
 
+// Register registers both services on g.
+func (g *Service) Register(gs *grpc.Server) {
+	pushv1.RegisterPushServer(gs, g)
+	pushv1.RegisterClusterServer(gs, g)
+}
+
 func (g *Service) status(err error) error {
+	var no *NotOwnerError
 	switch {
-	case errors.Is(err, ErrShuttingDown):
+	case errors.As(err, &no):
 		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrFenced):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
 	case errors.Is(err, userid.ErrInvalid), errors.Is(err, ErrPayloadTooBig),
-		errors.Is(err, ErrEmptyPayload), errors.Is(err, userid.ErrTooMany):
+		errors.Is(err, ErrEmptyPayload), errors.Is(err, userid.ErrTooMany), errors.Is(err, ErrBadKey):
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
@@ -41,85 +66,65 @@ func outcome(o Outcome) pushv1.Outcome {
 		return pushv1.Outcome_OUTCOME_STORED
 	case Rejected:
 		return pushv1.Outcome_OUTCOME_REJECTED
+	case NotOwner:
+		return pushv1.Outcome_OUTCOME_NOT_OWNER
 	}
 	return pushv1.Outcome_OUTCOME_UNSPECIFIED
 }
 
-// forward reports whether a call for uid goes to its owner: this edge has
-// a Forwarder, the call was not forwarded already, and the edge neither
-// owns nor holds the user.
-func (g *Service) forward(forwarded bool, uid string) bool {
-	return g.s.forwarder() != nil && !forwarded && !g.s.local(uid)
-}
-
-// Publish implements push.v1.Push: delivered here if this edge holds or
-// owns the user, else forwarded once to the owner.
-func (g *Service) Publish(ctx context.Context, req *pushv1.PublishRequest) (*pushv1.PublishResponse, error) {
+// publish answers one PublishRequest; a not-owner refusal is returned as
+// the error, with its owner for the caller to put on the wire. With noWait
+// it returns errWouldWait instead of waiting for a stream hand-over.
+func (g *Service) publish(ctx context.Context, req *pushv1.PublishRequest, noWait bool) (*pushv1.PublishResponse, error) {
 	s := g.s
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
-	if err := s.admit(req.GetData(), req.GetUserId()); err != nil {
-		return nil, g.status(err)
+	var r Result
+	var err error
+	if noWait {
+		r, err = s.publishNow(req.GetUserId(), req.GetData(), ttl, req.GetIdempotencyKey())
+	} else {
+		r, err = s.PublishKey(ctx, req.GetUserId(), req.GetData(), ttl, req.GetIdempotencyKey())
 	}
-	if g.forward(req.GetForwarded(), req.GetUserId()) {
-		s.m.forwarded.Inc()
-		return s.forwarder().Publish(ctx, req.GetUserId(), req.GetData(), ttl)
+	if err != nil {
+		return nil, err
 	}
-	r := s.publish(req.GetUserId(), req.GetData(), ttl)
-	if r.Outcome == Stored && !req.GetForwarded() && s.forwarder() != nil && !s.owns(req.GetUserId()) {
-		if resp := s.handOverNow(ctx, req.GetUserId()); resp != nil {
-			return resp, nil
-		}
-	}
-	return &pushv1.PublishResponse{Outcome: outcome(r.Outcome), Seq: r.Seq,
+	return &pushv1.PublishResponse{Outcome: outcome(r.Outcome), Seq: r.Seq, Epoch: r.Epoch, Duplicate: r.Duplicate,
 		Connections: uint32(r.Conns), Reason: r.Reason, EdgeId: s.cfg.ID}, nil
 }
 
+// Publish implements push.v1.Push: applied here if this edge holds the
+// user's stream or owns the user; otherwise UNAVAILABLE at once with the
+// owner in the trailer (push-owner, push-ring-version).
+func (g *Service) Publish(ctx context.Context, req *pushv1.PublishRequest) (*pushv1.PublishResponse, error) {
+	resp, err := g.publish(ctx, req, false)
+	if err != nil {
+		var no *NotOwnerError
+		if errors.As(err, &no) {
+			grpc.SetTrailer(ctx, metadata.Pairs(TrailerOwner, strconv.FormatUint(uint64(no.Owner), 10),
+				TrailerRingVersion, strconv.FormatUint(no.RingVersion, 10)))
+		}
+		return nil, g.status(err)
+	}
+	return resp, nil
+}
+
 // PublishMulti implements push.v1.Push: the users this edge holds or owns
-// are served here, the rest forwarded to their owners in one call; results
-// come back in request order.
+// are served here; the others get OUTCOME_NOT_OWNER with the owner it sees;
+// results come back in request order.
 func (g *Service) PublishMulti(ctx context.Context, req *pushv1.PublishMultiRequest) (*pushv1.PublishMultiResponse, error) {
 	s := g.s
 	ids := req.GetUserIds()
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
-	if err := s.admit(req.GetData(), ids...); err != nil {
+	rs, err := s.PublishMultiKey(ctx, ids, req.GetData(), ttl, req.GetIdempotencyKey())
+	if err != nil {
 		return nil, g.status(err)
 	}
-	var here, there []int
-	for i, uid := range ids {
-		if g.forward(req.GetForwarded(), uid) {
-			there = append(there, i)
-		} else {
-			here = append(here, i)
-		}
-	}
 	out := &pushv1.PublishMultiResponse{Results: make([]*pushv1.PublishResult, len(ids))}
-	if len(there) > 0 {
-		s.m.forwarded.Inc()
-		remote, err := s.forwarder().PublishMulti(ctx, pick(ids, there), req.GetData(), ttl)
-		if err != nil {
-			return nil, err
-		}
-		for j, i := range there {
-			out.Results[i] = remote.Results[j]
-		}
-	}
-	if len(here) > 0 {
-		rs := s.publishMulti(pick(ids, here), req.GetData(), ttl)
-		for j, i := range here {
-			r := rs[j]
-			out.Results[i] = &pushv1.PublishResult{UserId: ids[i], Outcome: outcome(r.Outcome),
-				Seq: r.Seq, Connections: uint32(r.Conns), Reason: r.Reason, EdgeId: s.cfg.ID}
-		}
+	for i, r := range rs {
+		out.Results[i] = &pushv1.PublishResult{UserId: ids[i], Outcome: outcome(r.Outcome), Epoch: r.Epoch,
+			Duplicate: r.Duplicate, Seq: r.Seq, Connections: uint32(r.Conns), Reason: r.Reason, EdgeId: s.cfg.ID, OwnerId: r.Owner}
 	}
 	return out, nil
-}
-
-func pick(ids []string, idx []int) []string {
-	out := make([]string, len(idx))
-	for j, i := range idx {
-		out[j] = ids[i]
-	}
-	return out
 }
 
 // Broadcast implements push.v1.Push. It reaches this edge's connections
@@ -132,27 +137,17 @@ func (g *Service) Broadcast(ctx context.Context, req *pushv1.BroadcastRequest) (
 	return &pushv1.BroadcastResponse{Connections: uint64(n), Edges: 1}, nil
 }
 
-// Kick implements push.v1.Push: the user's connections here are closed,
-// and, if another edge owns the user, theirs there too.
+// Kick implements push.v1.Push: the user's connections on this edge are
+// closed with 4004 (the SDK asks every edge that may hold one).
 func (g *Service) Kick(ctx context.Context, req *pushv1.KickRequest) (*pushv1.KickResponse, error) {
-	s := g.s
-	n, err := s.Kick(req.GetUserId(), req.GetReason())
+	n, err := g.s.Kick(req.GetUserId(), req.GetReason())
 	if err != nil {
 		return nil, g.status(err)
-	}
-	if s.forwarder() != nil && !req.GetForwarded() && !s.owns(req.GetUserId()) {
-		s.m.forwarded.Inc()
-		r, err := s.forwarder().Kick(ctx, req.GetUserId(), req.GetReason())
-		if err != nil {
-			return nil, err
-		}
-		n += int(r.GetConnections())
 	}
 	return &pushv1.KickResponse{Connections: uint32(n)}, nil
 }
 
-// Presence implements push.v1.Push: users connected here are answered
-// here; the others, if another edge owns them, by that edge.
+// Presence implements push.v1.Push for the connections on this edge.
 func (g *Service) Presence(ctx context.Context, req *pushv1.PresenceRequest) (*pushv1.PresenceResponse, error) {
 	s := g.s
 	ids := req.GetUserIds()
@@ -160,35 +155,35 @@ func (g *Service) Presence(ctx context.Context, req *pushv1.PresenceRequest) (*p
 		return nil, g.status(err)
 	}
 	out := &pushv1.PresenceResponse{Users: make([]*pushv1.UserPresence, len(ids))}
-	var there []int
 	for i, uid := range ids {
 		n := s.Presence(uid)
 		p := &pushv1.UserPresence{UserId: uid, Online: n > 0, Connections: uint32(n)}
 		if n > 0 {
 			p.EdgeId = s.cfg.ID
-		} else if s.forwarder() != nil && !req.GetForwarded() && !s.owns(uid) {
-			there = append(there, i)
 		}
 		out.Users[i] = p
-	}
-	if len(there) > 0 {
-		s.m.forwarded.Inc()
-		remote, err := s.forwarder().Presence(ctx, pick(ids, there))
-		if err != nil {
-			return nil, err
-		}
-		for j, i := range there {
-			out.Users[i] = remote.Users[j]
-		}
 	}
 	return out, nil
 }
 
+// maxStreamInFlight bounds the requests of one PublishStream served at once.
+const maxStreamInFlight = 256
+
 // PublishStream implements push.v1.Push: each request is handled as
-// Publish is and answered on the stream with its request_id, or with the
-// error code and message when it fails; one bad request does not end the
-// stream.
+// Publish is and answered on the stream with its request_id, or with
+// error_code and error (and owner_id, ring_version for a not-owner refusal)
+// when it fails; one bad request does not end the stream. Requests are
+// served in order as they come, except one that must wait for a user's
+// stream to be handed over: it is served on its own (up to 256 per stream),
+// so it holds no other, and its answer may come after later ones.
 func (g *Service) PublishStream(stream pushv1.Push_PublishStreamServer) error {
+	var (
+		sendMu  sync.Mutex
+		sendErr error
+		wg      sync.WaitGroup
+	)
+	sem := make(chan struct{}, maxStreamInFlight)
+	defer wg.Wait()
 	for {
 		req, err := stream.Recv()
 		if err != nil {
@@ -197,14 +192,58 @@ func (g *Service) PublishStream(stream pushv1.Push_PublishStreamServer) error {
 			}
 			return err
 		}
-		resp, err := g.Publish(stream.Context(), req)
-		if err != nil {
-			st := status.Convert(err)
-			resp = &pushv1.PublishResponse{ErrorCode: uint32(st.Code()), Error: st.Message()}
+		answer := func(resp *pushv1.PublishResponse, err error) {
+			if err != nil {
+				st := status.Convert(g.status(err))
+				resp = &pushv1.PublishResponse{ErrorCode: uint32(st.Code()), Error: st.Message(), EdgeId: g.s.cfg.ID}
+				var no *NotOwnerError
+				if errors.As(err, &no) {
+					resp.OwnerId, resp.RingVersion = no.Owner, no.RingVersion
+				}
+			}
+			resp.RequestId = req.GetRequestId()
+			sendMu.Lock()
+			if sendErr == nil {
+				sendErr = stream.Send(resp)
+			}
+			sendMu.Unlock()
 		}
-		resp.RequestId = req.GetRequestId()
-		if err := stream.Send(resp); err != nil {
-			return err
+		resp, err := g.publish(stream.Context(), req, true)
+		if !errors.Is(err, errWouldWait) {
+			answer(resp, err)
+			continue
 		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			answer(g.publish(stream.Context(), req, false))
+		}()
 	}
+}
+
+// Take implements push.v1.Cluster: see Server.takeStreams.
+func (g *Service) Take(ctx context.Context, req *pushv1.TakeRequest) (*pushv1.TakeResponse, error) {
+	if err := userid.CheckAll(req.GetUserIds()); err != nil {
+		return nil, g.status(err)
+	}
+	if req.GetClaimantId() == 0 || req.GetClaimantId() == g.s.cfg.ID {
+		return nil, status.Errorf(codes.InvalidArgument, "claimant_id %d", req.GetClaimantId())
+	}
+	return g.s.takeStreams(req.GetClaimantId(), req.GetRingVersion(), req.GetUserIds()), nil
+}
+
+// Claim implements push.v1.Cluster: see Server.claimStreams.
+func (g *Service) Claim(ctx context.Context, req *pushv1.ClaimRequest) (*pushv1.ClaimResponse, error) {
+	if err := userid.CheckAll(req.GetUserIds()); err != nil {
+		return nil, g.status(err)
+	}
+	return &pushv1.ClaimResponse{Taken: uint32(g.s.claimStreams(req.GetHolderId(), req.GetUserIds()))}, nil
+}
+
+// LeaseStatus implements push.v1.Cluster: how this edge sees the store and
+// the asking member's lease.
+func (g *Service) LeaseStatus(ctx context.Context, req *pushv1.LeaseStatusRequest) (*pushv1.LeaseStatusResponse, error) {
+	reachable, live := g.s.storeStatus(req.GetMemberId())
+	return &pushv1.LeaseStatusResponse{StoreReachable: reachable, MemberLive: live, ResponderId: g.s.cfg.ID}, nil
 }

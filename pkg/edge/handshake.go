@@ -31,8 +31,7 @@ type handshake struct {
 	token   []byte
 	origin  []byte
 	host    []byte
-	lastSeq uint64
-	hasLast bool
+	resume  resumePoint
 }
 
 // Read and Write let the upgrader read the head from memory and write its
@@ -67,13 +66,13 @@ func reject(status int, reason string) error {
 // query (first occurrence of each wins, as in HAProxy's url_param).
 func (h *handshake) onRequest(uri []byte) error {
 	h.uid, h.token, h.origin, h.host = h.uid[:0], h.token[:0], h.origin[:0], h.host[:0]
-	h.lastSeq, h.hasLast = 0, false
+	h.resume = resumePoint{}
 	path, query, _ := bytes.Cut(uri, []byte("?"))
 	if string(path) != "/ws" {
 		h.s.m.hsNotFound.Inc()
 		return reject(http.StatusNotFound, "not found: the WebSocket endpoint is /ws")
 	}
-	var seenUID, seenToken, seenLast bool
+	var seenUID, seenToken, seenLast, seenEpoch bool
 	for len(query) > 0 {
 		var kv []byte
 		kv, query, _ = bytes.Cut(query, []byte("&"))
@@ -97,9 +96,23 @@ func (h *handshake) onRequest(uri []byte) error {
 					h.s.m.hsBadRequest.Inc()
 					return reject(http.StatusBadRequest, "last_seq must be an integer from 0 to 2^53-1")
 				}
-				h.lastSeq, h.hasLast = n, true
+				h.resume.seq, h.resume.has = n, true
+			}
+		case "epoch":
+			if !seenEpoch {
+				seenEpoch = true
+				e, ok := parseEpoch(v)
+				if !ok {
+					h.s.m.hsBadRequest.Inc()
+					return reject(http.StatusBadRequest, epochRule)
+				}
+				h.resume.epoch = e
 			}
 		}
+	}
+	if h.resume.epoch != "" && !h.resume.has {
+		h.s.m.hsBadRequest.Inc()
+		return reject(http.StatusBadRequest, "epoch needs last_seq")
 	}
 	if !seenUID || !userid.Valid(string(h.uid)) {
 		h.s.m.hsBadRequest.Inc()
@@ -180,15 +193,19 @@ func (h *handshake) upgradeLocked(c *conn, head []byte) {
 	c.uid = string(h.uid)
 	c.lastSeen = now.UnixNano()
 	s.schedule(c, now.Add(s.cfg.PingInterval))
-	s.attachLocked(c, h.lastSeq, h.hasLast)
+	s.attachLocked(c, h.resume)
 }
 
 // attachLocked registers c under its user: older connections beyond
-// MaxConnsPerUser are closed with 4002, and what the mailbox holds for the
-// client is written before any new publish can reach it (publishers wait on
-// the same shard lock).
-func (s *Server) attachLocked(c *conn, lastSeq uint64, hasLast bool) {
+// MaxConnsPerUser are closed with 4002, and what the user's stream holds for
+// the client is written before any new publish can reach it (publishers
+// wait on the same shard lock). When the stream is not here, the connection
+// waits for it (c.resume): this edge establishes it if it owns the user, in
+// the background when another member may hold it; otherwise the user is a
+// guest here until its owner takes it (see moveUsers).
+func (s *Server) attachLocked(c *conn, rp resumePoint) {
 	now := time.Now().UnixNano()
+	later := false
 	s.reg.Do(c.uid, true, func(u *registry.User[*conn]) {
 		for len(u.Conns) >= s.cfg.MaxConnsPerUser {
 			old := u.Conns[0]
@@ -200,18 +217,30 @@ func (s *Server) attachLocked(c *conn, lastSeq uint64, hasLast bool) {
 		}
 		u.Conns = append(u.Conns, c)
 		c.registered = true
-		if u.Box == nil {
-			if hasLast {
-				// Nothing stored here, but keep the client's numbering.
-				u.Box = s.newBox()
-				u.Box.Resume(nil, lastSeq, true, now)
+		if u.Box == nil || u.Gone != 0 {
+			owns := s.owns(c.uid)
+			if !owns || u.Gone != 0 || len(s.candidates(c.uid)) > 0 {
+				rp.at = now
+				c.resume = &rp
+				later = owns
+				return
 			}
-			return
+			u.Box = s.newBox()
+			s.m.epochsStarted.Inc()
+			if rp.has && rp.epoch == "" {
+				// A client that resumes without an epoch keeps its
+				// numbering (the older rule).
+				u.Box.Resume(nil, rp.seq, true, now)
+				return
+			}
 		}
-		msgs, gap := u.Box.Resume(nil, lastSeq, hasLast, now)
-		s.replayLocked(c, gap, msgs)
+		msgs, gap := u.Box.ResumeEpoch(nil, rp.epoch, rp.seq, rp.has, now)
+		s.replayLocked(c, gap, u.Box.Epoch, msgs)
 		detachInShard(u, c)
 	})
+	if later {
+		s.establishLater(c.uid)
+	}
 }
 
 // httpError is a minimal HTTP error response for requests that never reach

@@ -79,10 +79,10 @@ func (l *loop) onEvent(fd int, gen uint32, ev poller.Event) {
 	}
 	if c.state != stClosed {
 		want := poller.Read
-		if c.out != nil {
+		if c.out != nil && (c.shutAfter || s.serving()) {
 			want |= poller.Write
 		}
-		c.wantWrite = c.out != nil
+		c.wantWrite = want&poller.Write != 0
 		if err := l.poll.Resume(fd, c.gen, want); err != nil {
 			s.closeNowLocked(c, -1)
 		}

@@ -25,12 +25,22 @@ type metrics struct {
 	latency      prometheus.Histogram
 	acceptErrors prometheus.Counter
 	moved        prometheus.Counter
-	handedOff    prometheus.Counter
-	forwarded    prometheus.Counter
 	ringVersion  prometheus.Gauge
 
+	// Ownership (ownership.go, streams.go, member.go).
+	moveLimited   prometheus.Counter
+	gapNotices    prometheus.Counter
+	takeFailed    prometheus.Counter
+	streamsTaken  prometheus.Counter
+	streamsGiven  prometheus.Counter
+	epochsStarted prometheus.Counter
+	fences        prometheus.Counter
+	fencedGauge   prometheus.Gauge
+	guests        prometheus.Gauge
+	outage        prometheus.Gauge
+
 	hsOK, hsUnauthorized, hsForbidden, hsBadRequest, hsOverloaded, hsTimeout, hsTooLarge, hsNotFound, hsRateLimited prometheus.Counter
-	pubDelivered, pubStored, pubRejected                                                                            prometheus.Counter
+	pubDelivered, pubStored, pubRejected, pubNotOwner, pubDuplicate                                                 prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -69,12 +79,28 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "push_edge_accept_errors_total", Help: "accept(2) failures (e.g. out of descriptors)."}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_edge_moved_total", Help: "Connections closed with 4003 because the ring gave their user to another edge."}),
-		handedOff: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "push_edge_handed_off_total", Help: "Stored messages handed to a user's new owner."}),
 		ringVersion: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "push_edge_ring_version", Help: "Version of the ring this edge follows (etcd store: the etcd revision of the effective ring; 0 standalone)."}),
-		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "push_edge_forwarded_total", Help: "Calls forwarded to the owner of a user this edge neither holds nor owns."}),
+			Name: "push_edge_ring_version", Help: "Version of the ring document this edge follows (0 standalone)."}),
+		moveLimited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_move_limited_total", Help: "Moves not made because the user was already moved --move-limit times within --move-window (the user stays)."}),
+		gapNotices: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_gap_notices_total", Help: "Gap notices sent to resuming clients."}),
+		takeFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_stream_take_failures_total", Help: "Take calls to a member that may have held a stream that failed (taken for dead)."}),
+		streamsTaken: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_streams_taken_total", Help: "User streams taken over from another edge (the epoch continues)."}),
+		streamsGiven: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_streams_given_total", Help: "User streams handed to their new owner."}),
+		epochsStarted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_epochs_started_total", Help: "User streams started afresh (new epoch)."}),
+		fences: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_fenced_total", Help: "Times this edge fenced itself because its lease was not valid."}),
+		fencedGauge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "push_edge_fenced", Help: "1 while the edge is fenced (serves nobody until it rejoins)."}),
+		guests: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "push_edge_guest_connections", Help: "Connections waiting here for their user's stream (guests of a member that was unreachable), at the last migration pass."}),
+		outage: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "push_edge_store_outage", Help: "1 while the edge serves on past its lease because its peers cannot reach the store either."}),
 	}
 	for _, r := range []struct {
 		p    *prometheus.Counter
@@ -89,10 +115,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.pubDelivered = m.publishes.WithLabelValues("delivered")
 	m.pubStored = m.publishes.WithLabelValues("stored")
 	m.pubRejected = m.publishes.WithLabelValues("rejected")
+	m.pubNotOwner = m.publishes.WithLabelValues("not_owner")
+	m.pubDuplicate = m.publishes.WithLabelValues("duplicate")
 	if reg != nil {
 		reg.MustRegister(m.conns, m.handshaking, m.handshakes, m.closes, m.msgsOut, m.bytesOut,
 			m.msgsIn, m.bytesIn, m.queueDrops, m.stored, m.expired, m.publishes, m.broadcasts,
-			m.latency, m.acceptErrors, m.moved, m.handedOff, m.forwarded, m.ringVersion)
+			m.latency, m.acceptErrors, m.moved, m.ringVersion,
+			m.moveLimited, m.gapNotices, m.takeFailed, m.streamsTaken, m.streamsGiven, m.epochsStarted,
+			m.fences, m.fencedGauge, m.guests, m.outage)
 	}
 	return m
 }

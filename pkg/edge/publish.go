@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -20,15 +21,27 @@ const (
 	Delivered Outcome = iota + 1 // written or queued to at least one connection
 	Stored                       // kept in the mailbox for a user not connected here
 	Rejected                     // not accepted; Result.Reason says why (reserved: invalid input is an error)
+	_                            // (forwarded: older edges)
+	NotOwner                     // PublishMulti: another edge owns the user; Result.Owner names it
 )
 
 // Result is the answer to a publish for one user.
 type Result struct {
 	Outcome Outcome
-	Seq     uint64
-	Conns   int
-	Reason  string
+	// Epoch and Seq place the message in the user's stream.
+	Epoch string
+	Seq   uint64
+	Conns int
+	// Duplicate: the idempotency key had been applied; this is the first
+	// answer.
+	Duplicate bool
+	Reason    string
+	// Owner is the owner this edge sees (NotOwner).
+	Owner uint32
 }
+
+// maxKeyLen bounds an idempotency key.
+const maxKeyLen = 64
 
 // Errors callers branch on; they wrap the precise reason. Invalid user ids
 // wrap userid.ErrInvalid or userid.ErrTooMany.
@@ -38,7 +51,7 @@ var (
 	ErrShuttingDown  = errors.New("edge is shutting down")
 )
 
-func (s *Server) newBox() *mailbox.Box { return mailbox.New(s.cfg.MailboxSize) }
+func (s *Server) newBox() *mailbox.Box { return mailbox.New(s.cfg.MailboxSize, s.newEpoch()) }
 
 func (s *Server) checkPayload(data []byte) error {
 	switch {
@@ -63,10 +76,13 @@ func (s *Server) admit(data []byte, uids ...string) error {
 	if err == nil {
 		err = userid.CheckAll(uids)
 	}
-	if err == nil && s.draining.Load() {
-		// An error, not an answer: the caller's SDK retries it on the edge
-		// that owns the user next.
+	if err == nil && s.draining.Load() && s.View() == nil {
+		// Standalone: nobody takes the stream over; the caller retries
+		// elsewhere.
 		err = ErrShuttingDown
+	}
+	if err == nil && !s.serving() {
+		err = ErrFenced
 	}
 	if err != nil {
 		s.m.pubRejected.Inc()
@@ -75,79 +91,194 @@ func (s *Server) admit(data []byte, uids ...string) error {
 }
 
 // Publish sends data to every connection of uid, or stores it for ttl (0:
-// the mailbox TTL) if the user is not connected.
+// the mailbox TTL) if the user is not connected. It is PublishKey without
+// an idempotency key.
 func (s *Server) Publish(uid string, data []byte, ttl time.Duration) (Result, error) {
+	return s.PublishKey(context.Background(), uid, data, ttl, "")
+}
+
+// PublishKey publishes data to uid if this edge holds the user's stream or
+// owns the user (it establishes the stream first, which may ask the member
+// that held it: ctx bounds that). A repeated key (at most 64 bytes) within
+// the mailbox TTL is not applied again: the answer is the first one's with
+// Duplicate set. Errors: *NotOwnerError (another edge owns the user),
+// ErrFenced, ErrPayloadTooBig, ErrEmptyPayload, userid errors.
+func (s *Server) PublishKey(ctx context.Context, uid string, data []byte, ttl time.Duration, key string) (Result, error) {
+	if len(key) > maxKeyLen {
+		s.m.pubRejected.Inc()
+		return Result{}, fmt.Errorf("%w: idempotency key of %d bytes, limit %d", ErrBadKey, len(key), maxKeyLen)
+	}
 	if err := s.admit(data, uid); err != nil {
 		return Result{}, err
 	}
-	return s.publish(uid, data, ttl), nil
+	start := time.Now()
+	r, err := s.publishTail(ctx, uid, messageTail(data), start.UnixNano()+int64(s.ttl(ttl)), key, false)
+	s.m.latency.Observe(time.Since(start).Seconds())
+	return r, err
 }
 
-// publish is Publish after admit.
-func (s *Server) publish(uid string, data []byte, ttl time.Duration) Result {
+// errWouldWait: the publish needs the user's stream established first.
+var errWouldWait = errors.New("publish needs a stream hand-over")
+
+// publishNow is PublishKey that fails with errWouldWait instead of waiting
+// for a stream hand-over, so a caller can serve it inline when it is quick.
+func (s *Server) publishNow(uid string, data []byte, ttl time.Duration, key string) (Result, error) {
+	if len(key) > maxKeyLen {
+		s.m.pubRejected.Inc()
+		return Result{}, fmt.Errorf("%w: idempotency key of %d bytes, limit %d", ErrBadKey, len(key), maxKeyLen)
+	}
+	if err := s.admit(data, uid); err != nil {
+		return Result{}, err
+	}
 	start := time.Now()
-	r := s.publishTail(uid, messageTail(data), start.UnixNano()+int64(s.ttl(ttl)))
-	s.m.latency.Observe(time.Since(start).Seconds())
-	return r
+	r, err := s.publishTail(context.Background(), uid, messageTail(data), start.UnixNano()+int64(s.ttl(ttl)), key, true)
+	if err == nil {
+		s.m.latency.Observe(time.Since(start).Seconds())
+	}
+	return r, err
 }
+
+// ErrBadKey: an idempotency key over 64 bytes.
+var ErrBadKey = errors.New("invalid idempotency key")
 
 // PublishMulti sends the same data to several users; the message body is
-// encoded once and shared by every frame and mailbox.
+// encoded once and shared by every frame and mailbox. A user another edge
+// owns gets a NotOwner result naming it (the call is not applied for them).
 func (s *Server) PublishMulti(uids []string, data []byte, ttl time.Duration) ([]Result, error) {
+	return s.PublishMultiKey(context.Background(), uids, data, ttl, "")
+}
+
+// PublishMultiKey is PublishMulti with an idempotency key applied per user.
+func (s *Server) PublishMultiKey(ctx context.Context, uids []string, data []byte, ttl time.Duration, key string) ([]Result, error) {
+	if len(key) > maxKeyLen {
+		s.m.pubRejected.Inc()
+		return nil, fmt.Errorf("%w: idempotency key of %d bytes, limit %d", ErrBadKey, len(key), maxKeyLen)
+	}
 	if err := s.admit(data, uids...); err != nil {
 		return nil, err
 	}
-	return s.publishMulti(uids, data, ttl), nil
-}
-
-// publishMulti is PublishMulti after admit.
-func (s *Server) publishMulti(uids []string, data []byte, ttl time.Duration) []Result {
 	start := time.Now()
 	tail := messageTail(data)
 	expires := start.UnixNano() + int64(s.ttl(ttl))
 	out := make([]Result, len(uids))
 	for i, uid := range uids {
-		out[i] = s.publishTail(uid, tail, expires)
+		r, err := s.publishTail(ctx, uid, tail, expires, key, false)
+		var no *NotOwnerError
+		switch {
+		case errors.As(err, &no):
+			r = Result{Outcome: NotOwner, Owner: no.Owner, Reason: "not the owner"}
+		case err != nil:
+			return nil, err
+		}
+		out[i] = r
 	}
 	s.m.latency.Observe(time.Since(start).Seconds())
-	return out
+	return out, nil
 }
 
-func (s *Server) publishTail(uid string, tail []byte, expires int64) Result {
+// publishTail applies one message to uid's stream (see PublishKey).
+// With noWait it returns errWouldWait rather than establish the stream.
+func (s *Server) publishTail(ctx context.Context, uid string, tail []byte, expires int64, key string, noWait bool) (Result, error) {
+	for attempt := 0; ; attempt++ {
+		var r Result
+		var to uint32
+		const (
+			applied = iota
+			establish
+			redirect
+		)
+		state := applied
+		s.reg.Do(uid, true, func(u *registry.User[*conn]) {
+			switch {
+			case u.Box != nil && u.Gone == 0:
+			case u.Gone != 0 && !s.owns(uid):
+				state, to = redirect, u.Gone
+				return
+			case s.owns(uid):
+				if u.Gone != 0 || len(s.candidates(uid)) > 0 {
+					state = establish
+					return
+				}
+				u.Box = s.newBox()
+				s.m.epochsStarted.Inc()
+				s.attachWaitingInShard(u, time.Now().UnixNano())
+			default:
+				state = redirect
+				return
+			}
+			r = s.applyInShard(u, tail, expires, key)
+		})
+		switch state {
+		case redirect:
+			s.m.pubNotOwner.Inc()
+			return Result{}, s.notOwner(uid, to)
+		case establish:
+			if noWait {
+				return Result{}, errWouldWait
+			}
+			if attempt > 0 {
+				s.m.pubNotOwner.Inc()
+				return Result{}, s.notOwner(uid, 0)
+			}
+			if err := s.establish(ctx, uid); err != nil {
+				return Result{}, err
+			}
+			continue
+		}
+		if r.Outcome == Stored && !s.serving() {
+			// Stored across a pause that outlived the lease: this
+			// stream is void, so the message must not be acknowledged.
+			return Result{}, ErrFenced
+		}
+		return r, nil
+	}
+}
+
+// applyInShard numbers the message in the user's stream and writes it to
+// every open connection of the user. Called with the shard lock held and
+// u.Box set.
+func (s *Server) applyInShard(u *registry.User[*conn], tail []byte, expires int64, key string) Result {
 	var r Result
-	s.reg.Do(uid, true, func(u *registry.User[*conn]) {
-		if u.Box == nil {
-			u.Box = s.newBox()
+	if key != "" {
+		if rec, ok := u.Box.Key(key); ok {
+			s.m.pubDuplicate.Inc()
+			return Result{Outcome: Outcome(rec.Outcome), Epoch: rec.Epoch, Seq: rec.Seq, Duplicate: true}
 		}
-		// Unsent until a connection took it: a connection closing under
-		// this write must leave the message to be resumed or handed off.
-		r.Seq = u.Box.Push(tail, expires, false)
-		for i := 0; i < len(u.Conns); i++ {
-			c := u.Conns[i]
-			c.mu.Lock()
-			if c.state == stOpen && s.sendMessage(c, r.Seq, tail) {
-				r.Conns++
-			}
-			if c.registered && c.state >= stClosing {
-				c.registered = false
-				u.Remove(c)
-				i--
-			}
-			c.mu.Unlock()
+	}
+	if u.Box.Full() {
+		u.Box.Rollover(s.newEpoch(), time.Now().UnixNano())
+		s.m.epochsStarted.Inc()
+	}
+	// Unsent until a connection took it: a connection closing under
+	// this write must leave the message to be resumed or handed off.
+	r.Seq = u.Box.Push(tail, expires, false)
+	r.Epoch = u.Box.Epoch
+	for i := 0; i < len(u.Conns); i++ {
+		c := u.Conns[i]
+		c.mu.Lock()
+		if c.state == stOpen && c.resume == nil && s.sendMessage(c, r.Epoch, r.Seq, tail) {
+			r.Conns++
 		}
-		if r.Conns > 0 {
-			u.Box.MarkSent(r.Seq)
-			s.m.msgsOut.Add(float64(r.Conns))
-			s.m.bytesOut.Add(float64(r.Conns * (maxHeader + 16 + len(tail))))
+		if c.registered && c.state >= stClosing {
+			c.registered = false
+			u.Remove(c)
+			i--
 		}
-	})
+		c.mu.Unlock()
+	}
 	if r.Conns > 0 {
+		u.Box.MarkSent(r.Seq)
 		r.Outcome = Delivered
+		s.m.msgsOut.Add(float64(r.Conns))
+		s.m.bytesOut.Add(float64(r.Conns * (maxHeader + 16 + len(r.Epoch) + len(tail))))
 		s.m.pubDelivered.Inc()
 	} else {
 		r.Outcome = Stored
 		s.m.pubStored.Inc()
 		s.m.stored.Inc()
+	}
+	if key != "" {
+		u.Box.RememberKey(mailbox.KeyRecord{Key: key, Epoch: r.Epoch, Seq: r.Seq, Outcome: uint8(r.Outcome), Expires: expires})
 	}
 	return r
 }
@@ -161,6 +292,9 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 	}
 	if s.draining.Load() {
 		return 0, ErrShuttingDown
+	}
+	if !s.serving() {
+		return 0, ErrFenced
 	}
 	tail := messageTail(data)
 	f := broadcastFrame(tail)

@@ -13,7 +13,6 @@ import (
 
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
-	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/wheel"
 )
 
@@ -36,9 +35,17 @@ type Server struct {
 
 	limiter *ipLimiter // nil unless HandshakesPerIP > 0
 
-	ring        atomic.Pointer[ring.Ring] // nil: standalone, owns every user
-	ringChanged chan struct{}             // wakes the migrator (buffered 1)
-	fwd         atomic.Pointer[fwdBox]    // Config.Forwarder, or SetForwarder's
+	own         ownState      // the ownership view and its history (ownership.go)
+	streams     streams       // stream hand-over in flight, peers (streams.go)
+	moves       moveLimiter   // users moved recently (cluster.go)
+	ringChanged chan struct{} // wakes the migrator (buffered 1)
+
+	// Fencing (member.go): the edge serves while time.Since(base) <
+	// fenceAt (0: no lease, always) and it is not fenced.
+	base          time.Time
+	fenceAt       atomic.Int64
+	fenced        atomic.Bool
+	storeStatusFn atomic.Pointer[func(id uint32) (bool, bool)]
 
 	// wheelMu guards wheel; taken after conn.mu, never before.
 	wheelMu sync.Mutex
@@ -68,9 +75,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.HandshakesPerIP > 0 {
 		s.limiter = newIPLimiter(cfg.HandshakesPerIP)
 	}
-	if cfg.Forwarder != nil {
-		s.SetForwarder(cfg.Forwarder)
-	}
+	s.base = time.Now()
+	s.own.inc = newIncarnation()
+	s.streams.init()
+	s.moves.init()
 	s.wheel = wheel.New[*conn](cfg.Tick, 4096, time.Now())
 
 	if err := s.listen(); err != nil {
@@ -263,6 +271,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.release(c)
 	}
+	// Streams of users who are gone now belong with their owners.
+	s.offerStreams()
 	// Wait for close handshakes, bounded by CloseTimeout and ctx.
 	deadline := time.Now().Add(s.cfg.CloseTimeout + s.cfg.Tick)
 	for s.liveDescriptors() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {

@@ -23,50 +23,74 @@ const (
 	kindPoll              // one JSON array, then the response ends
 )
 
-// sendMessage writes one message (seq, shared tail) in c's transport. A
-// long-poll answers with it and ends; the next poll resumes after it.
-func (s *Server) sendMessage(c *conn, seq uint64, tail []byte) bool {
+// sendMessage writes one message (epoch, seq, shared tail) in c's
+// transport, unless the edge is fenced (it writes nothing then). A long-poll
+// answers with it and ends; the next poll resumes after it.
+func (s *Server) sendMessage(c *conn, epoch string, seq uint64, tail []byte) bool {
+	if !s.serving() {
+		return false
+	}
 	switch c.kind {
 	case kindSSE:
 		var b []byte
 		b = append(b, "id: "...)
+		if epoch != "" {
+			b = append(b, epoch...)
+			b = append(b, ':')
+		}
 		b = strconv.AppendUint(b, seq, 10)
-		b = append(b, "\ndata: {\"seq\":"...)
-		b = strconv.AppendUint(b, seq, 10)
+		b = append(b, "\ndata: "...)
+		b = envelope(b, epoch, seq)
 		b = append(b, tail...)
 		b = append(b, "\n\n"...)
 		return s.writeLocked(c, b, nil)
 	case kindPoll:
-		return s.pollAnswer(c, pollBody(nil, seq, tail))
+		return s.pollAnswer(c, pollBody(nil, epoch, seq, tail))
 	}
-	var pre [maxHeader + 32]byte
-	n := seqPrefix(pre[:], seq, len(tail))
+	var pre [maxHeader + 48 + maxEpochLen]byte
+	n := seqPrefix(pre[:], seq, epoch, len(tail))
 	return s.writeLocked(c, pre[:n], tail)
 }
 
-// pollBody appends `{"seq":N<tail>` (an envelope) to b.
-func pollBody(b []byte, seq uint64, tail []byte) []byte {
+// envelope appends `{"seq":N,"epoch":"E"` to b.
+func envelope(b []byte, epoch string, seq uint64) []byte {
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
-	return append(b, tail...)
+	if epoch != "" {
+		b = append(b, `,"epoch":"`...)
+		b = append(b, epoch...)
+		b = append(b, '"')
+	}
+	return b
+}
+
+// pollBody appends a message envelope with its tail to b.
+func pollBody(b []byte, epoch string, seq uint64, tail []byte) []byte {
+	return append(envelope(b, epoch, seq), tail...)
 }
 
 // replayLocked writes what a connecting client missed: a gap notice, then
-// the messages. A long-poll gets them all in one answer (or waits).
-func (s *Server) replayLocked(c *conn, gap mailbox.Gap, msgs []mailbox.Message) {
+// the messages of epoch. A long-poll gets them all in one answer (or waits).
+func (s *Server) replayLocked(c *conn, gap mailbox.Gap, epoch string, msgs []mailbox.Message) {
+	if !s.serving() {
+		return
+	}
+	if gap.From != 0 && gap.Epoch == "" {
+		gap.Epoch = epoch
+	}
 	if c.kind == kindPoll {
 		if gap.From == 0 && len(msgs) == 0 {
 			return // hold the request until a message or PollTimeout
 		}
 		var b []byte
 		if gap.From != 0 {
-			b = gapJSON(b, gap.From, gap.To)
+			b = gapJSON(b, gap)
 		}
 		for _, m := range msgs {
 			if len(b) > 0 {
 				b = append(b, ',')
 			}
-			b = pollBody(b, m.Seq, m.Body)
+			b = pollBody(b, epoch, m.Seq, m.Body)
 		}
 		if s.pollAnswer(c, b) {
 			s.m.msgsOut.Add(float64(len(msgs)))
@@ -74,25 +98,36 @@ func (s *Server) replayLocked(c *conn, gap mailbox.Gap, msgs []mailbox.Message) 
 		return
 	}
 	if gap.From != 0 {
+		s.m.gapNotices.Inc()
 		if c.kind == kindSSE {
-			s.writeLocked(c, append(append([]byte("data: "), gapJSON(nil, gap.From, gap.To)...), "\n\n"...), nil)
+			s.writeLocked(c, append(append([]byte("data: "), gapJSON(nil, gap)...), "\n\n"...), nil)
 		} else {
-			s.writeLocked(c, frame(ws.OpText, gapJSON(nil, gap.From, gap.To)), nil)
+			s.writeLocked(c, frame(ws.OpText, gapJSON(nil, gap)), nil)
 		}
 	}
 	for _, m := range msgs {
-		if !s.sendMessage(c, m.Seq, m.Body) {
+		if !s.sendMessage(c, epoch, m.Seq, m.Body) {
 			break
 		}
 		s.m.msgsOut.Inc()
 	}
 }
 
-func gapJSON(b []byte, from, to uint64) []byte {
-	b = append(b, `{"gap":true,"from":`...)
-	b = strconv.AppendUint(b, from, 10)
-	b = append(b, `,"to":`...)
-	b = strconv.AppendUint(b, to, 10)
+// gapJSON appends a gap notice: {"gap":true,"epoch":"E","from":A,"to":B},
+// without "to" when the gap is open-ended.
+func gapJSON(b []byte, g mailbox.Gap) []byte {
+	b = append(b, `{"gap":true`...)
+	if g.Epoch != "" {
+		b = append(b, `,"epoch":"`...)
+		b = append(b, g.Epoch...)
+		b = append(b, '"')
+	}
+	b = append(b, `,"from":`...)
+	b = strconv.AppendUint(b, g.From, 10)
+	if !g.Open {
+		b = append(b, `,"to":`...)
+		b = strconv.AppendUint(b, g.To, 10)
+	}
 	return append(b, '}')
 }
 
@@ -177,8 +212,8 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 	s := l.s
 	q, hdrs := requestParts(head)
 	var uid, token []byte
-	var lastSeq uint64
-	hasLast, seen := false, [3]bool{}
+	var rp resumePoint
+	seen := [4]bool{}
 	for len(q) > 0 {
 		var kv []byte
 		kv, q, _ = bytes.Cut(q, []byte("&"))
@@ -201,7 +236,18 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 					l.reject(c, http.StatusBadRequest, "last_seq must be an integer from 0 to 2^53-1")
 					return
 				}
-				lastSeq, hasLast = n, true
+				rp.seq, rp.has = n, true
+			}
+		case "epoch":
+			if !seen[3] {
+				seen[3] = true
+				e, ok := parseEpoch(v)
+				if !ok {
+					s.m.hsBadRequest.Inc()
+					l.reject(c, http.StatusBadRequest, epochRule)
+					return
+				}
+				rp.epoch = e
 			}
 		}
 	}
@@ -220,14 +266,27 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 		case bytes.EqualFold(k, []byte("Host")):
 			host = v
 		case kind == kindSSE && bytes.EqualFold(k, []byte("Last-Event-ID")):
-			if n, err := strconv.ParseUint(string(v), 10, 64); err == nil && n <= MaxSeq && (!hasLast || n > lastSeq) {
-				lastSeq, hasLast = n, true
+			// "E:N" (what the edge sends as the event id) or "N"; the
+			// header wins over the URL, which is where the page started.
+			ev, num := []byte(nil), v
+			if i := bytes.LastIndexByte(v, ':'); i >= 0 {
+				ev, num = v[:i], v[i+1:]
+			}
+			n, err := strconv.ParseUint(string(num), 10, 64)
+			e, eok := parseEpoch(ev)
+			if err == nil && n <= MaxSeq && (len(ev) == 0 || eok) {
+				rp = resumePoint{epoch: e, seq: n, has: true}
 			}
 		}
 	}
 	if !seen[0] || !userid.Valid(string(uid)) {
 		s.m.hsBadRequest.Inc()
 		l.reject(c, http.StatusBadRequest, "uid missing or invalid ("+userid.Rule+")")
+		return
+	}
+	if rp.epoch != "" && !rp.has {
+		s.m.hsBadRequest.Inc()
+		l.reject(c, http.StatusBadRequest, "epoch needs last_seq")
 		return
 	}
 	if len(origin) > 0 && !s.originAllowed(origin, host) {
@@ -286,7 +345,7 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 		next = s.cfg.PollTimeout
 	}
 	s.schedule(c, now.Add(next))
-	s.attachLocked(c, lastSeq, hasLast)
+	s.attachLocked(c, rp)
 }
 
 // requestParts splits a request head into its raw query and header lines.

@@ -74,10 +74,20 @@ func TestSSEDeliversAndResumes(t *testing.T) {
 	waitFor(t, "registration", func() bool { return e.srv.Presence("sam") == 1 })
 	e.publish("sam", "{\n  \"text\": \"two lines of JSON\"\n}")
 	e.publish("sam", `plain`)
-	for i, want := range []string{`{"seq":1,"data":{"text":"two lines of JSON"}}`, `{"seq":2,"data":"plain"}`} {
+	var epoch string
+	for i, want := range []string{`,"data":{"text":"two lines of JSON"}}`, `,"data":"plain"}`} {
 		ev := r.next(t)
-		if ev.id != fmt.Sprint(i+1) || ev.data != want {
-			t.Fatalf("event %d: id %q data %q, want %q", i, ev.id, ev.data, want)
+		var m struct {
+			Seq   uint64 `json:"seq"`
+			Epoch string `json:"epoch"`
+		}
+		json.Unmarshal([]byte(ev.data), &m)
+		if i == 0 {
+			epoch = m.Epoch
+		}
+		wantData := fmt.Sprintf(`{"seq":%d,"epoch":%q`, i+1, epoch) + want
+		if epoch == "" || m.Epoch != epoch || ev.id != fmt.Sprintf("%s:%d", epoch, i+1) || ev.data != wantData {
+			t.Fatalf("event %d: id %q data %q, want id %s:%d data %q", i, ev.id, ev.data, epoch, i+1, wantData)
 		}
 	}
 	r.resp.Body.Close()
@@ -85,8 +95,8 @@ func TestSSEDeliversAndResumes(t *testing.T) {
 	e.publish("sam", `3`)
 	e.publish("sam", `4`)
 	// EventSource resends the last id it saw as Last-Event-ID.
-	r2 := openSSE(t, e, "sam", "", http.Header{"Last-Event-Id": {"2"}})
-	for _, want := range []string{"3", "4"} {
+	r2 := openSSE(t, e, "sam", "", http.Header{"Last-Event-Id": {epoch + ":2"}})
+	for _, want := range []string{epoch + ":3", epoch + ":4"} {
 		if ev := r2.next(t); ev.id != want {
 			t.Fatalf("resumed id %q, want %q", ev.id, want)
 		}
@@ -130,22 +140,29 @@ func TestLongPoll(t *testing.T) {
 	e.publish("pia", `1`)
 	e.publish("pia", `2`)
 	code, items, _ := poll(t, e, "pia", "")
-	if code != 200 || len(items) != 2 || string(items[0]) != `{"seq":1,"data":1}` || string(items[1]) != `{"seq":2,"data":2}` {
+	var first struct {
+		Epoch string `json:"epoch"`
+	}
+	if len(items) > 0 {
+		json.Unmarshal(items[0], &first)
+	}
+	ep := first.Epoch
+	if code != 200 || len(items) != 2 || ep == "" || string(items[0]) != `{"seq":1,"epoch":"`+ep+`","data":1}` || string(items[1]) != `{"seq":2,"epoch":"`+ep+`","data":2}` {
 		t.Fatalf("poll: %d %s", code, items)
 	}
 	// Nothing pending: held, and answered by the next publish.
 	done := make(chan []json.RawMessage)
 	go func() {
-		_, items, _ := poll(t, e, "pia", "&last_seq=2")
+		_, items, _ := poll(t, e, "pia", "&last_seq=2&epoch="+ep)
 		done <- items
 	}()
 	waitFor(t, "poll held", func() bool { return e.srv.Presence("pia") == 1 })
 	e.publish("pia", `"three"`)
-	if got := <-done; len(got) != 1 || string(got[0]) != `{"seq":3,"data":"three"}` {
+	if got := <-done; len(got) != 1 || string(got[0]) != `{"seq":3,"epoch":"`+ep+`","data":"three"}` {
 		t.Fatalf("held poll answered %s", got)
 	}
 	// Nothing at all: an empty answer after PollTimeout.
-	if code, items, _ := poll(t, e, "pia", "&last_seq=3"); code != 200 || len(items) != 0 {
+	if code, items, _ := poll(t, e, "pia", "&last_seq=3&epoch="+ep); code != 200 || len(items) != 0 {
 		t.Fatalf("timed-out poll: %d %s", code, items)
 	}
 	// Bad token: 401 like the WebSocket endpoint.

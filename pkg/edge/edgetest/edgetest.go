@@ -64,7 +64,7 @@ func Start(t testing.TB, secret []byte, cfg edge.Config) *Edge {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
+	edge.NewService(srv).Register(g.Server)
 	go g.Serve()
 	e := &Edge{Srv: srv, GRPC: g}
 	t.Cleanup(e.Stop)

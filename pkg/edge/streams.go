@@ -1,0 +1,352 @@
+package edge
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/pushcluster/push/pkg/mailbox"
+	"github.com/pushcluster/push/pkg/registry"
+	pushv1 "github.com/pushcluster/push/proto/push/v1"
+)
+
+// takeTimeout bounds one Take call to a member that may hold a stream: a
+// member that does not answer in time is taken for dead (if it was only
+// slow, its lease runs out and it fences itself before it can serve again).
+const takeTimeout = 500 * time.Millisecond
+
+// goneKeep is how long a stream hand-over is remembered, so that publishes
+// from callers whose view lags are sent to the new holder.
+const goneKeep = 30 * time.Second
+
+// estCall is one stream establishment in progress; concurrent callers for
+// the same user wait for it.
+type estCall struct {
+	done chan struct{}
+	err  error
+}
+
+// streams holds the edge's side of stream hand-over: establishments in
+// flight and the gRPC connections to peers. mu guards both maps.
+type streams struct {
+	mu    sync.Mutex
+	est   map[string]*estCall
+	peers map[string]*grpc.ClientConn // by gRPC address
+	sem   chan struct{}               // bounds background establishments
+}
+
+func (st *streams) init() {
+	st.est = make(map[string]*estCall)
+	st.peers = make(map[string]*grpc.ClientConn)
+	st.sem = make(chan struct{}, 64)
+}
+
+// peer returns a Cluster client for member id.
+func (s *Server) peer(id uint32) (pushv1.ClusterClient, bool) {
+	m, ok := s.member(id)
+	if !ok {
+		return nil, false
+	}
+	st := &s.streams
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	cc := st.peers[m.GRPC]
+	if cc == nil {
+		var err error
+		cc, err = grpc.NewClient(m.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, false
+		}
+		st.peers[m.GRPC] = cc
+	}
+	return pushv1.NewClusterClient(cc), true
+}
+
+func (s *Server) closePeers() {
+	st := &s.streams
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for a, cc := range st.peers {
+		cc.Close()
+		delete(st.peers, a)
+	}
+}
+
+// establish makes this edge the holder of uid's stream: it takes the stream
+// from the members that may hold it (candidates plus extra) and installs it,
+// or starts a new epoch when none has it. Concurrent calls for one user share
+// one establishment. It fails with a *NotOwnerError when a holder refuses
+// (it owns the user in a newer ring).
+func (s *Server) establish(ctx context.Context, uid string, extra ...uint32) error {
+	st := &s.streams
+	st.mu.Lock()
+	if c := st.est[uid]; c != nil {
+		st.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c := &estCall{done: make(chan struct{})}
+	st.est[uid] = c
+	st.mu.Unlock()
+	defer func() {
+		st.mu.Lock()
+		delete(st.est, uid)
+		st.mu.Unlock()
+		close(c.done)
+	}()
+	c.err = s.establishNow(ctx, uid, extra)
+	return c.err
+}
+
+func (s *Server) establishNow(ctx context.Context, uid string, extra []uint32) error {
+	// Already here (another path installed it meanwhile)?
+	here := false
+	var gone uint32
+	s.reg.Do(uid, false, func(u *registry.User[*conn]) {
+		if u != nil {
+			here = u.Box != nil && u.Gone == 0
+			gone = u.Gone
+		}
+	})
+	if here {
+		return nil
+	}
+	if gone != 0 {
+		extra = append(extra, gone)
+	}
+	v := s.View()
+	var ver uint64
+	if v != nil {
+		ver = v.Version()
+	}
+	var got []mailbox.Stream
+	for _, id := range s.candidates(uid, extra...) {
+		pc, ok := s.peer(id)
+		if !ok {
+			continue
+		}
+		tctx, cancel := context.WithTimeout(ctx, takeTimeout)
+		resp, err := pc.Take(tctx, &pushv1.TakeRequest{ClaimantId: s.cfg.ID, RingVersion: ver, UserIds: []string{uid}})
+		cancel()
+		if err != nil {
+			s.m.takeFailed.Inc()
+			s.log.Debug("take stream", "user", uid, "from", id, "err", err)
+			continue
+		}
+		if len(resp.GetRefused()) > 0 {
+			return &NotOwnerError{User: uid, Owner: id, RingVersion: resp.GetRingVersion()}
+		}
+		for _, us := range resp.GetStreams() {
+			if us.GetUserId() == uid {
+				got = append(got, streamFromProto(us))
+			}
+		}
+	}
+	if !s.serving() {
+		return ErrFenced
+	}
+	now := time.Now().UnixNano()
+	s.reg.Do(uid, true, func(u *registry.User[*conn]) {
+		if u.Box != nil && u.Gone == 0 {
+			for _, g := range got {
+				u.Box = u.Box.Adopt(g, now)
+			}
+		} else {
+			switch {
+			case len(got) > 0:
+				u.Box = mailbox.Restore(s.cfg.MailboxSize, got[0])
+				for _, g := range got[1:] {
+					u.Box = u.Box.Adopt(g, now)
+				}
+				s.m.streamsTaken.Inc()
+			default:
+				u.Box = mailbox.New(s.cfg.MailboxSize, s.newEpoch())
+				s.m.epochsStarted.Inc()
+			}
+		}
+		u.Gone, u.GoneAt = 0, 0
+		s.attachWaitingInShard(u, now)
+	})
+	return nil
+}
+
+// establishLater establishes uid's stream in the background (a connection
+// arrived for a user whose stream is elsewhere), bounded in concurrency.
+func (s *Server) establishLater(uid string) {
+	go func() {
+		select {
+		case s.streams.sem <- struct{}{}:
+		case <-s.stop:
+			return
+		}
+		defer func() { <-s.streams.sem }()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*takeTimeout)
+		defer cancel()
+		if err := s.establish(ctx, uid); err != nil {
+			s.log.Debug("establish stream for a connecting user", "user", uid, "err", err)
+		}
+	}()
+}
+
+// attachWaitingInShard resumes the user's connections that arrived before
+// the stream was here. Called with the user's shard lock held.
+func (s *Server) attachWaitingInShard(u *registry.User[*conn], now int64) {
+	for i := 0; i < len(u.Conns); i++ {
+		c := u.Conns[i]
+		c.mu.Lock()
+		if c.resume != nil && c.state == stOpen {
+			rp := *c.resume
+			c.resume = nil
+			msgs, gap := u.Box.ResumeEpoch(nil, rp.epoch, rp.seq, rp.has, now)
+			s.replayLocked(c, gap, u.Box.Epoch, msgs)
+		}
+		if c.registered && c.state >= stClosing {
+			c.registered = false
+			u.Remove(c)
+			i--
+		}
+		c.mu.Unlock()
+	}
+}
+
+// takeStreams is the giving side of a hand-over (Cluster.Take): for each
+// user this edge holds a stream or connections of, it gives up the stream
+// (answers later publishes with the claimant as owner) and closes the
+// user's connections with 4003 so they reconnect to the claimant. A user
+// this edge owns in a newer ring than the claimant's is refused.
+func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) *pushv1.TakeResponse {
+	resp := &pushv1.TakeResponse{}
+	v := s.View()
+	if v != nil {
+		resp.RingVersion = v.Version()
+	}
+	now := time.Now().UnixNano()
+	for _, uid := range uids {
+		if v != nil && v.Version() > ver && s.owns(uid) {
+			resp.Refused = append(resp.Refused, uid)
+			continue
+		}
+		var moved []*conn
+		s.reg.Do(uid, false, func(u *registry.User[*conn]) {
+			if u == nil || (u.Box == nil && len(u.Conns) == 0) {
+				return
+			}
+			if u.Box != nil && u.Gone == 0 {
+				resp.Streams = append(resp.Streams, streamToProto(uid, u.Box.Snapshot(now)))
+				u.Box = nil
+				s.m.streamsGiven.Inc()
+			}
+			u.Gone, u.GoneAt = claimant, now
+			moved = append(moved, u.Conns...)
+		})
+		for _, c := range moved {
+			c.mu.Lock()
+			if c.state == stOpen {
+				s.m.moved.Inc()
+				s.closeWithLocked(c, CloseMoved, "moved")
+			}
+			s.release(c)
+		}
+	}
+	return resp
+}
+
+// claimStreams is the owner's side of Cluster.Claim: take the listed
+// users' streams from holder now, in the background.
+func (s *Server) claimStreams(holder uint32, uids []string) int {
+	n := 0
+	for _, uid := range uids {
+		if !s.owns(uid) {
+			continue
+		}
+		n++
+		go func() {
+			select {
+			case s.streams.sem <- struct{}{}:
+			case <-s.stop:
+				return
+			}
+			defer func() { <-s.streams.sem }()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*takeTimeout)
+			defer cancel()
+			s.establish(ctx, uid, holder)
+		}()
+	}
+	return n
+}
+
+// offerStreams asks owners to take the streams this edge holds for absent
+// users it does not own (stored messages must reach the owner before the
+// user does), in one Claim per owner.
+func (s *Server) offerStreams() {
+	if s.View() == nil {
+		return
+	}
+	by := map[uint32][]string{}
+	now := time.Now().UnixNano()
+	s.reg.Sweep(func(uid string, u *registry.User[*conn]) {
+		if u.Gone != 0 && now-u.GoneAt > int64(goneKeep) {
+			u.Gone, u.GoneAt = 0, 0
+		}
+		if len(u.Conns) > 0 || u.Box == nil || u.Gone != 0 || u.Box.Len() == 0 {
+			return
+		}
+		if id, _ := s.ownerOf(uid); id != 0 && id != s.cfg.ID {
+			by[id] = append(by[id], uid)
+		}
+	})
+	for id, uids := range by {
+		pc, ok := s.peer(id)
+		if !ok {
+			continue
+		}
+		for len(uids) > 0 {
+			n := min(len(uids), 1000)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err := pc.Claim(ctx, &pushv1.ClaimRequest{HolderId: s.cfg.ID, UserIds: uids[:n]})
+			cancel()
+			if err != nil {
+				s.log.Debug("offer streams", "owner", id, "users", n, "err", err)
+				break
+			}
+			uids = uids[n:]
+		}
+	}
+}
+
+func streamToProto(uid string, st mailbox.Stream) *pushv1.UserStream {
+	us := &pushv1.UserStream{UserId: uid, Epoch: st.Epoch, LastSeq: st.Last, Floor: st.Floor,
+		LostUnsent: st.LostUnsent, Shown: st.Shown}
+	for _, m := range st.Messages {
+		us.Messages = append(us.Messages, &pushv1.StoredMessage{Seq: m.Seq, Body: m.Body, ExpiresUnixNano: m.Expires, Sent: m.Sent})
+	}
+	for _, k := range st.Keys {
+		us.Keys = append(us.Keys, &pushv1.IdempotencyRecord{Key: k.Key, Seq: k.Seq, Outcome: pushv1.Outcome(k.Outcome), ExpiresUnixNano: k.Expires, Epoch: k.Epoch})
+	}
+	return us
+}
+
+// streamFromProto is streamToProto's inverse. Key records keep the epoch
+// of the stream they came with.
+func streamFromProto(us *pushv1.UserStream) mailbox.Stream {
+	st := mailbox.Stream{Epoch: us.GetEpoch(), Last: us.GetLastSeq(), Floor: us.GetFloor(),
+		LostUnsent: us.GetLostUnsent(), Shown: us.GetShown()}
+	for _, m := range us.GetMessages() {
+		st.Messages = append(st.Messages, mailbox.Message{Seq: m.GetSeq(), Body: m.GetBody(), Expires: m.GetExpiresUnixNano(), Sent: m.GetSent()})
+	}
+	for _, k := range us.GetKeys() {
+		e := k.GetEpoch()
+		if e == "" {
+			e = us.GetEpoch()
+		}
+		st.Keys = append(st.Keys, mailbox.KeyRecord{Key: k.GetKey(), Epoch: e, Seq: k.GetSeq(), Outcome: uint8(k.GetOutcome()), Expires: k.GetExpiresUnixNano()})
+	}
+	return st
+}
