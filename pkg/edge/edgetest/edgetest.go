@@ -16,7 +16,6 @@ import (
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/ring"
-	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
 // Edge is a running edge and its gRPC server.
