@@ -23,15 +23,15 @@ const MaxSeq = 1<<53 - 1
 // callbacks fill the fields below, so an upgrade allocates nothing for
 // closures or buffers.
 type handshake struct {
-	s       *Server
-	up      ws.Upgrader
-	in      bytes.Reader
-	out     bytes.Buffer
-	uid     []byte
-	token   []byte
-	origin  []byte
-	host    []byte
-	resume  resumePoint
+	s      *Server
+	up     ws.Upgrader
+	in     bytes.Reader
+	out    bytes.Buffer
+	uid    []byte
+	token  []byte
+	origin []byte
+	host   []byte
+	resume resumePoint
 }
 
 // Read and Write let the upgrader read the head from memory and write its
