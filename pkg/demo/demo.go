@@ -223,6 +223,7 @@ func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"outcome":     strings.TrimPrefix(resp.GetOutcome().String(), "OUTCOME_"),
 		"seq":         resp.GetSeq(),
+		"epoch":       resp.GetEpoch(),
 		"edge":        resp.GetEdgeId(),
 		"connections": resp.GetConnections(),
 		"reason":      resp.GetReason(),

@@ -200,12 +200,13 @@ func TestPublishReachesBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(b) != `{"seq":1,"data":{"hello":"world"}}` {
-		t.Fatalf("frame %s", b)
+	ep, _ := res["epoch"].(string)
+	if ep == "" || string(b) != `{"seq":1,"epoch":"`+ep+`","data":{"hello":"world"}}` {
+		t.Fatalf("frame %s, answer %v", b, res)
 	}
 	// A JSON string arrives as that string.
 	post(t, h.URL+"/publish", "application/json", `{"user":"alice","data":"hi there"}`)
-	if _, b, _ = c.Read(ctx); string(b) != `{"seq":2,"data":"hi there"}` {
+	if _, b, _ = c.Read(ctx); string(b) != `{"seq":2,"epoch":"`+ep+`","data":"hi there"}` {
 		t.Fatalf("frame %s", b)
 	}
 	// Stored for a user who is not connected.
