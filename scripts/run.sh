@@ -17,7 +17,7 @@ export PUSH_RING="file:$PWD/.run/ring.json"
 rm -f .run/ring.json .run/ring.json.lock
 bin/pushctl ring init --id 1 --name edge-1 --ws 127.0.0.1:8081 --grpc 127.0.0.1:9091 >/dev/null
 for i in 2 3; do
-  bin/pushctl ring add --keys 0 --id "$i" --name "edge-$i" --ws "127.0.0.1:808$i" --grpc "127.0.0.1:909$i" >/dev/null
+  bin/pushctl ring add --force --keys 0 --id "$i" --name "edge-$i" --ws "127.0.0.1:808$i" --grpc "127.0.0.1:909$i" >/dev/null
 done
 
 pids=()

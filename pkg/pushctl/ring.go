@@ -27,7 +27,7 @@ var ringSubcommands = []struct{ name, args, help string }{
 	{"show", "[--ring URL] [--live-timeout 1s] [--metrics ID=URL,...]", "print the document and each member's share of the key space, liveness (gRPC health) and connected users (edge /metrics)"},
 	{"simulate", "[--ring URL] --add SPEC | --remove ID | --weight ID=W | --drain ID [--keys N]", "print how many users a change would move (nothing is written)"},
 	{"init", "[--ring URL] [--algorithm bounded|haproxy] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W]", "create the first document (version 1) with its first member; refused when one exists"},
-	{"add", "[--ring URL] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W] [--keys N]", "add an active member"},
+	{"add", "[--ring URL] [--force] [--probe-timeout 2s] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W] [--keys N]", "add an active member; refused (exit 2) unless its edge answers the gRPC health check, or --force"},
 	{"drain", "[--ring URL] [--keys N] ID", "set a member draining: it owns nobody and its users move to the others"},
 	{"weight", "[--ring URL] [--keys N] ID W", "set a member's weight (1..256)"},
 	{"remove", "[--ring URL] [--keys N] (--metrics URL | --force) ID", "remove a draining member once its edge holds no users (checked on its admin /metrics, or skipped with --force)"},

@@ -149,9 +149,13 @@ func (a *App) editRing(url string, timeout time.Duration, keys int, change edit)
 	if err := next.Validate(); err != nil {
 		return usageError{err}
 	}
-	if err := st.CompareAndSwap(ctx, prev.Version, &next, false); err != nil {
+	// A deadline of its own for the write: change may have taken time
+	// (add asks the new member's edge first).
+	wctx, wcancel := context.WithTimeout(context.Background(), timeout)
+	defer wcancel()
+	if err := st.CompareAndSwap(wctx, prev.Version, &next, false); err != nil {
 		if errors.Is(err, store.ErrVersionConflict) {
-			return conflict(ctx, st)
+			return conflict(wctx, st)
 		}
 		if errors.Is(err, ring.ErrInvalid) {
 			return usageError{err}
@@ -294,10 +298,17 @@ func (a *App) ringInit(args []string) error {
 }
 
 func (a *App) ringAdd(args []string) error {
-	fs, url, timeout, keys := a.editFlags("add", "--id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W]",
-		"Adds an active member. Ids, names and addresses must be unique in the ring.")
+	fs, url, timeout, keys := a.editFlags("add", "[--force] [--probe-timeout 2s] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W]",
+		"Adds an active member. Ids, names and addresses must be unique in the ring. "+
+			"An active member owns users at once, so its edge must be running: before writing, pushctl asks the edge at --grpc "+
+			"with the standard gRPC health check (grpc.health.v1, the whole server) and refuses the change, exit code 2, "+
+			"unless it answers SERVING within --probe-timeout (a member whose edge is not running would take users "+
+			"that it cannot serve, and they would bounce with close code 4003 until it is removed). "+
+			"Start the edge first; --force adds the member without asking (for a ring written before its edges start).")
+	probeTimeout := fs.Duration("probe-timeout", 2*time.Second, "how long to wait for the new member's edge to answer the gRPC health check")
+	force := fs.Bool("force", false, "add the member without asking its edge (its users bounce with 4003 while the edge is not running)")
 	mf := newMemberFlags(fs)
-	rest, err := a.parseLocal(fs, args, mf.local...)
+	rest, err := a.parseLocal(fs, args, append(mf.local, "force")...)
 	if err != nil {
 		return err
 	}
@@ -308,9 +319,31 @@ func (a *App) ringAdd(args []string) error {
 	if err != nil {
 		return err
 	}
+	if *probeTimeout <= 0 {
+		return usageError{fmt.Errorf("--probe-timeout %v must be positive", *probeTimeout)}
+	}
 	return a.editRing(*url, *timeout, *keys, func(prev, next *ring.Document) (string, error) {
 		next.Members = append(next.Members, m)
-		return fmt.Sprintf("added %s ws=%s grpc=%s weight=%d", describe(m), m.WS, m.GRPC, m.Weight), nil
+		summary := fmt.Sprintf("added %s ws=%s grpc=%s weight=%d", describe(m), m.WS, m.GRPC, m.Weight)
+		if *force {
+			return summary + " (forced: its edge was not asked)", nil
+		}
+		// A document that is refused anyway (a duplicate id or address)
+		// is the clearer answer, and nobody's edge is asked for it.
+		if err := next.Validate(); err != nil {
+			return "", usageError{err}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *probeTimeout)
+		err := checkHealth(ctx, m.GRPC)
+		cancel()
+		if err != nil {
+			if !errors.As(err, new(notServingError)) {
+				err = rpcError(err)
+			}
+			return "", usageError{fmt.Errorf("not added: %s: its edge at %s does not answer the gRPC health check with SERVING (within %v): %v; "+
+				"start the edge first, or pass --force to add it anyway", describe(m), m.GRPC, *probeTimeout, err)}
+		}
+		return summary + " (its edge answers SERVING)", nil
 	})
 }
 

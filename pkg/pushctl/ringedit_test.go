@@ -55,13 +55,20 @@ func TestRingInitAddWeightDrainRemove(t *testing.T) {
 	}
 
 	// The member flags never come from the environment: PUSH_GRPC is
-	// publish's edge address, PUSH_WEIGHT and PUSH_FORCE are nobody's.
+	// publish's edge address, PUSH_WEIGHT and PUSH_FORCE are nobody's. So
+	// the add of a member without an edge is refused (exit 2) although
+	// PUSH_FORCE is set, and needs --force on the command line.
 	env := map[string]string{"PUSH_RING": path, "PUSH_GRPC": "10.9.9.9:9090", "PUSH_WEIGHT": "7", "PUSH_FORCE": "true", "PUSH_KEYS": "20000"}
-	code, out, errOut := runIn(env, nil, "ring", "add", "--id", "2", "--name", "e2", "--ws", "10.0.0.2:8080", "--grpc", "10.0.0.2:9090")
+	code, out, errOut := runIn(env, nil, "ring", "add", "--probe-timeout", "500ms", "--id", "2", "--name", "e2", "--ws", "10.0.0.2:8080", "--grpc", "10.0.0.2:9090")
+	if code != pushctl.ExitUsage || out != "" ||
+		!strings.HasPrefix(errOut, "pushctl ring: not added: member 2 (e2): its edge at 10.0.0.2:9090 does not answer the gRPC health check with SERVING (within 500ms): ") {
+		t.Fatalf("add of a member without an edge, PUSH_FORCE set: exit %d %q %q", code, out, errOut)
+	}
+	code, out, errOut = runIn(env, nil, "ring", "add", "--force", "--id", "2", "--name", "e2", "--ws", "10.0.0.2:8080", "--grpc", "10.0.0.2:9090")
 	if code != 0 {
 		t.Fatalf("add: exit %d %q", code, errOut)
 	}
-	if !strings.HasPrefix(out, "version    1 -> 2 (written)\nchanged    added member 2 (e2) ws=10.0.0.2:8080 grpc=10.0.0.2:9090 weight=1\n") ||
+	if !strings.HasPrefix(out, "version    1 -> 2 (written)\nchanged    added member 2 (e2) ws=10.0.0.2:8080 grpc=10.0.0.2:9090 weight=1 (forced: its edge was not asked)\n") ||
 		!strings.Contains(out, "of 20000 keys uid-0..uid-19999") {
 		t.Fatalf("add printed:\n%s", out)
 	}
@@ -72,7 +79,7 @@ func TestRingInitAddWeightDrainRemove(t *testing.T) {
 		!strings.Contains(errOut, "--grpc is required") {
 		t.Fatalf("add without --grpc, PUSH_GRPC set: exit %d %q", code, errOut)
 	}
-	mustRun(t, path, "add", "--keys", "0", "--id", "3", "--name", "e3", "--ws", "10.0.0.3:8080", "--grpc", "10.0.0.3:9090", "--weight", "2")
+	mustRun(t, path, "add", "--force", "--keys", "0", "--id", "3", "--name", "e3", "--ws", "10.0.0.3:8080", "--grpc", "10.0.0.3:9090", "--weight", "2")
 
 	// Flags may follow the positional arguments.
 	out = mustRun(t, path, "weight", "1", "3", "--keys", "20000")
@@ -308,8 +315,9 @@ func TestRingShowLiveUsersAndRemove(t *testing.T) {
 	gone := closedAddr(t)
 	path := filepath.Join(t.TempDir(), "ring.json")
 	mustRun(t, path, "init", "--id", "1", "--name", "e1", "--ws", e1.ws, "--grpc", e1.grpc)
-	mustRun(t, path, "add", "--keys", "0", "--id", "2", "--name", "e2", "--ws", e2.ws, "--grpc", e2.grpc)
-	mustRun(t, path, "add", "--keys", "0", "--id", "3", "--name", "e3", "--ws", gone, "--grpc", gone)
+	// Neither e2 (NOT_SERVING) nor e3 (gone) passes add's health check.
+	mustRun(t, path, "add", "--force", "--keys", "0", "--id", "2", "--name", "e2", "--ws", e2.ws, "--grpc", e2.grpc)
+	mustRun(t, path, "add", "--force", "--keys", "0", "--id", "3", "--name", "e3", "--ws", gone, "--grpc", gone)
 	mustRun(t, path, "drain", "--keys", "0", "1")
 
 	tok, err := auth.Mint([]byte(secret), "alice", time.Hour, time.Now())
@@ -444,6 +452,17 @@ func TestRingChangeHelp(t *testing.T) {
 		if !strings.Contains(errOut, want) {
 			t.Errorf("ring remove --help lacks %q:\n%s", want, errOut)
 		}
+	}
+	_, _, errOut = runIn(nil, nil, "ring", "add", "--help")
+	for _, want := range []string{"gRPC health check", "refuses the change, exit code 2", "SERVING within --probe-timeout",
+		"-probe-timeout duration", "default: 2s", "-force\n"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("ring add --help lacks %q:\n%s", want, errOut)
+		}
+	}
+	// --force is never read from PUSH_FORCE.
+	if force := regexp.MustCompile(`-force\n(?:\s+.*\n){2}\s+env: (.*)\n`).FindStringSubmatch(errOut); force == nil || force[1] != "none (command line only)" {
+		t.Errorf("ring add --help: --force must be command line only:\n%s", errOut)
 	}
 	if code, out, _ := runIn(nil, nil, "ring", "--help"); code != 0 || !strings.Contains(out, "3 version conflict") {
 		t.Errorf("ring --help: %d %q", code, out)

@@ -102,20 +102,43 @@ func (a *App) probe(members []ring.Member, liveTimeout time.Duration, metrics ma
 // server: "yes" when SERVING, "no" when it answers anything else (or has
 // no health service), "unreachable" when no answer came in time.
 func healthCheck(ctx context.Context, addr string) string {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return "unreachable"
-	}
-	defer cc.Close()
-	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	err := checkHealth(ctx, addr)
 	switch {
-	case err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING:
+	case err == nil:
 		return "yes"
-	case err == nil, status.Code(err) == codes.Unimplemented, status.Code(err) == codes.NotFound:
+	case errors.As(err, new(notServingError)), status.Code(err) == codes.Unimplemented, status.Code(err) == codes.NotFound:
 		return "no"
 	}
 	return "unreachable"
 }
+
+// checkHealth asks the standard gRPC health service (grpc.health.v1) at
+// addr about the whole server (service ""), on a connection of its own:
+// nil when it answers SERVING, a notServingError when it answers anything
+// else, the call's gRPC status otherwise (Unavailable when nothing listens,
+// DeadlineExceeded when no answer came before ctx ended).
+func checkHealth(ctx context.Context, addr string) error {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.Status != healthpb.HealthCheckResponse_SERVING {
+		return notServingError{resp.Status}
+	}
+	return nil
+}
+
+// notServingError is a health answer other than SERVING.
+type notServingError struct {
+	status healthpb.HealthCheckResponse_ServingStatus
+}
+
+func (e notServingError) Error() string { return "it answers " + e.status.String() }
 
 // maxMetricsBytes bounds what is read of a /metrics answer.
 const maxMetricsBytes = 16 << 20
