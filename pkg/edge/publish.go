@@ -191,7 +191,9 @@ func (s *Server) publishTail(ctx context.Context, uid string, tail []byte, expir
 		s.reg.Do(uid, true, func(u *registry.User[*conn]) {
 			switch {
 			case u.Box != nil && u.Gone == 0:
-			case u.Gone != 0 && !s.owns(uid):
+			case u.Gone != 0 && (!s.owns(uid) || time.Now().UnixNano()-u.GoneAt < int64(goneHold)):
+				// Handed over: the new holder's view was newer than ours
+				// may still be, so do not take it straight back.
 				state, to = redirect, u.Gone
 				return
 			case s.owns(uid):

@@ -19,8 +19,14 @@ import (
 const takeTimeout = 500 * time.Millisecond
 
 // goneKeep is how long a stream hand-over is remembered, so that publishes
-// from callers whose view lags are sent to the new holder.
-const goneKeep = 30 * time.Second
+// from callers whose view lags are sent to the new holder; for goneHold this
+// edge does not take the stream back even if its own view says it owns the
+// user (its view may be the one lagging: views agree within a liveness
+// reading, 250 ms, plus a read).
+const (
+	goneKeep = 30 * time.Second
+	goneHold = 2 * time.Second
+)
 
 // estCall is one stream establishment in progress; concurrent callers for
 // the same user wait for it.
