@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
 )
@@ -24,7 +25,7 @@ import (
 // store's compare-and-swap (see editRing).
 var ringSubcommands = []struct{ name, args, help string }{
 	{"lookup", "[--ring URL] [uid...]", "print each user's owner (uid<TAB>member id); reads uids from stdin when none are given"},
-	{"show", "[--ring URL] [--live-timeout 1s] [--metrics ID=URL,...]", "print the document and each member's share of the key space, liveness (gRPC health) and connected users (edge /metrics)"},
+	{"show", "[--ring URL] [--live-timeout 1s] [--metrics ID=URL,...]", "print the document and each member's share of the key space, lease, liveness (gRPC health) and connected users (reported with its lease, or its /metrics)"},
 	{"simulate", "[--ring URL] --add SPEC | --remove ID | --weight ID=W | --drain ID [--keys N]", "print how many users a change would move (nothing is written)"},
 	{"init", "[--ring URL] [--algorithm bounded|haproxy] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W]", "create the first document (version 1) with its first member; refused when one exists"},
 	{"add", "[--ring URL] [--force] [--probe-timeout 2s] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W] [--keys N]", "add an active member; refused (exit 2) unless its edge answers the gRPC health check, or --force"},
@@ -118,6 +119,23 @@ func (a *App) loadRing(url string, timeout time.Duration) (*ring.Ring, error) {
 	return r, nil
 }
 
+// readLeases reads the members' leases from the store (nil, nil for a
+// store that keeps none).
+func (a *App) readLeases(url string, timeout time.Duration) (map[uint32]owner.Live, error) {
+	st, err := a.openStore(url)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	ls, ok := st.(store.Leaser)
+	if !ok {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return ls.ReadLive(ctx)
+}
+
 func (a *App) stdin() io.Reader {
 	if a.Stdin == nil {
 		return os.Stdin
@@ -168,9 +186,11 @@ func (a *App) ringShow(args []string) error {
 		"Prints the ring document and, per member, its share of the key space and two probes. "+
 			"LIVE asks the member's gRPC health service (at its grpc address, within --live-timeout): yes (SERVING), "+
 			"no (answers, but not SERVING: stopping or without the health service) or unreachable; - when --live-timeout is 0. "+
-			"USERS is the push_edge_connections gauge of the edge's admin /metrics (open WebSocket connections, one per user "+
-			"with the edge's default --max-conns-per-user 1) for the members named in --metrics; - for the others, ? when the read failed "+
-			"(the reason goes to stderr). The ring document has no admin addresses, hence --metrics.")
+			"LEASE is what the store's lease says, the liveness every router, edge and SDK uses for ownership: active, draining, "+
+			"or none (not live: it owns nobody; its users are served by the next live members). "+
+			"USERS is the connection count the edge reports with its lease (renewed every third of its TTL), or, for the members "+
+			"named in --metrics, the push_edge_connections gauge of the edge's admin /metrics; - when neither is known, ? when the read "+
+			"failed (the reason goes to stderr).")
 	liveTimeout := fs.Duration("live-timeout", time.Second, "deadline of each member's gRPC health check (0: skip the checks)")
 	metrics := metricsFlag{}
 	fs.Var(metrics, "metrics", "read USERS from these edges' admin /metrics: ID=URL[,ID=URL...], repeatable; e.g. 1=http://10.0.0.1:9100/metrics")
@@ -200,14 +220,31 @@ func (a *App) ringShow(args []string) error {
 			active++
 		}
 	}
+	leases, leaseErr := a.readLeases(*url, *timeout)
+	if leaseErr != nil {
+		fmt.Fprintf(a.Stderr, "pushctl ring show: leases: %v\n", leaseErr)
+	}
 	probes := a.probe(d.Members, *liveTimeout, metrics, *timeout)
 	fmt.Fprintf(a.Stdout, "version    %d\nalgorithm  %s\nparams     %s\nmembers    %d (%d active, %d draining)\n\n",
 		d.Version, d.Algorithm, params(d), len(d.Members), active, len(d.Members)-active)
 	shares := r.Shares()
-	rows := []string{"ID\tNAME\tSTATE\tWEIGHT\tWS\tGRPC\tSHARE\tLIVE\tUSERS"}
+	rows := []string{"ID\tNAME\tSTATE\tWEIGHT\tWS\tGRPC\tSHARE\tLEASE\tLIVE\tUSERS"}
 	for i, m := range d.Members {
-		rows = append(rows, fmt.Sprintf("%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s", m.ID, m.Name, m.State, m.Weight, m.WS, m.GRPC,
-			percent(shares[m.ID]), probes[i].live, probes[i].users))
+		lease, users := "-", probes[i].users
+		switch {
+		case leaseErr != nil:
+			lease = "?"
+		case leases != nil:
+			lease = "none"
+			if l, ok := leases[m.ID]; ok {
+				lease = string(l.State)
+				if _, viaMetrics := metrics[m.ID]; !viaMetrics {
+					users = strconv.FormatInt(l.Users, 10)
+				}
+			}
+		}
+		rows = append(rows, fmt.Sprintf("%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s", m.ID, m.Name, m.State, m.Weight, m.WS, m.GRPC,
+			percent(shares[m.ID]), lease, probes[i].live, users))
 	}
 	return writeTable(a.Stdout, rows)
 }

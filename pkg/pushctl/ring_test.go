@@ -11,7 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/pushctl"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
@@ -116,10 +118,10 @@ func TestRingShow(t *testing.T) {
 		"algorithm  bounded\n",
 		"params     partitions=65521 replication=1000 load=1.02\n",
 		"members    3 (2 active, 1 draining)\n",
-		"ID  NAME  STATE     WEIGHT  WS             GRPC           SHARE   LIVE  USERS\n",
-		fmt.Sprintf("1   e1    active    1       10.0.0.1:8080  10.0.0.1:9090  %.2f%%  -     -\n", 100*shares[1]),
-		fmt.Sprintf("2   e2    active    2       10.0.0.2:8080  10.0.0.2:9090  %.2f%%  -     -\n", 100*shares[2]),
-		"3   e3    draining  1       10.0.0.3:8080  10.0.0.3:9090  0.00%   -     -\n",
+		"ID  NAME  STATE     WEIGHT  WS             GRPC           SHARE   LEASE  LIVE  USERS\n",
+		fmt.Sprintf("1   e1    active    1       10.0.0.1:8080  10.0.0.1:9090  %.2f%%  -      -     -\n", 100*shares[1]),
+		fmt.Sprintf("2   e2    active    2       10.0.0.2:8080  10.0.0.2:9090  %.2f%%  -      -     -\n", 100*shares[2]),
+		"3   e3    draining  1       10.0.0.3:8080  10.0.0.3:9090  0.00%   -      -     -\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("show lacks %q:\n%s", want, out)
@@ -301,5 +303,35 @@ func TestRingHelp(t *testing.T) {
 	}
 	if code, out, _ := runIn(nil, nil, "--help"); code != 0 || !strings.Contains(out, "lookup, show, simulate (read); init, add, drain, weight, remove (change)") {
 		t.Errorf("--help does not list ring: %d %q", code, out)
+	}
+}
+
+// TestRingShowLeases: LEASE and USERS come from the members' leases (what
+// every process uses for ownership), without --metrics.
+func TestRingShowLeases(t *testing.T) {
+	path := ringFile(t, nil)
+	st, err := store.OpenFile(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	l1, err := st.Register(context.Background(), 1, time.Minute, owner.Live{Users: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l1.Close()
+	l2, err := st.Register(context.Background(), 2, time.Minute, owner.Live{State: ring.StateDraining, Users: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	code, out, errOut := ringCmd(path, "show", "--live-timeout", "0")
+	if code != 0 {
+		t.Fatalf("exit %d %s", code, errOut)
+	}
+	for _, want := range []string{"% active - 42\n", "% draining - 3\n", "% none - -\n"} {
+		if !strings.Contains(singleSpaced(out), want) {
+			t.Errorf("show lacks %q:\n%s", want, out)
+		}
 	}
 }

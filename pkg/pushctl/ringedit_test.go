@@ -336,13 +336,13 @@ func TestRingShowLiveUsersAndRemove(t *testing.T) {
 	var out string
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		out = mustRun(t, path, "show", "--live-timeout", "2s", "--metrics", "1="+e1.metrics+",2="+e2.metrics)
-		if strings.Contains(singleSpaced(out), "% yes 1\n") || time.Now().After(deadline) {
+		if strings.Contains(singleSpaced(out), "% - yes 1\n") || time.Now().After(deadline) {
 			break
 		}
 	}
 	for _, want := range []string{
-		"ID NAME STATE WEIGHT WS GRPC SHARE LIVE USERS",
-		fmt.Sprintf("1 e1 draining 1 %s %s 0.00%% yes 1", e1.ws, e1.grpc),
+		"ID NAME STATE WEIGHT WS GRPC SHARE LEASE LIVE USERS",
+		fmt.Sprintf("1 e1 draining 1 %s %s 0.00%% - yes 1", e1.ws, e1.grpc),
 		fmt.Sprintf("2 e2 active 1 %s %s", e2.ws, e2.grpc),
 		fmt.Sprintf("3 e3 active 1 %s %s", gone, gone),
 	} {
@@ -350,7 +350,7 @@ func TestRingShowLiveUsersAndRemove(t *testing.T) {
 			t.Errorf("show lacks %q:\n%s", want, out)
 		}
 	}
-	for _, want := range []string{"% no 0\n", "% unreachable -\n"} {
+	for _, want := range []string{"% - no 0\n", "% - unreachable -\n"} {
 		if !strings.Contains(singleSpaced(out), want) {
 			t.Errorf("show lacks %q:\n%s", want, out)
 		}
@@ -408,7 +408,7 @@ func TestRingShowMetricsParsing(t *testing.T) {
 		t.Fatalf("exit %d %q", code, errOut)
 	}
 	for id, users := range map[int]string{1: "7", 2: "1200", 3: "?", 4: "?", 5: "?"} {
-		row := regexp.MustCompile(fmt.Sprintf(`\n%d e%d active 1 10\.0\.0\.%d:8080 10\.0\.0\.%d:9090 [0-9.]+%% - (\S+)\n`, id, id, id, id))
+		row := regexp.MustCompile(fmt.Sprintf(`\n%d e%d active 1 10\.0\.0\.%d:8080 10\.0\.0\.%d:9090 [0-9.]+%% - - (\S+)\n`, id, id, id, id))
 		if m := row.FindStringSubmatch(singleSpaced(out)); m == nil || m[1] != users {
 			t.Errorf("member %d: want USERS %s:\n%s", id, users, out)
 		}
