@@ -3,9 +3,8 @@ package client_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log"
-	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,79 +13,41 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/client"
-	"github.com/pushcluster/push/pkg/daemon"
-	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
-var secret = []byte("client-test-secret-client-test-secret-01")
-
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// testEdge is a real edge: the WebSocket server and its gRPC service.
-type testEdge struct {
-	id       uint32
-	srv      *edge.Server
-	g        *daemon.GRPC
-	ws, grpc string
-}
-
-// startEdge runs a real edge with the given ring id, as cmd/edge does,
-// until the returned stop is called.
-func startEdge(id uint32) (*testEdge, func(), error) {
-	v, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
-	if err != nil {
-		return nil, nil, err
-	}
-	srv, err := edge.New(edge.Config{ID: id, Listen: "127.0.0.1:0", Verifier: v, Loops: 1,
-		Logger: quiet(), DrainPeriod: time.Millisecond, CloseTimeout: 100 * time.Millisecond})
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := srv.Start(); err != nil {
-		return nil, nil, err
-	}
-	g, err := daemon.NewGRPC("127.0.0.1:0", 1<<20)
-	if err != nil {
-		return nil, nil, err
-	}
-	pushv1.RegisterPushServer(g.Server, edge.NewService(srv))
-	go g.Serve()
-	e := &testEdge{id: id, srv: srv, g: g, ws: srv.Addr().String(), grpc: g.Addr().String()}
-	return e, func() {
-		g.Server.Stop()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	}, nil
-}
-
-// exampleCluster starts one in-process edge (ring id 1) and a file store
-// in a temporary directory naming it; stop tears both down.
+// exampleCluster starts one in-process stand-in for an edge (ring id 1,
+// answering like one) and a file store in a temporary directory naming
+// it, with the edge's lease; stop tears them down.
 func exampleCluster() (st store.Store, stop func()) {
-	e, stopEdge, err := startEdge(1)
-	if err != nil {
+	e := newFake(1)
+	if err := e.start(); err != nil {
 		log.Fatal(err)
 	}
 	dir, err := os.MkdirTemp("", "ring")
 	if err != nil {
 		log.Fatal(err)
 	}
-	st, err = store.Open("file:"+filepath.Join(dir, "ring.json"), quiet())
+	fs, err := store.OpenFile(filepath.Join(dir, "ring.json"), quiet())
 	if err != nil {
 		log.Fatal(err)
 	}
 	doc := &ring.Document{Version: 1, Members: []ring.Member{
-		{ID: 1, Name: "edge-1", WS: e.ws, GRPC: e.grpc, Weight: 1},
+		{ID: 1, Name: "edge-1", WS: e.addr, GRPC: e.addr, Weight: 1},
 	}}
-	if err := st.CompareAndSwap(context.Background(), 0, doc, false); err != nil {
+	if err := fs.CompareAndSwap(context.Background(), 0, doc, false); err != nil {
 		log.Fatal(err)
 	}
-	return st, func() { st.Close(); stopEdge(); os.RemoveAll(dir) }
+	// What an edge does when it starts: take its lease.
+	lease, err := fs.Register(context.Background(), 1, store.DefaultLeaseTTL, owner.Live{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	return fs, func() { lease.Close(); fs.Close(); e.stop(); os.RemoveAll(dir) }
 }
 
 // A backend follows the ring store and publishes straight to the edge that
@@ -108,8 +69,61 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(r.Outcome, "seq", r.Seq, "on edge", r.EdgeId, "of ring version", c.Ring().Version())
-	// Output: OUTCOME_STORED seq 1 on edge 1 of ring version 1
+	fmt.Println(r.Outcome, "epoch", r.Epoch, "seq", r.Seq, "on edge", r.EdgeId, "of ring version", c.View().Version())
+	// Output: OUTCOME_STORED epoch e1 seq 1 on edge 1 of ring version 1
+}
+
+// A process that already follows the store (the router, an edge) shares
+// its Follower, so that it reads the store once and decides ownership from
+// one view.
+func ExampleNewWithFollower() {
+	st, stop := exampleCluster()
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	f, err := store.Follow(ctx, st, store.FollowOptions{Log: quiet()})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer f.Close() // after the Client: deferred calls run last in, first out
+	c := client.NewWithFollower(f, client.WithLogger(quiet()))
+	defer c.Close()
+
+	id, _ := f.View().Owner("alice")
+	r, err := c.Publish(ctx, "alice", []byte(`"hi"`), 0)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("owner", id, "answered by edge", r.EdgeId)
+	// Output: owner 1 answered by edge 1
+}
+
+// A backend that retries a message itself (after the SDK gave up, or after
+// a restart) sets the idempotency key, so the message is applied once.
+func ExampleWithIdempotencyKey() {
+	st, stop := exampleCluster()
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.New(ctx, st, client.WithLogger(quiet()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	// One key per logical message, e.g. derived from the backend's own id.
+	kctx := client.WithIdempotencyKey(ctx, "order-1234-shipped")
+	for range 2 {
+		r, err := c.Publish(kctx, "alice", []byte(`{"order":1234}`), 0)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println("epoch", r.Epoch, "seq", r.Seq, "duplicate", r.Duplicate)
+	}
+	// Output:
+	// epoch e1 seq 1 duplicate false
+	// epoch e1 seq 1 duplicate true
 }
 
 func ExampleClient_PublishMulti() {
@@ -123,17 +137,17 @@ func ExampleClient_PublishMulti() {
 	}
 	defer c.Close()
 
-	r, err := c.PublishMulti(ctx, []string{"bob", "alice", "bob"}, []byte(`"news"`), 0)
+	r, err := c.PublishMulti(ctx, []string{"bob", "alice", "carol"}, []byte(`"news"`), 0)
 	if err != nil {
 		log.Fatal(err)
 	}
 	for _, res := range r.Results { // in request order
-		fmt.Println(res.UserId, res.Outcome, res.Seq)
+		fmt.Println(res.UserId, res.Outcome, res.Epoch, res.Seq)
 	}
 	// Output:
-	// bob OUTCOME_STORED 1
-	// alice OUTCOME_STORED 1
-	// bob OUTCOME_STORED 2
+	// bob OUTCOME_STORED e1 1
+	// alice OUTCOME_STORED e1 1
+	// carol OUTCOME_STORED e1 1
 }
 
 func ExampleClient_Broadcast() {
@@ -185,30 +199,37 @@ func ExampleClient_Server() {
 	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.New(ctx, st, client.WithLogger(quiet()))
+	c, err := client.New(ctx, st, client.WithLogger(quiet()), client.WithForwardTimeout(2*time.Second))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer c.Close()
 
-	g, err := daemon.NewGRPC("127.0.0.1:0", 1<<20)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		log.Fatal(err)
 	}
-	pushv1.RegisterPushServer(g.Server, c.Server())
-	go g.Serve()
-	defer g.Server.Stop()
+	g := grpc.NewServer()
+	pushv1.RegisterPushServer(g, c.Server())
+	go g.Serve(ln)
+	defer g.Stop()
 
-	// A backend without the SDK talks to the forwarder.
-	cc, err := grpc.NewClient(g.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// A backend without the SDK talks to the forwarder, with its own
+	// idempotency key so that its retries are applied once.
+	cc, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer cc.Close()
-	r, err := pushv1.NewPushClient(cc).Publish(ctx, &pushv1.PublishRequest{UserId: "dave", Data: []byte("hi")})
-	if err != nil {
-		log.Fatal(err)
+	req := &pushv1.PublishRequest{UserId: "dave", Data: []byte("hi"), IdempotencyKey: "msg-77"}
+	for range 2 {
+		r, err := pushv1.NewPushClient(cc).Publish(ctx, req)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(strings.TrimPrefix(r.Outcome.String(), "OUTCOME_"), "on edge", r.EdgeId, "epoch", r.Epoch, "seq", r.Seq, "duplicate", r.Duplicate)
 	}
-	fmt.Println(strings.TrimPrefix(r.Outcome.String(), "OUTCOME_"), "on edge", r.EdgeId)
-	// Output: STORED on edge 1
+	// Output:
+	// STORED on edge 1 epoch e1 seq 1 duplicate false
+	// STORED on edge 1 epoch e1 seq 1 duplicate true
 }

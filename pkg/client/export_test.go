@@ -20,3 +20,10 @@ func SetCloseGrace(d time.Duration) func() {
 	closeGrace = d
 	return func() { closeGrace = old }
 }
+
+// SetStuckAfter changes how long a PublishStream send may block before the
+// stream counts as stuck and returns a function that restores it.
+func SetStuckAfter(d time.Duration) func() {
+	old := stuckAfter.Swap(int64(d))
+	return func() { stuckAfter.Store(old) }
+}
