@@ -65,9 +65,12 @@ type PushClient interface {
 	Presence(ctx context.Context, in *PresenceRequest, opts ...grpc.CallOption) (*PresenceResponse, error)
 	// PublishStream carries many publishes over one stream, what the Go SDK
 	// uses for Publish: a unary call costs an HTTP/2 stream, headers and
-	// trailers each. Every request gets one answer with its request_id (in
-	// the order sent); a request that fails answers with error_code (a gRPC
-	// code) and error, and the stream goes on.
+	// trailers each. Every request gets one answer with its request_id,
+	// matched by it: requests are served in order, except one that waits for
+	// a user's stream to be handed over, whose answer may come after later
+	// ones. A request that fails answers with error_code (a gRPC code) and
+	// error (and owner_id, ring_version for a not-owner refusal), and the
+	// stream goes on.
 	PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error)
 }
 
@@ -163,9 +166,12 @@ type PushServer interface {
 	Presence(context.Context, *PresenceRequest) (*PresenceResponse, error)
 	// PublishStream carries many publishes over one stream, what the Go SDK
 	// uses for Publish: a unary call costs an HTTP/2 stream, headers and
-	// trailers each. Every request gets one answer with its request_id (in
-	// the order sent); a request that fails answers with error_code (a gRPC
-	// code) and error, and the stream goes on.
+	// trailers each. Every request gets one answer with its request_id,
+	// matched by it: requests are served in order, except one that waits for
+	// a user's stream to be handed over, whose answer may come after later
+	// ones. A request that fails answers with error_code (a gRPC code) and
+	// error (and owner_id, ring_version for a not-owner refusal), and the
+	// stream goes on.
 	PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error
 	mustEmbedUnimplementedPushServer()
 }
