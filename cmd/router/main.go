@@ -1,8 +1,15 @@
 // Command router is the cluster's stateless front door: it peeks at each
-// browser's HTTP request head, hashes the user key on the ring and relays
-// the connection to the owning edge on epoll, and forwards push.v1.Push
-// calls for backends that do not embed the SDK. Run `router --help` for its
-// flags; each also reads PUSH_<FLAG> from the environment.
+// browser's HTTP request head, finds the user's owner and relays the
+// connection to that edge on epoll, and forwards push.v1.Push calls for
+// backends that do not embed the SDK. Run `router --help` for its flags;
+// each also reads PUSH_<FLAG> from the environment.
+//
+// Ownership: the router follows the ring store through one store.Follower
+// (the ring document and the edges' leases, the inputs edges and SDKs use
+// too). The relay routes each user to the view's owner (a failed dial goes
+// to the view's next owner) and the gRPC forwarder's SDK shares the same
+// Follower, so browsers and backends reach the same edge. The health check
+// (--check) is for operators only: /metrics, logs.
 package main
 
 import (
@@ -20,7 +27,6 @@ import (
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/flagenv"
 	"github.com/pushcluster/push/pkg/rawtcp"
-	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/router"
 	"github.com/pushcluster/push/pkg/store"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
@@ -35,7 +41,8 @@ func run(args []string) error {
 	grpcAddr := fs.String("grpc", "127.0.0.1:9000", "gRPC push.v1.Push forwarder address (health and reflection on)")
 	adminAddr := fs.String("admin", "127.0.0.1:9001", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
 	ringURL := fs.String("ring", "file:./ring.json", "ring store URL (file:./ring.json or etcd://host:2379/prefix)")
-	ringWait := fs.Duration("ring-wait", 30*time.Second, "how long to wait at start for the first ring document")
+	ringWait := fs.Duration("ring-wait", 30*time.Second, "how long to wait at start for the first ring document (and liveness reading)")
+	leaseTTL := fs.Duration("lease-ttl", store.DefaultLeaseTTL, "the edges' --lease-ttl: members whose leases vanish together (a store outage, a mass expiry) stay live for twice this, as on the edges")
 	fs.StringVar(&c.HashKey, "hash-key", "url_param:uid", "where the user key is: url_param:NAME, hdr:NAME or cookie:NAME")
 	fs.DurationVar(&c.HeadTimeout, "head-timeout", 5*time.Second, "time allowed from accept to a complete request head")
 	fs.IntVar(&c.MaxHeadBytes, "max-head-bytes", 8192, "request head size cap (431 beyond)")
@@ -48,11 +55,12 @@ func run(args []string) error {
 	fs.IntVar(&c.EdgePortSpan, "edge-port-span", 1, "edges listen on this many consecutive ports from their ring ws port")
 	fs.IntVar(&c.Backlog, "backlog", 4096, "listen queue length (capped by net.core.somaxconn)")
 	fs.BoolVar(&c.ReusePort, "reuseport", false, "set SO_REUSEPORT on the listeners")
-	fs.StringVar(&c.Check, "check", router.CheckGRPC, "health check: grpc (health Check on the member's grpc address), tcp (connect to ws) or none")
+	fs.StringVar(&c.Check, "check", router.CheckGRPC, "health check for operators (push_router_edge_up, edge up/down logs): grpc (health Check on the member's grpc address), tcp (connect to ws) or none. "+
+		"It does not decide routing: users go to their owner in the store's view (ring and leases, as edges and SDKs see it), even while its check fails, and never to a member without a live lease, even while its check passes; a failed dial goes to the view's next owner")
 	fs.DurationVar(&c.CheckInterval, "check-interval", 2*time.Second, "health check period")
 	fs.DurationVar(&c.CheckTimeout, "check-timeout", time.Second, "one health check's time limit")
-	fs.IntVar(&c.Rise, "rise", 2, "consecutive passed checks that bring a down edge up")
-	fs.IntVar(&c.Fall, "fall", 3, "consecutive failed checks that take an up edge down")
+	fs.IntVar(&c.Rise, "rise", 2, "consecutive passed checks that report a down edge up (--check)")
+	fs.IntVar(&c.Fall, "fall", 3, "consecutive failed checks that report an up edge down (--check)")
 	fs.StringVar(&c.TLSListen, "tls-listen", "", "TLS address (needs --tls-cert and --tls-key; goroutines per connection)")
 	cert := fs.String("tls-cert", "", "PEM certificate chain for --tls-listen")
 	key := fs.String("tls-key", "", "PEM private key for --tls-listen")
@@ -60,7 +68,7 @@ func run(args []string) error {
 	fs.IntVar(&c.Loops, "loops", router.DefaultLoops(), "epoll event loops")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "json", "json or text")
-	flagenv.SetUsage(fs, "PUSH", "router [flags]", "Routes browser WebSockets to the edge that owns the user on the ring and relays the bytes on epoll; forwards push.v1.Push calls to the owning edges.")
+	flagenv.SetUsage(fs, "PUSH", "router [flags]", "Routes browser WebSockets to the edge that owns the user (the ring store's view: ring document and edge leases) and relays the bytes on epoll; forwards push.v1.Push calls to the owning edges.")
 	if _, err := flagenv.Parse(fs, "PUSH", args, nil); err != nil {
 		return err
 	}
@@ -106,23 +114,17 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	watchCtx, stopWatch := context.WithCancel(context.Background())
-	defer stopWatch()
-	docs, err := st.Watch(watchCtx)
-	if err != nil {
-		return err
-	}
-	if err := firstRing(rt, docs, *ringWait); err != nil {
-		return err
-	}
-	go rt.Follow(docs)
-
+	// One Follower for the relay and the forwarder: the ring document and
+	// the edges' leases, the view edges and SDKs take ownership from.
 	ctx, cancel := context.WithTimeout(context.Background(), *ringWait)
-	sdk, err := client.New(ctx, st, client.WithUp(rt.Up), client.WithLogger(log))
+	f, err := store.Follow(ctx, st, store.FollowOptions{Grace: 2 * *leaseTTL, Log: log})
 	cancel()
 	if err != nil {
 		return err
 	}
+	defer f.Close() // after the SDK's Close and the router's Shutdown
+	rt.Follow(f)
+	sdk := client.NewWithFollower(f, client.WithLogger(log))
 	defer sdk.Close()
 	g, err := daemon.NewGRPC(*grpcAddr, 1<<20+64<<10)
 	if err != nil {
@@ -146,8 +148,9 @@ func run(args []string) error {
 			log.Error("admin serve", "err", err)
 		}
 	}()
+	v := rt.View()
 	log.Info("router up", "listen", rt.Addr().String(), "tls", c.TLSListen, "grpc", g.Addr().String(),
-		"admin", adm.Addr().String(), "ring_version", rt.Ring().Version(), "hash_key", c.HashKey)
+		"admin", adm.Addr().String(), "ring_version", v.Version(), "liveness", v.HasLiveness(), "hash_key", c.HashKey)
 
 	sig := daemon.WaitForSignal()
 	log.Info("shutting down", "signal", sig, "drain_period", c.DrainPeriod.String())
@@ -160,24 +163,4 @@ func run(args []string) error {
 	adm.Shutdown(sctx)
 	log.Info("router stopped")
 	return nil
-}
-
-// firstRing waits for the store's first valid document.
-func firstRing(rt *router.Router, docs <-chan *ring.Document, wait time.Duration) error {
-	timeout := time.After(wait)
-	for {
-		select {
-		case d, ok := <-docs:
-			if !ok {
-				return errors.New("ring store closed before a document arrived")
-			}
-			if err := rt.Apply(d); err != nil {
-				rt.Logger().Warn("ring document refused", "version", d.Version, "err", err)
-				continue
-			}
-			return nil
-		case <-timeout:
-			return fmt.Errorf("no ring document in %v", wait)
-		}
-	}
 }

@@ -1,7 +1,10 @@
 // Package router is the cluster's stateless front door: it accepts browser
-// connections, peeks at the HTTP request head without consuming it, hashes
-// the user key on the ring, dials the owning edge and then only moves bytes
-// between the two sockets.
+// connections, peeks at the HTTP request head without consuming it, finds
+// the user key's owner in the ownership view (package owner, fed by a
+// store.Follower: the same function and inputs as the edges and the SDK),
+// dials the owning edge and then only moves bytes between the two sockets.
+// A failed dial goes to the view's next owner (view.OwnerExcept); the
+// health check is for operators and does not route (see Router).
 //
 // Like the edge, connections are raw non-blocking descriptors on epoll loops
 // (package poller); every loop also accepts (EPOLLEXCLUSIVE, TCP_DEFER_ACCEPT).
@@ -16,7 +19,7 @@
 // connection (see tls.go for the cost).
 //
 // Lock order: session.mu, then Router.wheelMu, then pipePool.mu. Router.mu
-// (ring swaps, health checkers) and the TLS connection set's mutex are
+// (view swaps, health checkers) and the TLS connection set's mutex are
 // never held together with those. The routing table is an atomic snapshot
 // read without a lock; health state is an atomic per member.
 package router
@@ -37,11 +40,13 @@ import (
 // ErrConfig wraps every configuration error.
 var ErrConfig = errors.New("invalid router config")
 
-// Check kinds.
+// Check kinds. A health check is for operators: it drives Router.Up, the
+// push_router_edge_up gauge and the "edge up"/"edge down" logs, and does
+// not decide routing (see Router).
 const (
 	CheckGRPC = "grpc" // gRPC health Check on the member's grpc address
 	CheckTCP  = "tcp"  // TCP connect to the member's ws address
-	CheckNone = "none" // every member is always up
+	CheckNone = "none" // no probe: Up reports whether the address resolved
 )
 
 // Config configures a Router. The zero value of every field takes the
@@ -84,15 +89,22 @@ type Config struct {
 	// EdgePortSpan spreads connections over this many consecutive ports
 	// starting at each member's ws port (default 1).
 	EdgePortSpan int
-	// Check is CheckGRPC (default), CheckTCP or CheckNone.
+	// Check is CheckGRPC (default), CheckTCP or CheckNone: the health
+	// check behind Router.Up and push_router_edge_up. It does not decide
+	// routing: the ownership view does (a member the view holds live is
+	// dialed even while its probe fails, and a failed dial is redispatched
+	// to the view's next owner; a member the view does not hold live is
+	// never dialed, even while its probe passes). Its checker also
+	// re-resolves the member's ws name before every probe.
 	Check string
 	// CheckInterval is the health check period (default 2s).
 	CheckInterval time.Duration
 	// CheckTimeout bounds one check (default 1s, at most CheckInterval).
 	CheckTimeout time.Duration
 	// Rise and Fall are the consecutive successes that bring a down member
-	// up and the failures that bring an up member down (default 2 and 3).
-	// A new member starts up, like HAProxy's servers.
+	// up and the failures that bring an up member down (default 2 and 3),
+	// as the health check reports it. A new member starts up, like
+	// HAProxy's servers.
 	Rise, Fall int
 	// TLSListen, with TLS, serves TLS-terminated connections on a second
 	// listener through crypto/tls (two goroutines per connection).

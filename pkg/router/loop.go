@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -71,8 +70,8 @@ type inflight struct {
 
 // setup is the state of a session that is not relaying yet.
 type setup struct {
-	key       []byte   // the user key (copied out of the peek buffer)
-	failed    []uint32 // members whose dial failed, skipped on redispatch
+	key       string   // the user key (copied out of the peek buffer)
+	tries     attempts // members whose dial failed, skipped on redispatch
 	started   time.Time
 	proxyDone bool // the upstream PROXY header was consumed
 	// client and local are the addresses the upstream PROXY header gave
@@ -309,8 +308,7 @@ func (l *loop) headLocked(s *session, ev poller.Event) {
 		r.rejectLocked(s, http.StatusServiceUnavailable, rejDraining)
 		return
 	}
-	st := s.su()
-	st.key = append(st.key[:0], key...)
+	s.su().key = string(key)
 	r.dialNextLocked(l, s)
 }
 
@@ -378,135 +376,78 @@ func (r *Router) extractKey(head []byte) (key []byte, status int, reason string)
 	return nil, http.StatusBadRequest, rejNoKey
 }
 
-// Dial outcomes.
-const (
-	dialOK        = iota
-	dialFailed    // this member refused: try the next owner
-	dialExhausted // no local port on any source address
-	dialLocal     // a local error (out of descriptors...)
-)
-
-// dialNextLocked connects to the owner of the session's key among the live
-// members that have not failed for it yet: a failed member is skipped, so a
-// connection is redispatched at most once per live member.
+// dialNextLocked starts a connection to the owner of the session's key
+// through dispatch (the owner choice and dial policy shared with the TLS
+// path): the view's owner, or after failed dials the view's owner with the
+// failed members taken as down; a 503 when none is left.
 func (r *Router) dialNextLocked(l *loop, s *session) {
 	st := s.setup
-	for {
-		t := r.routes.Load()
-		id, ok := t.ring.LookupLive(st.key, func(id uint32) bool {
-			m := t.members[id]
-			return m != nil && m.up.Load() && !slices.Contains(st.failed, id)
-		})
-		if !ok {
-			r.rejectLocked(s, http.StatusServiceUnavailable, rejNoEdge)
-			return
-		}
-		if len(st.failed) > 0 {
-			r.m.redispatch.Inc()
-		}
-		m := t.members[id]
-		switch res, err := r.connectLocked(l, s, m); res {
-		case dialOK:
-			return
-		case dialFailed:
-			r.m.dialErrors.Inc()
-			r.log.Debug("dial edge", "edge", m.id, "err", err)
-			st.failed = append(st.failed, id)
-		case dialExhausted:
-			r.m.ports.Inc()
-			r.log.Error("no local port left on any source address: add --source-addr addresses or widen net.ipv4.ip_local_port_range",
-				"edge", m.id, "addr", m.wsAddr().String(), "sources", len(r.cfg.SourceAddrs))
-			r.rejectLocked(s, http.StatusServiceUnavailable, rejPorts)
-			return
-		default:
-			r.log.Warn("dial edge: local error", "edge", m.id, "err", err)
-			r.rejectLocked(s, http.StatusServiceUnavailable, rejNoEdge)
-			return
-		}
+	if reason := r.dispatch(st.key, &st.tries, func(m *member, to netip.AddrPort, src netip.Addr) (int, error) {
+		return r.connectLocked(l, s, m, to, src)
+	}); reason != "" {
+		r.rejectLocked(s, http.StatusServiceUnavailable, reason)
 	}
 }
 
-// connectLocked starts a non-blocking connect to m, bound to the next
-// source address; EADDRNOTAVAIL moves on to the following address.
-func (r *Router) connectLocked(l *loop, s *session, m *member) (int, error) {
-	addr := m.wsAddr()
-	if !addr.IsValid() {
-		return dialFailed, fmt.Errorf("edge %d: %s does not resolve yet", m.id, m.ws) // redispatched like a refused dial
+// connectLocked starts a non-blocking connect to m at to, bound to src
+// when valid (the outcome for dispatch; dialOK: in progress, finished by
+// connectedLocked or the connect deadline).
+func (r *Router) connectLocked(l *loop, s *session, m *member, to netip.AddrPort, src netip.Addr) (int, error) {
+	sa, fam := sockaddr(to)
+	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return dialLocal, fmt.Errorf("socket: %w", err)
 	}
-	port := addr.Port()
-	if span := r.cfg.EdgePortSpan; span > 1 {
-		port += uint16(m.port.Add(1) % uint32(span))
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if r.cfg.KeepAlive > 0 {
+		setKeepAlive(fd, int(max(r.cfg.KeepAlive/time.Second, 1)))
 	}
-	sa, fam := sockaddr(netip.AddrPortFrom(addr.Addr(), port))
-	srcs := r.src4
-	if fam == unix.AF_INET6 {
-		srcs = r.src6
-	}
-	tries := max(len(srcs), 1)
-	first := int(r.srcNext.Add(1))
-	var lastErr error
-	for i := 0; i < tries; i++ {
-		var src unix.Sockaddr
-		if len(srcs) > 0 {
-			src, _ = sockaddr(netip.AddrPortFrom(srcs[(first+i)%len(srcs)], 0))
-		}
-		fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return dialLocal, fmt.Errorf("socket: %w", err)
-		}
-		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		if r.cfg.KeepAlive > 0 {
-			setKeepAlive(fd, int(max(r.cfg.KeepAlive/time.Second, 1)))
-		}
-		if src != nil {
-			// The port is picked at connect time, per destination, so one
-			// source address serves ~28k connections to each edge port.
-			unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-			if err := unix.Bind(fd, src); err != nil {
-				unix.Close(fd)
-				lastErr = err
-				if err == unix.EADDRNOTAVAIL || err == unix.EADDRINUSE {
-					continue
-				}
-				return dialLocal, fmt.Errorf("bind: %w", err)
-			}
-		}
-		err = unix.Connect(fd, sa)
-		if err != nil && err != unix.EINPROGRESS {
+	if src.IsValid() {
+		// The port is picked at connect time, per destination, so one
+		// source address serves ~28k connections to each edge port.
+		bsa, _ := sockaddr(netip.AddrPortFrom(src, 0))
+		unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+		if err := unix.Bind(fd, bsa); err != nil {
 			unix.Close(fd)
-			lastErr = err
-			if err == unix.EADDRNOTAVAIL || err == unix.EADDRINUSE {
-				continue
+			if noPort(err) {
+				return dialNoPort, err
 			}
-			return dialFailed, err
+			return dialLocal, fmt.Errorf("bind: %w", err)
 		}
-		if fd >= len(r.table) {
-			unix.Close(fd)
-			return dialLocal, unix.EMFILE
+	}
+	err = unix.Connect(fd, sa)
+	if err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		if noPort(err) {
+			return dialNoPort, err
 		}
-		s.efd, s.egen, s.epolled, s.eint = int32(fd), r.gen.Add(1), false, 0
-		r.register(fd, s)
-		s.edge = m
-		s.state = stDial
-		s.setup.started = time.Now()
-		if err := l.watch(s, false, poller.Write); err != nil {
+		return dialFailed, err
+	}
+	if fd >= len(r.table) {
+		unix.Close(fd)
+		return dialLocal, unix.EMFILE
+	}
+	s.efd, s.egen, s.epolled, s.eint = int32(fd), r.gen.Add(1), false, 0
+	r.register(fd, s)
+	s.edge = m
+	s.state = stDial
+	s.setup.started = time.Now()
+	if err := l.watch(s, false, poller.Write); err != nil {
+		r.closeEdgeLocked(s)
+		return dialLocal, err
+	}
+	// The client is watched again once the relay starts. If it already
+	// is (its head took several reads), it must stop reporting input
+	// while the dial is pending: level-triggered, that would spin.
+	if s.cpolled {
+		if err := l.watch(s, true, 0); err != nil {
 			r.closeEdgeLocked(s)
 			return dialLocal, err
 		}
-		// The client is watched again once the relay starts. If it already
-		// is (its head took several reads), it must stop reporting input
-		// while the dial is pending: level-triggered, that would spin.
-		if s.cpolled {
-			if err := l.watch(s, true, 0); err != nil {
-				r.closeEdgeLocked(s)
-				return dialLocal, err
-			}
-		}
-		s.timed = true
-		r.schedule(s, s.setup.started.Add(r.cfg.ConnectTimeout))
-		return dialOK, nil
 	}
-	return dialExhausted, lastErr
+	s.timed = true
+	r.schedule(s, s.setup.started.Add(r.cfg.ConnectTimeout))
+	return dialOK, nil
 }
 
 // connectedLocked finishes a dial: on success the PROXY header (if any) is
@@ -577,7 +518,7 @@ func (r *Router) dialFailedLocked(l *loop, s *session, err error) {
 	r.closeEdgeLocked(s)
 	r.m.dialErrors.Inc()
 	r.log.Debug("dial edge failed", "edge", m.id, "err", err)
-	s.setup.failed = append(s.setup.failed, m.id)
+	s.setup.tries.fail(m.id, err)
 	s.state = stHead // not relaying; dialNextLocked moves it to stDial again
 	r.dialNextLocked(l, s)
 }

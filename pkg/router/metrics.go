@@ -28,9 +28,11 @@ type metrics struct {
 	bytesE2C     prometheus.Counter
 	dial         prometheus.Histogram
 	dialErrors   prometheus.Counter
-	redispatch   prometheus.Counter
+	redispatch   *prometheus.CounterVec
 	edgeUp       *prometheus.GaugeVec
 	ringVersion  prometheus.Gauge
+	viewGen      prometheus.Gauge
+	liveMembers  prometheus.Gauge
 	headTimeouts prometheus.Counter
 	ports        prometheus.Counter
 	acceptErrors prometheus.Counter
@@ -55,12 +57,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(25e-6, 2, 16)}),
 		dialErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_router_dial_errors_total", Help: "Failed or timed out connection attempts to edges."}),
-		redispatch: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "push_router_redispatches_total", Help: "Connections sent to the next owner after a failed dial."}),
+		redispatch: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "push_router_redispatches_total",
+			Help: "Connections sent to the view's next owner (owner.View.OwnerExcept) after a failed dial, by what the failed dial met: refused, timeout, unresolved or error."},
+			[]string{"reason"}),
 		ringVersion: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "push_router_ring_version", Help: "Version of the ring in use (etcd store: the etcd revision of the effective ring)."}),
+			Name: "push_router_ring_version", Help: "Version of the ring document of the ownership view in use."}),
+		viewGen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "push_router_view_generation", Help: "Liveness generation of the ownership view in use (grows with every view this process's store follower publishes; not comparable across processes)."}),
+		liveMembers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "push_router_live_members", Help: "Active members the ownership view holds live, i.e. that can own users (0: every new connection gets a 503)."}),
 		edgeUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "push_router_edge_up", Help: "1 when the health check finds the edge up, by edge id."}, []string{"edge"}),
+			Name: "push_router_edge_up", Help: "1 when the health check finds the edge up, by edge id (for operators: routing follows the ownership view, not this)."}, []string{"edge"}),
 		headTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_router_head_timeouts_total", Help: "Connections closed because the request head did not arrive in time."}),
 		ports: prometheus.NewCounter(prometheus.CounterOpts{
@@ -77,9 +85,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{rejNoKey, rejBadRequest, rejTooLarge, rejNoEdge, rejPorts, rejDraining, rejProxy, rejEOF, rejHeadTimeout} {
 		m.rejected.WithLabelValues(r)
 	}
+	for _, r := range redisReasons {
+		m.redispatch.WithLabelValues(r)
+	}
 	if reg != nil {
 		reg.MustRegister(m.accepted, m.routed, m.rejected, m.active, m.bytes, m.dial, m.dialErrors,
-			m.redispatch, m.edgeUp, m.ringVersion, m.headTimeouts, m.ports, m.acceptErrors, m.splices, m.tlsActive)
+			m.redispatch, m.edgeUp, m.ringVersion, m.viewGen, m.liveMembers, m.headTimeouts, m.ports, m.acceptErrors, m.splices, m.tlsActive)
 	}
 	return m
 }

@@ -14,16 +14,32 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/ring"
+	"github.com/pushcluster/push/pkg/store"
 	"github.com/pushcluster/push/pkg/wheel"
 )
 
-// ErrNoRing is returned by Start before the first SetRing.
+// ErrNoRing is returned by Start (and Ready) before the first view.
 var ErrNoRing = errors.New("router: no ring set")
 
-// Router is the front door. Create it with New, give it a ring with
-// SetRing, run it with Start, stop it with Shutdown.
+// ErrNoLiveMember is what Ready reports while the view in force has no
+// live member to route to.
+var ErrNoLiveMember = errors.New("router: no live member in the view")
+
+// Router is the front door. Create it with New, give it the store's views
+// with Follow (or one view with SetView or SetRing), run it with Start,
+// stop it with Shutdown.
+//
+// Ownership is the view's (package owner, the one function edges, SDKs and
+// the forwarder call too): a user goes to view.Owner, and when the dial to
+// that member fails, to view.OwnerExcept with the members that failed so
+// far (dispatch.go). The health check (Config.Check) does not decide
+// routing: it feeds Up, the push_router_edge_up gauge and the logs, for
+// operators. A member the view holds live is dialed even while its probe
+// fails; one the view does not hold live is never dialed, even while its
+// probe passes.
 type Router struct {
 	cfg Config
 	key keySource
@@ -40,13 +56,14 @@ type Router struct {
 	table []atomic.Pointer[session]
 	maxFD atomic.Int64
 
-	routes atomic.Pointer[routes] // swapped whole by SetRing
+	routes atomic.Pointer[routes] // swapped whole by SetView
 
-	// mu guards members and checkers (SetRing, Shutdown); never taken on
-	// the data path.
+	// mu guards members, checkers and unfollow (SetView, Follow,
+	// Shutdown); never taken on the data path.
 	mu       sync.Mutex
 	members  map[uint32]*member
 	checkers map[*member]context.CancelFunc
+	unfollow context.CancelFunc // stops the Follow goroutine
 
 	// wheelMu guards wheel; taken after session.mu, never before.
 	wheelMu sync.Mutex
@@ -68,21 +85,23 @@ type Router struct {
 	tls        tlsConns // TLS connections, closed at the end of a drain
 }
 
-// routes is one immutable view of the ring with resolved members.
+// routes is one immutable ownership view with the ring's members resolved.
 type routes struct {
-	ring    *ring.Ring
-	members map[uint32]*member
+	view    *owner.View
+	members map[uint32]*member // every member of view.Ring(), active or draining
+	live    int                // active members the view holds live: those that can own users
 }
 
-// member is one edge as the router dials it. The same *member survives ring
-// swaps while its id and addresses stay, so its health state does too.
+// member is one edge as the router dials it. The same *member survives view
+// swaps while its id and addresses stay, so its resolved address, port
+// rotation and health state do too.
 type member struct {
 	id       uint32
 	label    string // id as a metric label
 	ws, grpc string
 	addr     atomic.Pointer[netip.AddrPort] // resolved ws address; re-resolved by the health checker
-	up       atomic.Bool
-	port     atomic.Uint32 // rotation over EdgePortSpan
+	up       atomic.Bool                    // the health check's verdict (Up), not used to route
+	port     atomic.Uint32                  // rotation over EdgePortSpan
 	routed   prometheus.Counter
 	upGauge  prometheus.Gauge
 }
@@ -183,13 +202,19 @@ func (r *Router) TLSAddr() net.Addr {
 	return r.tlsLn.Addr()
 }
 
-// Ready reports nil while the router takes new connections and has a ring.
+// Ready reports nil while the router takes new connections and has a view
+// with at least one live member (ErrNoRing before the first view,
+// ErrNoLiveMember while no member can own users).
 func (r *Router) Ready() error {
 	if r.draining.Load() {
 		return errors.New("draining")
 	}
-	if r.routes.Load() == nil {
+	t := r.routes.Load()
+	if t == nil {
 		return ErrNoRing
+	}
+	if t.live == 0 {
+		return ErrNoLiveMember
 	}
 	return nil
 }
@@ -198,67 +223,149 @@ func (r *Router) Ready() error {
 // head, dialing or relayed).
 func (r *Router) Sessions() int64 { return r.sessions.Load() }
 
-// Ring returns the ring in use (nil before SetRing).
+// Ring returns the ring in use (nil before the first view).
 func (r *Router) Ring() *ring.Ring {
 	if t := r.routes.Load(); t != nil {
-		return t.ring
+		return t.view.Ring()
 	}
 	return nil
 }
 
-// SetRing swaps the ring atomically: new connections follow it, relayed
-// ones stay where they are (moving users is the edge's job). Members whose
-// id and addresses are unchanged keep their health state; new ones start up
-// and get a health checker. A member whose ws address does not resolve
-// makes SetRing fail and leaves the old ring in place.
+// View returns the ownership view in use (nil before the first view).
+func (r *Router) View() *owner.View {
+	if t := r.routes.Load(); t != nil {
+		return t.view
+	}
+	return nil
+}
+
+// Follow routes by f's views from now on: the view in force is applied at
+// once, and every later one as f.Changed reports it, until Shutdown or the
+// next Follow. f stays the caller's: share it with the SDK of the gRPC
+// forwarder, and close it after Shutdown. Follow does not block.
+func (r *Router) Follow(f *store.Follower) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.mu.Lock()
+	if r.unfollow != nil {
+		r.unfollow()
+	}
+	r.unfollow = cancel
+	r.mu.Unlock()
+	changed := f.Changed() // before View: no change slips in between
+	r.SetView(f.View())
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+			changed = f.Changed()
+			if ctx.Err() != nil {
+				return
+			}
+			r.SetView(f.View())
+		}
+	}()
+}
+
+// SetRing routes by rg with every member taken as live: the view of a ring
+// store that keeps no liveness (a file ring without lease files). It is
+// SetView(owner.NewView(rg, nil, 0)), for tests and tools; a router in a
+// cluster follows the store's views with Follow.
 func (r *Router) SetRing(rg *ring.Ring) error {
 	if rg == nil {
 		return errors.New("router: nil ring")
 	}
+	return r.SetView(owner.NewView(rg, nil, 0))
+}
+
+// SetView swaps the ownership view atomically: new connections follow it,
+// relayed ones stay where they are (moving users is the edge's job). The
+// member table is rebuilt from v.Ring().Members(): members whose id and
+// addresses are unchanged keep their resolved address and health state;
+// new ones are resolved (one that does not resolve yet is dialed in vain,
+// and so redispatched, until its health checker resolves it), start up for
+// the health check like HAProxy's servers, and get a checker.
+func (r *Router) SetView(v *owner.View) error {
+	if v == nil || v.Ring() == nil {
+		return errors.New("router: nil view")
+	}
+	rg := v.Ring()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	next := &routes{ring: rg, members: map[uint32]*member{}}
-	for _, m := range rg.Members() {
-		old := r.members[m.ID]
-		if old != nil && old.ws == m.WS && old.grpc == m.GRPC {
-			next.members[m.ID] = old
-			continue
-		}
-		label := strconv.FormatUint(uint64(m.ID), 10)
-		nm := &member{id: m.ID, label: label, ws: m.WS, grpc: m.GRPC,
-			routed:  r.m.routed.WithLabelValues(label),
-			upGauge: r.m.edgeUp.WithLabelValues(label)}
-		if a, err := resolve(m.WS); err != nil {
-			// A name that does not resolve yet (a pod being created) is not
-			// a reason to refuse the whole ring: the member starts down and
-			// its health checker resolves it again.
-			r.log.Warn("edge address does not resolve; marked down", "edge", m.ID, "ws", m.WS, "err", err)
-			nm.upGauge.Set(0)
-		} else {
-			nm.addr.Store(&a)
-			nm.up.Store(true)
-			nm.upGauge.Set(1)
-		}
-		next.members[m.ID] = nm
-	}
-	for id, old := range r.members {
-		if next.members[id] != old {
-			if cancel := r.checkers[old]; cancel != nil {
-				cancel()
-				delete(r.checkers, old)
+	prev := r.routes.Load()
+	next := &routes{view: v, members: r.members}
+	ringChanged := prev == nil || prev.view.Ring() != rg
+	if ringChanged {
+		next.members = map[uint32]*member{}
+		for _, m := range rg.Members() {
+			old := r.members[m.ID]
+			if old != nil && old.ws == m.WS && old.grpc == m.GRPC {
+				next.members[m.ID] = old
+				continue
 			}
-			if next.members[id] == nil {
-				r.m.edgeUp.DeleteLabelValues(old.label)
+			label := strconv.FormatUint(uint64(m.ID), 10)
+			nm := &member{id: m.ID, label: label, ws: m.WS, grpc: m.GRPC,
+				routed:  r.m.routed.WithLabelValues(label),
+				upGauge: r.m.edgeUp.WithLabelValues(label)}
+			if a, err := resolve(m.WS); err != nil {
+				// A name that does not resolve yet (a pod being created) is
+				// not a reason to refuse the whole ring: its health checker
+				// resolves it again, and until then a dial to it fails and
+				// is redispatched.
+				r.log.Warn("edge address does not resolve yet", "edge", m.ID, "ws", m.WS, "err", err)
+				nm.upGauge.Set(0)
+			} else {
+				nm.addr.Store(&a)
+				nm.up.Store(true)
+				nm.upGauge.Set(1)
+			}
+			next.members[m.ID] = nm
+		}
+		for id, old := range r.members {
+			if next.members[id] != old {
+				if cancel := r.checkers[old]; cancel != nil {
+					cancel()
+					delete(r.checkers, old)
+				}
+				if next.members[id] == nil {
+					r.m.edgeUp.DeleteLabelValues(old.label)
+				}
+			}
+		}
+	}
+	for _, m := range rg.Members() {
+		live := m.Active() && v.Live(m.ID)
+		if live {
+			next.live++
+		}
+		if prev != nil && !ringChanged {
+			if was := prev.view.Live(m.ID); was != v.Live(m.ID) {
+				r.log.Info("edge liveness changed", "edge", m.ID, "live", v.Live(m.ID), "alive", v.Alive(m.ID),
+					"version", v.Version(), "gen", v.Gen())
 			}
 		}
 	}
 	r.members = next.members
 	r.routes.Store(next)
-	r.m.ringVersion.Set(float64(rg.Version()))
+	r.m.ringVersion.Set(float64(v.Version()))
+	r.m.viewGen.Set(float64(v.Gen()))
+	r.m.liveMembers.Set(float64(next.live))
 	if r.started() {
 		r.startCheckersLocked()
 	}
-	r.log.Info("ring set", "version", rg.Version(), "members", len(next.members))
+	if ringChanged {
+		r.log.Info("ring set", "version", v.Version(), "gen", v.Gen(), "members", len(next.members),
+			"live", next.live, "liveness", v.HasLiveness())
+	} else {
+		r.log.Debug("view set", "version", v.Version(), "gen", v.Gen(), "live", next.live)
+	}
+	if next.live == 0 {
+		r.log.Warn("no live member in the view: new connections get 503", "version", v.Version(), "gen", v.Gen())
+	}
 	return nil
 }
 
@@ -366,6 +473,9 @@ func (r *Router) Shutdown(ctx context.Context) error {
 		cancel()
 		delete(r.checkers, m)
 	}
+	if r.unfollow != nil {
+		r.unfollow()
+	}
 	r.mu.Unlock()
 	close(r.stop)
 	for _, l := range r.loops {
@@ -378,8 +488,9 @@ func (r *Router) Shutdown(ctx context.Context) error {
 }
 
 // Up reports whether the health check finds member id up (false for an id
-// not in the ring). The gRPC forwarder uses it so that backends and browsers
-// skip the same members.
+// not in the ring; with Check none, whether its address resolved). It is
+// the probe's view for operators (push_router_edge_up) and does not decide
+// routing, nor does any SDK use it.
 func (r *Router) Up(id uint32) bool {
 	t := r.routes.Load()
 	if t == nil {
@@ -391,27 +502,3 @@ func (r *Router) Up(id uint32) bool {
 
 // Logger is the router's logger.
 func (r *Router) Logger() *slog.Logger { return r.log }
-
-// Apply builds d and makes it the ring in use if it is newer than the
-// current one (an older or equal version is ignored).
-func (r *Router) Apply(d *ring.Document) error {
-	if cur := r.Ring(); cur != nil && d.Version <= cur.Version() {
-		return nil
-	}
-	rg, err := ring.New(d)
-	if err != nil {
-		return err
-	}
-	return r.SetRing(rg)
-}
-
-// Follow applies every document of docs (a ring store's Watch) until the
-// channel closes; a document that does not build is logged and the previous
-// ring stays in force.
-func (r *Router) Follow(docs <-chan *ring.Document) {
-	for d := range docs {
-		if err := r.Apply(d); err != nil {
-			r.log.Warn("ring document refused, keeping the previous one", "version", d.Version, "err", err)
-		}
-	}
-}

@@ -111,7 +111,19 @@ func newRing(t *testing.T, version uint64, members ...ring.Member) *ring.Ring {
 	return rg
 }
 
+// startRouter starts a router on rg with every member live (SetRing).
 func startRouter(t *testing.T, cfg Config, rg *ring.Ring) *Router {
+	t.Helper()
+	return startRouterWith(t, cfg, func(r *Router) {
+		if err := r.SetRing(rg); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// startRouterWith starts a router that set gives its views (SetRing,
+// SetView or Follow) before Start.
+func startRouterWith(t *testing.T, cfg Config, set func(*Router)) *Router {
 	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
@@ -127,9 +139,7 @@ func startRouter(t *testing.T, cfg Config, rg *ring.Ring) *Router {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.SetRing(rg); err != nil {
-		t.Fatal(err)
-	}
+	set(r)
 	if err := r.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -363,6 +373,10 @@ func TestPipelinedFrameAfterHead(t *testing.T) {
 	}
 }
 
+// An edge that stops while the view still holds it live (here: a ring
+// without liveness, so it stays live) keeps owning its users; their new
+// connections fail to dial it and go to view.OwnerExcept(2), the next
+// owner. The health check marks it down for operators only.
 func TestEdgeDownUsersMoveToTheNextOwner(t *testing.T) {
 	r, edges := cluster(t, Config{})
 	rg := r.Ring()
@@ -392,18 +406,24 @@ func TestEdgeDownUsersMoveToTheNextOwner(t *testing.T) {
 		t.Fatal("edge up gauge still 1")
 	}
 	for _, uid := range uids {
-		next, ok := rg.LookupLive([]byte(uid), func(id uint32) bool { return id != 2 })
+		next, ok := r.View().OwnerExcept(uid, func(id uint32) bool { return id == 2 })
 		if !ok || next == 2 {
 			t.Fatal("no next owner")
+		}
+		if want, _ := rg.LookupLive([]byte(uid), func(id uint32) bool { return id != 2 }); want != next {
+			t.Fatalf("view's next owner %d, the ring's %d", next, want)
 		}
 		c := dialWS(t, r, uid, nil)
 		waitFor(t, uid+" on the next owner", func() bool { return edges[next].srv.Presence(uid) == 1 })
 		publishAndReceive(t, edges[next], c, uid, `"moved"`)
 	}
+	if n := value(r.m.redispatch.WithLabelValues(redisRefused)); n < float64(len(uids)) {
+		t.Fatalf("%v redispatches counted as refused, want %d", n, len(uids))
+	}
 }
 
-// A member that refuses connections before the health check notices is
-// skipped by redispatch.
+// A member the view holds live that refuses connections is skipped by
+// redispatch (the health check is off: it plays no part).
 func TestRedispatchOnFailedDial(t *testing.T) {
 	e1 := startEdge(t, 1)
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
@@ -762,8 +782,9 @@ func TestTLSTermination(t *testing.T) {
 	}
 }
 
-// The ring comes from a file store as in cmd/router: a new version written
-// to the file reaches new connections, relayed ones stay.
+// The ring comes from a file store through a store.Follower as in
+// cmd/router (a ring file without lease files: every member live): a new
+// version written to the file reaches new connections, relayed ones stay.
 func TestRingFromFileStore(t *testing.T) {
 	edges := map[uint32]*testEdge{}
 	var ms []ring.Member
@@ -784,13 +805,15 @@ func TestRingFromFileStore(t *testing.T) {
 	defer st.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	docs, err := st.Watch(ctx)
+	f, err := store.Follow(ctx, st, store.FollowOptions{Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := <-docs
-	r := startRouter(t, Config{}, newRing(t, first.Version, first.Members...))
-	go r.Follow(docs)
+	defer f.Close()
+	r := startRouterWith(t, Config{}, func(r *Router) { r.Follow(f) })
+	if r.View().HasLiveness() {
+		t.Fatal("a ring file without lease files has liveness")
+	}
 
 	var uid string
 	for i := 0; ; i++ {
@@ -880,8 +903,9 @@ func TestTCPHealthCheck(t *testing.T) {
 }
 
 // A member whose name does not resolve (a pod not created yet) does not
-// make the router refuse the ring: it starts down, users go to the others,
-// and a name given as "localhost" is resolved by the health checker.
+// make the router refuse the ring: its probe starts down, its users are
+// redispatched to the next owner (a dial to it fails at once, counted as
+// "unresolved"), and a name given as "localhost" is resolved.
 func TestUnresolvableMemberStartsDown(t *testing.T) {
 	e := startEdge(t, 1)
 	ghost := ring.Member{ID: 2, Name: "edge-2", WS: "no-such-edge.invalid:8080", GRPC: "no-such-edge.invalid:9090", Weight: 1}
@@ -898,5 +922,8 @@ func TestUnresolvableMemberStartsDown(t *testing.T) {
 		c := dialWS(t, r, uid, nil)
 		waitFor(t, "user on edge 1", func() bool { return e.srv.Presence(uid) == 1 })
 		c.CloseNow()
+	}
+	if value(r.m.redispatch.WithLabelValues(redisUnresolved)) == 0 {
+		t.Fatal("no redispatch counted as unresolved")
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -200,69 +199,44 @@ func copyHalf(dst io.Writer, src io.Reader, r *Router, d int) {
 	}
 }
 
-// dialTLSBackend is dialNextLocked for the blocking TLS path: the owner
-// among live members that have not failed, the next source address on
-// EADDRNOTAVAIL.
+// dialTLSBackend connects to the owner of key through dispatch, the owner
+// choice and dial policy of the plaintext path, with blocking dials: the
+// connection and its member, or nil and the rejection reason.
 func (r *Router) dialTLSBackend(key []byte) (net.Conn, *member, string) {
-	var failed []uint32
-	for {
-		t := r.routes.Load()
-		id, ok := t.ring.LookupLive(key, func(id uint32) bool {
-			m := t.members[id]
-			return m != nil && m.up.Load() && !slices.Contains(failed, id)
-		})
-		if !ok {
-			return nil, nil, rejNoEdge
+	var (
+		a  attempts
+		ec net.Conn
+		em *member
+	)
+	reason := r.dispatch(string(key), &a, func(m *member, to netip.AddrPort, src netip.Addr) (int, error) {
+		d := net.Dialer{Timeout: r.cfg.ConnectTimeout, KeepAlive: -1}
+		if r.cfg.KeepAlive > 0 {
+			d.KeepAlive = r.cfg.KeepAlive
 		}
-		if len(failed) > 0 {
-			r.m.redispatch.Inc()
-		}
-		m := t.members[id]
-		addr := m.wsAddr()
-		port := addr.Port()
-		if span := r.cfg.EdgePortSpan; span > 1 {
-			port += uint16(m.port.Add(1) % uint32(span))
-		}
-		to := netip.AddrPortFrom(addr.Addr(), port).String()
-		srcs := r.src4
-		if !addr.Addr().Is4() {
-			srcs = r.src6
-		}
-		tries := max(len(srcs), 1)
-		first := int(r.srcNext.Add(1))
-		exhausted := true
-		for i := 0; i < tries; i++ {
-			d := net.Dialer{Timeout: r.cfg.ConnectTimeout, KeepAlive: -1}
-			if r.cfg.KeepAlive > 0 {
-				d.KeepAlive = r.cfg.KeepAlive
+		if src.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+			d.Control = func(_, _ string, c syscall.RawConn) error {
+				return c.Control(func(fd uintptr) {
+					unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+				})
 			}
-			if len(srcs) > 0 {
-				d.LocalAddr = &net.TCPAddr{IP: srcs[(first+i)%len(srcs)].AsSlice()}
-				d.Control = func(_, _ string, c syscall.RawConn) error {
-					return c.Control(func(fd uintptr) {
-						unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-					})
-				}
-			}
-			start := time.Now()
-			c, err := d.Dial("tcp", to)
-			if err == nil {
-				r.m.dial.Observe(time.Since(start).Seconds())
-				return c, m, ""
-			}
-			if errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.EADDRINUSE) {
-				continue
-			}
-			exhausted = false
-			r.m.dialErrors.Inc()
-			r.log.Debug("dial edge (tls)", "edge", id, "err", err)
-			break
 		}
-		if exhausted {
-			r.m.ports.Inc()
-			r.log.Error("no local port left on any source address", "edge", id)
-			return nil, nil, rejPorts
+		start := time.Now()
+		c, err := d.Dial("tcp", to.String())
+		switch {
+		case err == nil:
+			r.m.dial.Observe(time.Since(start).Seconds())
+			ec, em = c, m
+			return dialOK, nil
+		case noPort(err):
+			return dialNoPort, err
+		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE):
+			return dialLocal, err
 		}
-		failed = append(failed, id)
+		return dialFailed, err
+	})
+	if reason != "" {
+		return nil, nil, reason
 	}
+	return ec, em, ""
 }
