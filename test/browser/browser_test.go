@@ -145,11 +145,12 @@ func newCluster(t *testing.T, n int) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs, err := st.Watch(context.Background())
+	f, err := store.Follow(context.Background(), st, store.FollowOptions{Log: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go rt.Follow(docs)
+	t.Cleanup(f.Close) // after the router's Shutdown (cleanups run last first)
+	rt.Follow(f)
 	deadline := time.Now().Add(30 * time.Second)
 	for rt.Ring() == nil {
 		if time.Now().After(deadline) {

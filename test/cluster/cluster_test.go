@@ -153,11 +153,12 @@ func newCluster(t *testing.T, url string, edges int) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	docs, err := st.Watch(context.Background())
+	f, err := store.Follow(context.Background(), st, store.FollowOptions{Log: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	go rt.Follow(docs)
+	t.Cleanup(f.Close) // after the router's Shutdown (cleanups run last first)
+	rt.Follow(f)
 	waitFor(t, "router ring", func() bool { return rt.Ring() != nil })
 	if err := rt.Start(); err != nil {
 		t.Fatal(err)
