@@ -77,6 +77,7 @@ func (s *Server) migrateLoop() {
 func (s *Server) moveUsers() {
 	var moving []*conn
 	var claim []string
+	guests := 0
 	now := time.Now().UnixNano()
 	top := int(s.maxFD.Load()) + 1
 	for i := 0; i < top; i++ {
@@ -86,6 +87,9 @@ func (s *Server) moveUsers() {
 		}
 		c.mu.Lock()
 		if c.state == stOpen {
+			if c.resume != nil {
+				guests++
+			}
 			owner, _ := s.ownerOf(c.uid)
 			switch {
 			case owner == s.cfg.ID:
@@ -100,6 +104,7 @@ func (s *Server) moveUsers() {
 		}
 		c.mu.Unlock()
 	}
+	s.m.guests.Set(float64(guests))
 	for _, uid := range claim {
 		s.establishLater(uid)
 	}
