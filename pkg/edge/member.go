@@ -2,11 +2,15 @@ package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pushcluster/push/pkg/owner"
@@ -106,13 +110,23 @@ func Join(srv *Server, st store.Store, leaseTTL time.Duration) (*Membership, err
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		l, err := m.register(ctx)
 		cancel()
-		if err != nil {
+		f, isFile := st.(*store.File)
+		switch {
+		case err != nil && isFile && readOnly(err) && !leaseDirExists(f):
+			// A read-only file ring (a ConfigMap): nobody can write leases
+			// beside it, so every process reads no liveness from it and
+			// takes every member as live; this edge must not fence.
+			srv.log.Warn("the file ring's directory is read-only: running without leases (every member counts as live, no fencing)",
+				"lease_dir", f.LeaseDir(), "err", err)
+			m.leaser = nil
+		case err != nil:
 			return nil, fmt.Errorf("register edge %d: %w", srv.cfg.ID, err)
+		default:
+			m.lease = l
+			m.ttl = l.TTL()
+			m.margin = leaseMargin(m.ttl)
+			srv.setFenceAt(l.Renewed().Add(m.ttl - m.margin))
 		}
-		m.lease = l
-		m.ttl = l.TTL()
-		m.margin = leaseMargin(m.ttl)
-		srv.setFenceAt(l.Renewed().Add(m.ttl - m.margin))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	f, err := store.Follow(ctx, st, store.FollowOptions{Grace: 2 * m.ttl, Log: srv.log})
@@ -138,6 +152,16 @@ func Join(srv *Server, st store.Store, leaseTTL time.Duration) (*Membership, err
 
 func (m *Membership) register(ctx context.Context) (store.Lease, error) {
 	return m.leaser.Register(ctx, m.srv.cfg.ID, m.ttl, owner.Live{State: ring.StateActive, Incarnation: m.srv.incarnation(), Users: m.srv.Open()})
+}
+
+// readOnly reports whether err says the file system refused a write.
+func readOnly(err error) bool {
+	return errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS)
+}
+
+func leaseDirExists(f *store.File) bool {
+	st, err := os.Stat(f.LeaseDir())
+	return err == nil && st.IsDir()
 }
 
 // Follower returns the store follower this membership runs (its view is the
