@@ -755,8 +755,10 @@ func TestServerForwardsEveryCall(t *testing.T) {
 	cl.edges[2].stop()
 	cx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if _, err := router.Broadcast(cx, &pushv1.BroadcastRequest{Data: []byte("z")}); status.Code(err) != codes.Unavailable ||
-		!strings.Contains(err.Error(), "edge 2") {
+	// UNAVAILABLE once the retries give up, or DEADLINE_EXCEEDED when the
+	// second runs out first on a busy machine: either way edge 2 is named.
+	if _, err := router.Broadcast(cx, &pushv1.BroadcastRequest{Data: []byte("z")}); (status.Code(err) != codes.Unavailable &&
+		status.Code(err) != codes.DeadlineExceeded) || !strings.Contains(err.Error(), "edge 2") {
 		t.Fatalf("broadcast with edge 2 down through the forwarder: %v", err)
 	}
 }
