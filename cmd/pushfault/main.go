@@ -46,6 +46,11 @@ Flags:
 `, describe())
 		fs.PrintDefaults()
 	}
+	for _, a := range os.Args[1:] {
+		if a == "-h" || a == "-help" || a == "--help" || a == "--h" {
+			fs.SetOutput(os.Stdout) // asked for: the usage is the answer
+		}
+	}
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {
 			return 0

@@ -72,6 +72,13 @@ type Row struct {
 	P99ms float64 `json:"publish_p99_ms"`
 	MaxMs float64 `json:"publish_max_ms"`
 
+	// Details describe the first anomalies (lost, duplicated, out of
+	// order, misdelivered), one line each; Run writes them to
+	// anomalies.txt in the scenario directory.
+	Details   []string `json:"-"`
+	anomalous []string // users with a lost, duplicated, out-of-order or misdelivered message
+	LogDir    string   `json:"log_dir,omitempty"`
+
 	FaultSeconds float64  `json:"fault_window_s"`
 	Seconds      float64  `json:"scenario_s"`
 	Notes        []string `json:"notes,omitempty"`
@@ -95,6 +102,8 @@ func (r *Row) Verdict(withLatency bool) string {
 	}
 	return "PASS"
 }
+
+const maxDetails = 300
 
 // P99Target is the publish latency target for healthy users.
 const P99Target = 50 * time.Millisecond
@@ -134,6 +143,18 @@ func Check(in Input) Row {
 			}
 		}
 	}
+	t0 := in.FaultStart
+	at := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return fmt.Sprintf("%+.3fs", t.Sub(t0).Seconds())
+	}
+	detail := func(format string, args ...any) {
+		if len(r.Details) < maxDetails {
+			r.Details = append(r.Details, fmt.Sprintf(format, args...))
+		}
+	}
 	for i, u := range in.Users {
 		changes := 0
 		if i < len(in.Changes) {
@@ -147,11 +168,14 @@ func Check(in Input) Row {
 		r.MaxMoves = max(r.MaxMoves, u.Moves)
 		r.ReadTimeouts += u.Timeouts
 		r.Reconnects += max(0, u.Conns-1)
+		movedTooMuch := true
 		switch {
 		case u.Moves > 0 && changes == 0:
 			r.Unaffected++
 		case u.Moves > 2*changes:
 			r.OverBudget++
+		default:
+			movedTooMuch = false
 		}
 		if !u.Connected {
 			r.NotConnected++
@@ -160,6 +184,7 @@ func Check(in Input) Row {
 			r.FatalCloses++
 		}
 
+		anomaliesBefore := r.Duplicated + r.OutOfOrder + r.Misdelivered
 		// Received: count copies, find misdeliveries, check order.
 		seen := make(map[key]int, len(u.Got))
 		var maxSent time.Time // latest send time of an acked publish received so far
@@ -168,11 +193,14 @@ func Check(in Input) Row {
 			seen[k]++
 			if seen[k] > 1 {
 				r.Duplicated++
+				detail("duplicated %s p=%d n=%d copy %d: seq %d epoch %q at %s on connection %d",
+					u.UID, g.P, g.N, seen[k], g.Seq, g.Epoch, at(g.At), g.Conn)
 				continue
 			}
 			p := byKey[k]
 			if p == nil || p.User != i {
 				r.Misdelivered++
+				detail("misdelivered %s p=%d n=%d at %s", u.UID, g.P, g.N, at(g.At))
 				continue
 			}
 			if !p.Acked {
@@ -182,6 +210,8 @@ func Check(in Input) Row {
 			// sent after p was acknowledged.
 			if maxSent.After(p.Done) {
 				r.OutOfOrder++
+				detail("out of order %s p=%d n=%d sent %s acked %s (%s) received %s seq %d epoch %q connection %d, after one sent at %s",
+					u.UID, g.P, g.N, at(p.Sent), at(p.Done), p.Outcome, at(g.At), g.Seq, g.Epoch, g.Conn, at(maxSent))
 			}
 			if p.Sent.After(maxSent) {
 				maxSent = p.Sent
@@ -199,9 +229,14 @@ func Check(in Input) Row {
 			} else {
 				r.Lost++
 			}
+			detail("lost %s p=%d n=%d sent %s acked %s (%s); gap notice after it: %v; user moves %d, connections %d",
+				u.UID, p.P, p.N, at(p.Sent), at(p.Done), p.Outcome, gapAfter, u.Moves, u.Conns)
 		}
 		if lostHere > 0 {
 			r.LostUsers++
+		}
+		if movedTooMuch || lostHere > 0 || r.Duplicated+r.OutOfOrder+r.Misdelivered > anomaliesBefore {
+			r.anomalous = append(r.anomalous, u.UID)
 		}
 	}
 	sort.Slice(lat, func(a, b int) bool { return lat[a] < lat[b] })

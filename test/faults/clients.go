@@ -27,6 +27,18 @@ type Received struct {
 	Conn  int // which connection of the user (1, 2, ...)
 }
 
+// ConnRecord is one connection of a user: what it resumed from and how it
+// ended.
+type ConnRecord struct {
+	Router   string
+	Start    time.Time
+	LastSeq  uint64 // last_seq sent (0: none)
+	Epoch    string // epoch sent ("": none)
+	End      time.Time
+	Code     int // close code, -1 without a close frame
+	TimedOut bool
+}
+
 // User is one browser-like client: one WebSocket through a router,
 // reconnecting and resuming after every close or silence.
 type User struct {
@@ -45,8 +57,8 @@ type User struct {
 	conns     int         // successful upgrades
 	dialFails int
 	connected bool
-	lastData  time.Time
 	fatal     string
+	history   []ConnRecord
 }
 
 // UserStats is a snapshot of a user.
@@ -61,6 +73,7 @@ type UserStats struct {
 	DialFails int
 	Connected bool
 	Fatal     string
+	History   []ConnRecord
 }
 
 // Snapshot copies the user's state.
@@ -72,8 +85,11 @@ func (u *User) Snapshot() UserStats {
 		cl[k] = v
 	}
 	return UserStats{UID: u.UID, Got: append([]Received(nil), u.got...), Gaps: append([]time.Time(nil), u.gaps...),
-		Moves: u.moves, Closes: cl, Timeouts: u.timeouts, Conns: u.conns, DialFails: u.dialFails, Connected: u.connected, Fatal: u.fatal}
+		Moves: u.moves, Closes: cl, Timeouts: u.timeouts, Conns: u.conns, DialFails: u.dialFails, Connected: u.connected, Fatal: u.fatal,
+		History: append([]ConnRecord(nil), u.history...)}
 }
+
+const maxHistory = 200
 
 // Clients is the population of users of a scenario.
 type Clients struct {
@@ -196,25 +212,27 @@ func (cs *Clients) Moves() int {
 // LastData is when any user last got a data message.
 func (cs *Clients) LastData() time.Time { return time.Unix(0, cs.lastAny.Load()) }
 
-func (cs *Clients) url(u *User) string {
+func (cs *Clients) url(u *User) (string, ConnRecord) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	url := fmt.Sprintf("ws://%s/ws?uid=%s&token=%s", cs.routers[u.router%len(cs.routers)], u.UID, u.token)
+	rec := ConnRecord{Router: cs.routers[u.router%len(cs.routers)], LastSeq: u.lastSeq, Epoch: u.epoch}
+	url := fmt.Sprintf("ws://%s/ws?uid=%s&token=%s", rec.Router, u.UID, u.token)
 	if u.lastSeq > 0 || u.epoch != "" {
 		url += "&last_seq=" + strconv.FormatUint(u.lastSeq, 10)
 	}
 	if u.epoch != "" {
 		url += "&epoch=" + neturl.QueryEscape(u.epoch)
 	}
-	return url
+	return url, rec
 }
 
 // run is one user's life: connect, read until the connection ends, wait a
 // little, reconnect with last_seq (and epoch), until ctx ends.
 func (cs *Clients) run(ctx context.Context, u *User) {
 	for ctx.Err() == nil {
+		url, rec := cs.url(u)
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		c, _, err := websocket.Dial(dctx, cs.url(u), &websocket.DialOptions{HTTPClient: cs.http})
+		c, _, err := websocket.Dial(dctx, url, &websocket.DialOptions{HTTPClient: cs.http})
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -231,6 +249,7 @@ func (cs *Clients) run(ctx context.Context, u *User) {
 			continue
 		}
 		c.SetReadLimit(1 << 20)
+		rec.Start = time.Now()
 		u.mu.Lock()
 		u.connected = true
 		u.conns++
@@ -238,8 +257,12 @@ func (cs *Clients) run(ctx context.Context, u *User) {
 		u.mu.Unlock()
 		code, timedOut := cs.read(ctx, u, c, conn)
 		c.CloseNow()
+		rec.End, rec.Code, rec.TimedOut = time.Now(), code, timedOut
 		u.mu.Lock()
 		u.connected = false
+		if len(u.history) < maxHistory {
+			u.history = append(u.history, rec)
+		}
 		if ctx.Err() == nil {
 			u.closes[code]++
 			if code == 4003 {

@@ -8,14 +8,15 @@ import (
 	"time"
 )
 
-// shortSet is what go test runs: one planned resize and the single-edge,
-// store and router faults, at ShortParams sizes.
-var shortSet = []string{"a-file", "b", "d", "e", "f", "g"}
+// shortSet is what go test runs, at ShortParams sizes: one planned
+// resize and every fault (h is skipped without root).
+var shortSet = []string{"a-file", "b", "c", "d", "e", "f", "g", "h", "i"}
 
 // TestFaults runs the short fault suite against processes built from this
 // tree and asserts the outcome counts of every row (0 lost, duplicated,
 // out of order; moves within budget; ...). Latency is printed, never
-// asserted. FAULTS_SCENARIOS=all (or a list) overrides the set.
+// asserted. FAULTS_SCENARIOS=all (or a list) overrides the set;
+// FAULTS_KEEP=dir keeps every scenario's logs and anomalies.txt there.
 func TestFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a cluster of real processes for minutes")
@@ -42,7 +43,14 @@ func TestFaults(t *testing.T) {
 	var rows []Row
 	for _, sc := range scs {
 		t.Run(sc.Name, func(t *testing.T) {
-			row, err := Run(sc, bins, p, t.TempDir(), t.Logf)
+			base := t.TempDir()
+			if keep := os.Getenv("FAULTS_KEEP"); keep != "" {
+				base = keep // logs and anomalies.txt outlive the test
+				if err := os.MkdirAll(base, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			row, err := Run(sc, bins, p, base, t.Logf)
 			if err != nil {
 				row.Scenario, row.Store = sc.Name, sc.Store
 				row.Failures = append(row.Failures, "harness: "+err.Error())
@@ -54,6 +62,15 @@ func TestFaults(t *testing.T) {
 			}
 			for _, f := range row.Failures {
 				t.Errorf("%s (%s): %s", row.Scenario, row.Store, f)
+			}
+			if len(row.Failures) > 0 {
+				for i, d := range row.Details {
+					if i == 20 {
+						t.Logf("... %d more in anomalies.txt (FAULTS_KEEP=dir keeps it)", len(row.Details)-i)
+						break
+					}
+					t.Log(d)
+				}
 			}
 			t.Logf("publish p50/p99/max %.1f/%.1f/%.0f ms to healthy users (target p99 <= %v, not asserted)",
 				row.P50ms, row.P99ms, row.MaxMs, P99Target)

@@ -150,17 +150,21 @@ func (p *Proc) Kill() {
 	})
 }
 
-// Term sends SIGTERM and waits up to grace, then kills.
-func (p *Proc) Term(grace time.Duration) {
+// Term sends SIGTERM and waits up to grace, then kills; it reports
+// whether the process ended by itself in time.
+func (p *Proc) Term(grace time.Duration) bool {
+	exited := true
 	if !p.Exited() {
 		syscall.Kill(p.Pid(), syscall.SIGCONT)
 		syscall.Kill(p.Pid(), syscall.SIGTERM)
 		select {
 		case <-p.done:
 		case <-time.After(grace):
+			exited = false
 		}
 	}
 	p.Kill()
+	return exited
 }
 
 // Tail returns the last n bytes of the process log.

@@ -1,11 +1,14 @@
 package faults
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -117,10 +120,30 @@ func (r *run) note(format string, args ...any) {
 	r.logf("note: %s", s)
 }
 
+// setupError is a failure to bring the cluster up, before any fault: a
+// port taken between pick and bind, typically. Run tries again once.
+type setupError struct{ err error }
+
+func (e setupError) Error() string { return "setup: " + e.err.Error() }
+func (e setupError) Unwrap() error { return e.err }
+
 // Run runs one scenario in a fresh directory under baseDir with the
 // binaries bins and returns its row. Every process it started is gone when
-// it returns. An error means the harness could not run the scenario.
-func Run(sc Scenario, bins Bins, p Params, baseDir string, logf func(string, ...any)) (row Row, err error) {
+// it returns. An error means the harness could not run the scenario. A
+// cluster that does not come up is tried once more.
+func Run(sc Scenario, bins Bins, p Params, baseDir string, logf func(string, ...any)) (Row, error) {
+	row, err := runOnce(sc, bins, p, baseDir, logf)
+	var se setupError
+	if errors.As(err, &se) {
+		if logf != nil {
+			logf("scenario %s: %v; trying once more", sc.Name, err)
+		}
+		row, err = runOnce(sc, bins, p, baseDir, logf)
+	}
+	return row, err
+}
+
+func runOnce(sc Scenario, bins Bins, p Params, baseDir string, logf func(string, ...any)) (row Row, err error) {
 	began := time.Now()
 	row = Row{Scenario: sc.Name, Store: sc.Store}
 	if logf == nil {
@@ -146,42 +169,13 @@ func Run(sc Scenario, bins Bins, p Params, baseDir string, logf func(string, ...
 	}
 	c, err := NewCluster(dir, bins, p, sc.Store, host, logf)
 	if err != nil {
-		return row, err
+		return row, setupError{err}
 	}
 	r.c = c
 	defer c.Close()
 	logf("logs in %s", dir)
-
-	// Three edges (edge 2 in the namespace for h), a ring of them, routers.
-	var edges []*Edge
-	for id := uint32(1); id <= 3; id++ {
-		nsName, nsHost := "", ""
-		if r.ns != nil && id == faulty {
-			nsName, nsHost = r.ns.name, r.ns.nsAddr
-		}
-		e, err := c.NewEdge(id, nsName, nsHost)
-		if err != nil {
-			return row, err
-		}
-		edges = append(edges, e)
-	}
-	if err := c.InitRing(edges...); err != nil {
-		return row, err
-	}
-	for _, e := range edges {
-		if err := c.StartEdge(e, false); err != nil {
-			return row, err
-		}
-	}
-	for _, e := range edges {
-		if err := waitHTTP(e.Proc, "http://"+e.Admin+"/readyz", 30*time.Second); err != nil {
-			return row, err
-		}
-	}
-	for i := 0; i < max(1, sc.Routers); i++ {
-		if _, err := c.StartRouter(); err != nil {
-			return row, err
-		}
+	if err := r.setup(); err != nil {
+		return row, setupError{err}
 	}
 
 	// Users, all connected before anything else happens.
@@ -235,10 +229,110 @@ func Run(sc Scenario, bins Bins, p Params, baseDir string, logf func(string, ...
 	}
 	row = Check(Input{Users: users, Publishes: r.pub.Records(), Changes: r.changes, Healthy: r.healthy,
 		FaultStart: r.fStart, FaultEnd: r.fEnd, Expect: sc.Expect})
-	row.Scenario, row.Store = sc.Name, sc.Store
+	row.Scenario, row.Store, row.LogDir = sc.Name, sc.Store, dir
 	row.Notes = append(row.Notes, r.notes...)
+	r.writeDetails(dir, &row, users)
 	row.Seconds = time.Since(began).Seconds()
 	return row, nil
+}
+
+// setup starts three edges (edge 2 in the namespace for h) on a ring of
+// them, then the routers.
+func (r *run) setup() error {
+	c := r.c
+	var edges []*Edge
+	for id := uint32(1); id <= 3; id++ {
+		nsName, nsHost := "", ""
+		if r.ns != nil && id == faulty {
+			nsName, nsHost = r.ns.name, r.ns.nsAddr
+		}
+		e, err := c.NewEdge(id, nsName, nsHost)
+		if err != nil {
+			return err
+		}
+		edges = append(edges, e)
+	}
+	if err := c.InitRing(edges...); err != nil {
+		return err
+	}
+	for _, e := range edges {
+		if err := c.StartEdge(e, false); err != nil {
+			return err
+		}
+	}
+	for _, e := range edges {
+		if err := waitHTTP(e.Proc, "http://"+e.Admin+"/readyz", 30*time.Second); err != nil {
+			return err
+		}
+	}
+	for i := 0; i < max(1, r.sc.Routers); i++ {
+		if _, err := c.StartRouter(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeDetails writes anomalies.txt (the checker's details, then a line
+// per user that moved, timed out or failed to dial) into dir.
+func (r *run) writeDetails(dir string, row *Row, users []UserStats) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "scenario %s (%s): times are relative to the fault's start\n", row.Scenario, row.Store)
+	for _, d := range row.Details {
+		b.WriteString(d + "\n")
+	}
+	// The full story of the first users with an anomaly.
+	traced := 0
+	for _, uid := range row.anomalous {
+		if traced == 10 {
+			break
+		}
+		traced++
+		for _, u := range users {
+			if u.UID == uid {
+				r.trace(&b, u)
+			}
+		}
+	}
+	for i, u := range users {
+		if u.Moves == 0 && u.Timeouts == 0 && u.DialFails == 0 && len(u.Gaps) == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "user %s: owner changes %d, healthy %v, moves %d, closes %v, read timeouts %d, dial failures %d, gap notices %d, connections %d\n",
+			u.UID, r.changes[i], r.healthy[i], u.Moves, u.Closes, u.Timeouts, u.DialFails, len(u.Gaps), u.Conns)
+	}
+	os.WriteFile(filepath.Join(dir, "anomalies.txt"), []byte(b.String()), 0o644)
+}
+
+// trace writes one user's connections, gap notices and messages in time
+// order, relative to the fault's start.
+func (r *run) trace(b *strings.Builder, u UserStats) {
+	at := func(t time.Time) string { return fmt.Sprintf("%+.3fs", t.Sub(r.fStart).Seconds()) }
+	type ev struct {
+		t time.Time
+		s string
+	}
+	var evs []ev
+	for i, h := range u.History {
+		evs = append(evs, ev{h.Start, fmt.Sprintf("connection %d via %s opened with last_seq=%d epoch=%q", i+1, h.Router, h.LastSeq, h.Epoch)})
+		evs = append(evs, ev{h.End, fmt.Sprintf("connection %d closed: code %d timed out %v", i+1, h.Code, h.TimedOut)})
+	}
+	for _, g := range u.Gaps {
+		evs = append(evs, ev{g, "gap notice"})
+	}
+	for _, g := range u.Got {
+		evs = append(evs, ev{g.At, fmt.Sprintf("message p=%d n=%d seq %d epoch %q on connection %d", g.P, g.N, g.Seq, g.Epoch, g.Conn)})
+	}
+	for _, p := range r.pub.Records() {
+		if p.User >= 0 && p.User < len(r.uids) && r.uids[p.User] == u.UID {
+			evs = append(evs, ev{p.Sent, fmt.Sprintf("publish p=%d n=%d sent; answered %s at %s %s", p.P, p.N, p.Outcome, at(p.Done), p.Err)})
+		}
+	}
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].t.Before(evs[j].t) })
+	fmt.Fprintf(b, "--- trace of %s\n", u.UID)
+	for _, e := range evs {
+		fmt.Fprintf(b, "  %s %s\n", at(e.t), e.s)
+	}
 }
 
 // settle waits until every user is connected and no 4003 happened for a
@@ -385,7 +479,9 @@ func planned(r *run) error {
 			return err
 		}
 	}
-	e2.Proc.Term(10 * time.Second)
+	if !e2.Proc.Term(6 * time.Second) {
+		r.note("edge %d, drained and removed, did not exit within 6s of SIGTERM (--drain-period 2s; killed)", faulty)
+	}
 	r.recovered(r.p.Recover)
 	return nil
 }
@@ -512,8 +608,8 @@ func addBeforeStart(r *run) error {
 		return err
 	}
 	n := r.countChanges(before, after)
-	for i, uid := range r.uids {
-		if after.LookupString(uid) == 4 {
+	for i := range r.uids {
+		if r.changes[i] > 0 {
 			r.healthy[i] = false
 		}
 	}
