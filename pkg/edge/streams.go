@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/pushcluster/push/pkg/mailbox"
 	"github.com/pushcluster/push/pkg/registry"
@@ -16,7 +18,7 @@ import (
 // takeTimeout bounds one Take call to a member that may hold a stream: a
 // member that does not answer in time is taken for dead (if it was only
 // slow, its lease runs out and it fences itself before it can serve again).
-const takeTimeout = 500 * time.Millisecond
+const takeTimeout = time.Second
 
 // goneKeep is how long a stream hand-over is remembered, so that publishes
 // from callers whose view lags are sent to the new holder; for goneHold this
@@ -138,12 +140,13 @@ func (s *Server) establishNow(ctx context.Context, uid string, extra []uint32) e
 		if !ok {
 			continue
 		}
-		tctx, cancel := context.WithTimeout(ctx, takeTimeout)
-		resp, err := pc.Take(tctx, &pushv1.TakeRequest{ClaimantId: s.cfg.ID, RingVersion: ver, UserIds: []string{uid}})
-		cancel()
+		resp, err := s.take(ctx, pc, id, uid, ver)
 		if err != nil {
 			s.m.takeFailed.Inc()
 			s.log.Debug("take stream", "user", uid, "from", id, "err", err)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			continue
 		}
 		if len(resp.GetRefused()) > 0 {
@@ -177,10 +180,34 @@ func (s *Server) establishNow(ctx context.Context, uid string, extra []uint32) e
 				s.m.epochsStarted.Inc()
 			}
 		}
-		u.Gone, u.GoneAt = 0, 0
+		u.Gone, u.GoneAt, u.Gave = 0, 0, nil
 		s.attachWaitingInShard(u, now)
 	})
 	return nil
+}
+
+// take asks member id for uid's stream. A call that timed out may have
+// been applied there (the stream given, the answer lost), so while the
+// member is alive in the view it is asked again, and it answers with the
+// same stream; a member that refuses the connection is taken for dead.
+func (s *Server) take(ctx context.Context, pc pushv1.ClusterClient, id uint32, uid string, ver uint64) (*pushv1.TakeResponse, error) {
+	var err error
+	for attempt := 0; attempt < 4; attempt++ {
+		tctx, cancel := context.WithTimeout(ctx, takeTimeout)
+		var resp *pushv1.TakeResponse
+		resp, err = pc.Take(tctx, &pushv1.TakeRequest{ClaimantId: s.cfg.ID, RingVersion: ver, UserIds: []string{uid}})
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		if ctx.Err() != nil || status.Code(err) != codes.DeadlineExceeded {
+			return nil, err
+		}
+		if v := s.View(); v == nil || !v.Alive(id) {
+			return nil, err
+		}
+	}
+	return nil, err
 }
 
 // establishLater establishes uid's stream in the background (a connection
@@ -193,7 +220,7 @@ func (s *Server) establishLater(uid string) {
 			return
 		}
 		defer func() { <-s.streams.sem }()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*takeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), 8*takeTimeout)
 		defer cancel()
 		if err := s.establish(ctx, uid); err != nil {
 			s.log.Debug("establish stream for a connecting user", "user", uid, "err", err)
@@ -241,12 +268,22 @@ func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) *pushv1
 		}
 		var moved []*conn
 		s.reg.Do(uid, false, func(u *registry.User[*conn]) {
-			if u == nil || (u.Box == nil && len(u.Conns) == 0) {
+			if u == nil {
 				return
 			}
+			if u.Box == nil && u.Gone == claimant && u.Gave != nil {
+				// The claimant asks again: its first answer was lost.
+				resp.Streams = append(resp.Streams, streamToProto(uid, *u.Gave))
+				return
+			}
+			if u.Box == nil && len(u.Conns) == 0 {
+				return
+			}
+			u.Gave = nil
 			if u.Box != nil && u.Gone == 0 {
-				resp.Streams = append(resp.Streams, streamToProto(uid, u.Box.Snapshot(now)))
-				u.Box = nil
+				st := u.Box.Snapshot(now)
+				resp.Streams = append(resp.Streams, streamToProto(uid, st))
+				u.Box, u.Gave = nil, &st
 				s.m.streamsGiven.Inc()
 			}
 			u.Gone, u.GoneAt = claimant, now
@@ -280,7 +317,7 @@ func (s *Server) claimStreams(holder uint32, uids []string) int {
 				return
 			}
 			defer func() { <-s.streams.sem }()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*takeTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), 8*takeTimeout)
 			defer cancel()
 			s.establish(ctx, uid, holder)
 		}()
@@ -299,7 +336,7 @@ func (s *Server) offerStreams() {
 	now := time.Now().UnixNano()
 	s.reg.Sweep(func(uid string, u *registry.User[*conn]) {
 		if u.Gone != 0 && now-u.GoneAt > int64(goneKeep) {
-			u.Gone, u.GoneAt = 0, 0
+			u.Gone, u.GoneAt, u.Gave = 0, 0, nil
 		}
 		if len(u.Conns) > 0 || u.Box == nil || u.Gone != 0 || u.Box.Len() == 0 {
 			return

@@ -28,6 +28,9 @@ type User[C comparable] struct {
 	// here are sent there. The owner clears it after a while.
 	Gone   uint32
 	GoneAt int64
+	// Gave is the stream as it was handed to Gone, kept while Gone is, so
+	// that a hand-over whose answer was lost can be asked for again.
+	Gave *mailbox.Stream
 }
 
 // Remove deletes c from Conns and reports whether it was there.
