@@ -8,6 +8,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/pushcluster/push/test/faults"
@@ -108,6 +110,16 @@ Flags:
 		fmt.Fprintln(os.Stderr, "pushfault:", err)
 		return 1
 	}
+
+	// Ctrl-C or SIGTERM: kill every process, remove the namespace, exit.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		logf("%v: stopping every process of the running scenario", s)
+		faults.CloseAll()
+		os.Exit(130)
+	}()
 
 	rows := faults.RunAll(scs, bins, p, dir, logf)
 	fmt.Println()

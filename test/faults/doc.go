@@ -69,9 +69,12 @@
 // Healthy users are the users that are not affected in b, c, d, e, h and i,
 // and all users otherwise; publish latency p50/p99/max is over the
 // acknowledged publishes to healthy users. "Failures during the fault"
-// counts failed publishes sent between the injection and the moment every
-// user is connected again with no 4003 for a second (bounded by
-// Params.Recover).
+// counts failed publishes sent between the injection and the end of the
+// fault window: the moment every user is connected again with no 4003 for
+// a second after the fault's last action (kill, restart, SIGCONT, heal;
+// bounded by Params.Recover), and not before 2 lease TTLs after that
+// action. Failures outside the window are in the JSON
+// (publish_failures, publish_failure_kinds).
 //
 // # Targets
 //

@@ -255,6 +255,8 @@ type Cluster struct {
 	procs   []*Proc
 	cleanup []func()
 	logf    func(format string, args ...any)
+
+	unregister func() // from CloseAll's set
 }
 
 // NewCluster makes the scenario directory and, for kind "etcd", starts the
@@ -278,6 +280,7 @@ func NewCluster(dir string, bins Bins, p Params, kind, host string, logf func(st
 	default:
 		return nil, fmt.Errorf("unknown store kind %q", kind)
 	}
+	c.unregister = open.add(c.Close)
 	return c, nil
 }
 
@@ -517,8 +520,49 @@ func (c *Cluster) DesiredRing() (*ring.Ring, error) {
 	return ring.New(d)
 }
 
+// openSet holds the Close of every live cluster and namespace, for
+// CloseAll.
+type openSet struct {
+	mu     sync.Mutex
+	next   int
+	closes map[int]func()
+}
+
+var open = &openSet{closes: map[int]func(){}}
+
+func (o *openSet) add(f func()) func() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	id := o.next
+	o.next++
+	var once sync.Once
+	o.closes[id] = func() { once.Do(f) }
+	return func() {
+		o.mu.Lock()
+		delete(o.closes, id)
+		o.mu.Unlock()
+	}
+}
+
+// CloseAll kills every process and removes every namespace that a running
+// scenario holds (for a harness that is interrupted).
+func CloseAll() {
+	open.mu.Lock()
+	var fs []func()
+	for _, f := range open.closes {
+		fs = append(fs, f)
+	}
+	open.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
 // Close runs the cleanups and kills every process the cluster started.
 func (c *Cluster) Close() {
+	if c.unregister != nil {
+		c.unregister()
+	}
 	c.mu.Lock()
 	cleanup := c.cleanup
 	c.cleanup = nil

@@ -25,6 +25,7 @@ type netns struct {
 	name, rootIf, nsIf string
 	rootAddr, nsAddr   string
 	logf               func(string, ...any)
+	unregister         func()
 }
 
 const nsPrefix = "pushfault-"
@@ -106,6 +107,7 @@ func newNetns(logf func(string, ...any)) (*netns, string) {
 		n.Close()
 		return nil, "nftables in the namespace: " + err.Error()
 	}
+	n.unregister = open.add(n.Close)
 	logf("network namespace %s: %s (root, %s) <-> %s (namespace, %s)", n.name, n.rootAddr, n.rootIf, n.nsAddr, n.nsIf)
 	return n, ""
 }
@@ -135,6 +137,9 @@ func (n *netns) heal() error {
 
 // Close deletes the namespace and the veth pair.
 func (n *netns) Close() {
+	if n.unregister != nil {
+		n.unregister()
+	}
 	sh("ip", "link", "del", n.rootIf)
 	sh("ip", "netns", "del", n.name)
 }

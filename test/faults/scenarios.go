@@ -215,8 +215,8 @@ func runOnce(sc Scenario, bins Bins, p Params, baseDir string, logf func(string,
 	if r.fEnd.IsZero() {
 		r.fEnd = time.Now()
 	}
-	rest := max(p.Post, time.Until(r.start.Add(p.Duration)))
-	logf("fault over after %.1fs; publishing %.1fs more", r.fEnd.Sub(r.fStart).Seconds(), rest.Seconds())
+	rest := max(p.Post+time.Until(r.fEnd), time.Until(r.start.Add(p.Duration)))
+	logf("fault window %.1fs; publishing %.1fs more", r.fEnd.Sub(r.fStart).Seconds(), rest.Seconds())
 	time.Sleep(rest)
 	r.pub.Stop()
 	stopped := time.Now()
@@ -359,13 +359,19 @@ func (r *run) settle(timeout, minQuiet time.Duration) bool {
 	return false
 }
 
-// recovered waits (bounded) until the cluster is settled after a fault and
-// marks the end of the fault window.
+// recovered waits (bounded) until the cluster is settled after the last
+// action of a fault (a kill, a restart, SIGCONT, a heal) and marks the end
+// of the fault window: once settled, and not before 2 lease TTLs after
+// that action, since liveness and fencing act on that time scale.
 func (r *run) recovered(timeout time.Duration) {
+	last := time.Now()
 	if !r.settle(timeout, time.Second) {
 		r.note("not settled %v after the fault: %d/%d users connected", timeout, r.cl.Connected(), len(r.cl.Users))
 	}
 	r.fEnd = time.Now()
+	if min := last.Add(2 * r.p.LeaseTTL); r.fEnd.Before(min) {
+		r.fEnd = min
+	}
 }
 
 // quiesce waits until every user is connected and nothing was delivered
