@@ -127,6 +127,12 @@ func (n *netns) cut(etcdPort string) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("nft: %v: %s", err, out)
 	}
+	// The cut must hold: a new connection from the namespace to etcd
+	// must not get through.
+	probe := fmt.Sprintf("exec 3<>/dev/tcp/%s/%s", n.rootAddr, etcdPort)
+	if sh("ip", "netns", "exec", n.name, "timeout", "2", "bash", "-c", probe) == nil {
+		return fmt.Errorf("partition not effective: the namespace still reaches etcd at %s:%s", n.rootAddr, etcdPort)
+	}
 	return nil
 }
 

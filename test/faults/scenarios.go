@@ -580,7 +580,7 @@ func partition(r *run) error {
 		return err
 	}
 	r.logf("edge %d cut off from etcd for %v", faulty, 3*r.p.LeaseTTL)
-	time.Sleep(3 * r.p.LeaseTTL)
+	time.Sleep(time.Until(r.fStart.Add(3 * r.p.LeaseTTL))) // the cut's probe took some of it
 	if err := r.ns.heal(); err != nil {
 		return err
 	}
