@@ -607,7 +607,7 @@ func addBeforeStart(r *run) error {
 		return err
 	}
 	if note != "" {
-		r.logf("%s", note)
+		r.note("%s", note)
 	}
 	after, err := r.c.DesiredRing()
 	if err != nil {
