@@ -184,13 +184,36 @@ func (g *Service) PublishStream(stream pushv1.Push_PublishStreamServer) error {
 	)
 	sem := make(chan struct{}, maxStreamInFlight)
 	defer wg.Wait()
+	// Recv runs apart so that a stream idling in Recv ends when the edge
+	// stops (a graceful gRPC stop would otherwise wait for the caller to
+	// close it); the caller's SDK opens a new one elsewhere.
+	reqs := make(chan *pushv1.PublishRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-stream.Context().Done():
+				return
+			}
+		}
+	}()
 	for {
-		req, err := stream.Recv()
-		if err != nil {
+		var req *pushv1.PublishRequest
+		select {
+		case req = <-reqs:
+		case err := <-recvErr:
 			if err == io.EOF {
 				return nil
 			}
 			return err
+		case <-g.s.stop:
+			return status.Error(codes.Unavailable, ErrShuttingDown.Error())
 		}
 		answer := func(resp *pushv1.PublishResponse, err error) {
 			if err != nil {
