@@ -32,7 +32,7 @@ N ?=
 bench: build deps
 	./scripts/bench.sh "$(SCENARIO)" "$(N)"
 
-# The fault suite at full size (about 10 minutes): real edge, router, pushctl
+# The fault suite at full size (about 6 minutes): real edge, router, pushctl
 # and etcd processes on loopback, 1,000 users, 800 msg/s; one table row per
 # scenario, results in bench/results (see test/faults).
 faults: build

@@ -32,10 +32,10 @@ type Received struct {
 type ConnRecord struct {
 	Router   string
 	Start    time.Time
-	LastSeq  uint64 // last_seq sent (0: none)
-	Epoch    string // epoch sent ("": none)
-	End      time.Time
-	Code     int // close code, -1 without a close frame
+	LastSeq  uint64    // last_seq sent (0: none)
+	Epoch    string    // epoch sent ("": none)
+	End      time.Time // zero while open
+	Code     int       // close code, -1 without a close frame
 	TimedOut bool
 }
 
@@ -217,7 +217,11 @@ func (cs *Clients) url(u *User) (string, ConnRecord) {
 	defer u.mu.Unlock()
 	rec := ConnRecord{Router: cs.routers[u.router%len(cs.routers)], LastSeq: u.lastSeq, Epoch: u.epoch}
 	url := fmt.Sprintf("ws://%s/ws?uid=%s&token=%s", rec.Router, u.UID, u.token)
-	if u.lastSeq > 0 || u.epoch != "" {
+	// A reconnect always says where it is, last_seq=0 included (nothing
+	// seen yet: a message written into a connection that died before the
+	// client read it must come again); a first connection has nothing to
+	// resume.
+	if u.conns > 0 || u.lastSeq > 0 || u.epoch != "" {
 		url += "&last_seq=" + strconv.FormatUint(u.lastSeq, 10)
 	}
 	if u.epoch != "" {
@@ -250,18 +254,24 @@ func (cs *Clients) run(ctx context.Context, u *User) {
 		}
 		c.SetReadLimit(1 << 20)
 		rec.Start = time.Now()
+		rec.Code = 0 // still open
 		u.mu.Lock()
 		u.connected = true
 		u.conns++
 		conn := u.conns
+		hi := -1
+		if len(u.history) < maxHistory {
+			hi = len(u.history)
+			u.history = append(u.history, rec)
+		}
 		u.mu.Unlock()
 		code, timedOut := cs.read(ctx, u, c, conn)
 		c.CloseNow()
-		rec.End, rec.Code, rec.TimedOut = time.Now(), code, timedOut
+		end := time.Now()
 		u.mu.Lock()
 		u.connected = false
-		if len(u.history) < maxHistory {
-			u.history = append(u.history, rec)
+		if hi >= 0 {
+			u.history[hi].End, u.history[hi].Code, u.history[hi].TimedOut = end, code, timedOut
 		}
 		if ctx.Err() == nil {
 			u.closes[code]++

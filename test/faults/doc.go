@@ -32,7 +32,10 @@
 // epoch (an epoch it has not seen resets it) and on any end of its
 // connection — close 4003, 1001, a drop, or no frame for 3 pings (so a
 // paused edge is noticed) — it reconnects through a router after 0-300 ms
-// with last_seq and epoch (epoch omitted while none was seen). A dial that
+// with last_seq and epoch (epoch omitted while none was seen; last_seq
+// sent on every reconnect, 0 when nothing was seen, so that a message
+// written into a connection that died before the client read it is asked
+// for again; only the first connection has no last_seq). A dial that
 // fails moves the user to the next router.
 //
 // # Checks

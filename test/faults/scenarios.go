@@ -315,7 +315,9 @@ func (r *run) trace(b *strings.Builder, u UserStats) {
 	var evs []ev
 	for i, h := range u.History {
 		evs = append(evs, ev{h.Start, fmt.Sprintf("connection %d via %s opened with last_seq=%d epoch=%q", i+1, h.Router, h.LastSeq, h.Epoch)})
-		evs = append(evs, ev{h.End, fmt.Sprintf("connection %d closed: code %d timed out %v", i+1, h.Code, h.TimedOut)})
+		if !h.End.IsZero() {
+			evs = append(evs, ev{h.End, fmt.Sprintf("connection %d closed: code %d timed out %v", i+1, h.Code, h.TimedOut)})
+		}
 	}
 	for _, g := range u.Gaps {
 		evs = append(evs, ev{g, "gap notice"})
