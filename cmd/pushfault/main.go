@@ -8,7 +8,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -131,7 +133,11 @@ Flags:
 		}
 	}
 	if *out != "" {
-		js, md, err := faults.WriteResults(*out, rows, p, *latency)
+		meta := []string{"Command: `pushfault " + strings.Join(os.Args[1:], " ") + "`"}
+		if tree := gitTree(); tree != "" {
+			meta = append(meta, "Tree: "+tree)
+		}
+		js, md, err := faults.WriteResults(*out, rows, p, *latency, meta)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "pushfault:", err)
 			return 1
@@ -147,6 +153,20 @@ Flags:
 		return 1
 	}
 	return 0
+}
+
+// gitTree names the commit the binaries were presumably built from
+// (best effort: empty outside a git work tree).
+func gitTree() string {
+	out, err := exec.Command("git", "log", "-1", "--format=%h %s").Output()
+	if err != nil {
+		return ""
+	}
+	s := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+		s += " (with uncommitted changes)"
+	}
+	return s
 }
 
 func describe() string {

@@ -44,7 +44,7 @@ func WriteTable(w io.Writer, rows []Row, withLatency bool) {
 	}
 }
 
-func writeWhy(w io.Writer, r *Row, withLatency bool) {
+func writeWhy(w io.Writer, r *Row, withLatency bool) bool {
 	var why []string
 	if r.Skipped != "" {
 		why = append(why, "skipped: "+r.Skipped)
@@ -68,16 +68,22 @@ func writeWhy(w io.Writer, r *Row, withLatency bool) {
 	}
 	why = append(why, r.Notes...)
 	if len(why) == 0 {
-		return
+		return false
 	}
 	fmt.Fprintf(w, "%s (%s): %s\n", r.Scenario, r.Store, strings.Join(why, "; "))
+	return true
 }
 
 // Markdown renders the rows as a Markdown table with the reasons below.
-func Markdown(rows []Row, p Params, withLatency bool) string {
+// meta lines (command, tree) go under the title.
+func Markdown(rows []Row, p Params, withLatency bool, meta []string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Fault suite\n\n%d users, %.0f msg/s (two publishers), %v publishing per scenario, lease TTL %v, ping %v.\n\n",
+	fmt.Fprintf(&b, "# Fault suite\n\n%d users, %.0f msg/s (two publishers), %v publishing per scenario, lease TTL %v, ping %v.\n",
 		p.Users, p.Rate, p.Duration, p.LeaseTTL, p.Ping)
+	for _, m := range meta {
+		b.WriteString(m + "\n")
+	}
+	b.WriteString("\nScenarios, columns and targets: test/faults/doc.go (`go doc ./test/faults`).\n\n")
 	b.WriteString("| " + strings.Join(columns, " | ") + " |\n|")
 	for range columns {
 		b.WriteString("---|")
@@ -88,8 +94,9 @@ func Markdown(rows []Row, p Params, withLatency bool) string {
 	}
 	b.WriteString("\n")
 	for i := range rows {
-		writeWhy(&b, &rows[i], withLatency)
-		b.WriteString("\n")
+		if writeWhy(&b, &rows[i], withLatency) {
+			b.WriteString("\n")
+		}
 	}
 	return b.String()
 }
@@ -101,16 +108,17 @@ type Results struct {
 	Rows     []Row          `json:"rows"`
 	AllPass  bool           `json:"all_pass"`
 	Scenario []string       `json:"scenario_descriptions"`
+	Meta     []string       `json:"meta,omitempty"`
 }
 
 // WriteResults writes <dir>/<date>-faults.json and .md and returns their
 // paths.
-func WriteResults(dir string, rows []Row, p Params, withLatency bool) (string, string, error) {
+func WriteResults(dir string, rows []Row, p Params, withLatency bool, meta []string) (string, string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", "", err
 	}
 	now := time.Now()
-	res := Results{Date: now, Rows: rows, AllPass: true, Params: map[string]any{
+	res := Results{Date: now, Rows: rows, AllPass: true, Meta: meta, Params: map[string]any{
 		"users": p.Users, "rate": p.Rate, "duration_s": p.Duration.Seconds(), "lease_ttl_s": p.LeaseTTL.Seconds(),
 		"ping_s": p.Ping.Seconds(), "restart_after_s": p.Restart.Seconds(), "add_wait_s": p.AddWait.Seconds()}}
 	for i := range rows {
@@ -129,7 +137,7 @@ func WriteResults(dir string, rows []Row, p Params, withLatency bool) (string, s
 	if err := os.WriteFile(base+".json", append(js, '\n'), 0o644); err != nil {
 		return "", "", err
 	}
-	if err := os.WriteFile(base+".md", []byte(Markdown(rows, p, withLatency)), 0o644); err != nil {
+	if err := os.WriteFile(base+".md", []byte(Markdown(rows, p, withLatency, meta)), 0o644); err != nil {
 		return "", "", err
 	}
 	return base + ".json", base + ".md", nil
