@@ -57,6 +57,7 @@ type Membership struct {
 	mu        sync.Mutex
 	lease     store.Lease
 	outage    bool
+	backAt    time.Time // when the peers first reached the store again after an outage
 	peersAt   time.Time // when the peers last answered
 	peersDown bool      // their answer: nobody reaches the store
 	closed    bool
@@ -235,7 +236,7 @@ func (m *Membership) check(now time.Time) {
 	if m.peersCannotReachStore(now) {
 		m.mu.Lock()
 		first := !m.outage
-		m.outage = true
+		m.outage, m.backAt = true, time.Time{}
 		m.mu.Unlock()
 		if first {
 			m.log.Warn("lease not renewed, but no peer reaches the store either: serving on until it is back")
@@ -244,7 +245,48 @@ func (m *Membership) check(now time.Time) {
 		m.srv.setFenceAt(now.Add(m.ttl / 4))
 		return
 	}
+	m.mu.Lock()
+	outage := m.outage
+	if outage && m.backAt.IsZero() {
+		m.backAt = now
+	}
+	backAt := m.backAt
+	m.mu.Unlock()
+	if outage {
+		// The store is back for the peers, which keep this edge live for
+		// twice the TTL after they could read it again: register again
+		// now, keeping everything, and fence only if that fails for a
+		// whole TTL.
+		if m.registerAgain(l) {
+			return
+		}
+		if now.Sub(backAt) < m.ttl {
+			m.srv.setFenceAt(now.Add(m.ttl / 4))
+			return
+		}
+	}
 	m.fence("lease not renewed in time and a peer reaches the store (or none answers)")
+}
+
+// registerAgain takes a new lease after a store outage, keeping the
+// incarnation and every stream, and reports whether it did.
+func (m *Membership) registerAgain(old store.Lease) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), m.ttl/4)
+	l, err := m.register(ctx)
+	cancel()
+	if err != nil {
+		return false
+	}
+	m.mu.Lock()
+	m.lease, m.outage, m.backAt = l, false, time.Time{}
+	m.mu.Unlock()
+	m.srv.m.outage.Set(0)
+	m.srv.setFenceAt(l.Renewed().Add(m.ttl - m.margin))
+	if old != nil {
+		go old.Close() // it ran out during the outage, or will
+	}
+	m.log.Info("registered again after the store outage; users and streams kept", "id", m.srv.cfg.ID)
+	return true
 }
 
 // lost handles a lease the store says is gone: after an outage everybody
@@ -257,19 +299,9 @@ func (m *Membership) lost() {
 		m.fence("the store says the lease is gone")
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), m.ttl/3)
-	l, err := m.register(ctx)
-	cancel()
-	if err != nil {
+	if !m.registerAgain(nil) {
 		m.srv.setFenceAt(time.Now().Add(m.ttl / 4)) // still an outage: keep serving, retry
-		return
 	}
-	m.mu.Lock()
-	m.lease, m.outage = l, false
-	m.mu.Unlock()
-	m.srv.m.outage.Set(0)
-	m.srv.setFenceAt(l.Renewed().Add(m.ttl - m.margin))
-	m.log.Info("registered again after the store outage; users and streams kept", "id", m.srv.cfg.ID)
 }
 
 // peersCannotReachStore asks the other live members how they see the store
