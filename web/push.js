@@ -72,9 +72,12 @@ export function tokenProblem(token, uid, nowMs = Date.now()) {
  * Adds uid, token, last_seq and epoch to an endpoint URL, swapping the path.
  * With an epoch, last_seq is the last seq seen in that epoch and is sent even
  * when 0 (nothing of that epoch seen yet); without one, last_seq alone keeps
- * its old meaning and is left out when 0.
+ * its old meaning. It is left out only on a first connection that has seen
+ * nothing (resume false): the edge then sends only what no connection has
+ * taken. A reconnect always says where it is, last_seq=0 included, so a
+ * message written to a connection that died before it arrived is replayed.
  */
-export function endpoint(url, path, uid, token, lastSeq, epoch) {
+export function endpoint(url, path, uid, token, lastSeq, epoch, resume) {
   const u = new URL(url);
   if (path) {
     u.pathname = u.pathname.replace(/\/ws$/, '') + path;
@@ -85,8 +88,8 @@ export function endpoint(url, path, uid, token, lastSeq, epoch) {
   if (epoch) {
     u.searchParams.set('last_seq', String(lastSeq > 0 ? lastSeq : 0));
     u.searchParams.set('epoch', epoch);
-  } else if (lastSeq > 0) {
-    u.searchParams.set('last_seq', String(lastSeq));
+  } else if (lastSeq > 0 || resume) {
+    u.searchParams.set('last_seq', String(lastSeq > 0 ? lastSeq : 0));
   }
   return u.toString();
 }
@@ -222,7 +225,7 @@ function parse(text) {
 
 const transports = {
   websocket(env, p, h) {
-    const ws = new env.WebSocket(endpoint(p.url, '/ws', p.uid, p.token, p.lastSeq, p.epoch));
+    const ws = new env.WebSocket(endpoint(p.url, '/ws', p.uid, p.token, p.lastSeq, p.epoch, p.resume));
     let opened = false;
     let done = false;
     ws.onopen = () => {
@@ -252,7 +255,7 @@ const transports = {
   // message; a `close` event with data {"close":4003,"reason":"moved"}
   // carries the WebSocket close codes.
   sse(env, p, h) {
-    const es = new env.EventSource(endpoint(p.url, '/sse', p.uid, p.token, p.lastSeq, p.epoch));
+    const es = new env.EventSource(endpoint(p.url, '/sse', p.uid, p.token, p.lastSeq, p.epoch, p.resume));
     let opened = false;
     let done = false;
     const finish = (c) => {
@@ -311,7 +314,7 @@ const transports = {
       let body;
       try {
         const at = p.position();
-        res = await env.fetch(endpoint(p.url, '/poll', p.uid, p.token, at.lastSeq, at.epoch), {
+        res = await env.fetch(endpoint(p.url, '/poll', p.uid, p.token, at.lastSeq, at.epoch, at.resume), {
           signal: ctl.signal, cache: 'no-store', credentials: 'omit',
         });
         // The edge answers the head as soon as it accepts the poll: connected.
@@ -403,6 +406,8 @@ export class Session extends Emitter {
     this.o = { ...DEFAULTS, ...opts };
     this.env = { ...defaultEnv(), ...(opts.env || {}) };
     this.cursor = new Cursor(opts.epoch, opts.lastSeq, opts.openGapFrom);
+    // A session that starts from a known position (a takeover) resumes.
+    this.opened = opts.epoch !== undefined || opts.lastSeq > 0;
     this.#state = { state: 'idle', transport: null, attempt: 0 };
     this.transports = this.o.transports.filter((t) => this.#available(t));
     this.ti = 0; // index of the current transport
@@ -507,11 +512,12 @@ export class Session extends Emitter {
     const name = this.transports[this.ti];
     this.#set('connecting');
     const p = {
-      url: this.url, uid: this.uid, token: this.token, lastSeq: this.lastSeq, epoch: this.epoch,
-      position: () => ({ lastSeq: this.lastSeq, epoch: this.epoch }), pollTimeout: this.o.pollTimeout,
+      url: this.url, uid: this.uid, token: this.token, lastSeq: this.lastSeq, epoch: this.epoch, resume: this.opened,
+      position: () => ({ lastSeq: this.lastSeq, epoch: this.epoch, resume: this.opened }), pollTimeout: this.o.pollTimeout,
     };
     this.stop = transports[name](this.env, p, {
       open: () => {
+        this.opened = true; // from now on every connection is a resume
         this.failures = 0;
         this.attempt = 0;
         this.refreshed = false;

@@ -46,6 +46,18 @@ test('resume: the reconnect URL carries last_seq and epoch of the current epoch;
   assert.equal(q(env.sockets[1].url, 'epoch'), 'E1');
 });
 
+test('a reconnect that has seen nothing says last_seq=0, so what went to the dead connection is replayed', async () => {
+  const env = fakeEnv({ random: () => 0 });
+  session(env);
+  assert.equal(q(env.sockets[0].url, 'last_seq'), null, 'first connection, nothing seen: fresh');
+  env.sockets[0].open();
+  env.sockets[0].drop(1006); // a router died with a message in its buffers
+  await env.advance(0);
+  assert.equal(q(env.sockets[1].url, 'last_seq'), '0');
+  assert.equal(q(env.sockets[1].url, 'epoch'), null);
+  assert.equal(endpoint('wss://h/ws', '/ws', 'a', 't', 0, undefined, true), 'wss://h/ws?uid=a&token=t&last_seq=0');
+});
+
 test('dedupe within an epoch: at or below the last seq is dropped, no gap', () => {
   const env = fakeEnv();
   const { got } = session(env);
