@@ -110,6 +110,9 @@ Flags:
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pushfault:", err)
+		if *work == "" {
+			os.RemoveAll(dir)
+		}
 		return 1
 	}
 
