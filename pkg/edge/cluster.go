@@ -108,8 +108,8 @@ func (s *Server) moveUsers() {
 	for _, uid := range claim {
 		s.establishLater(uid)
 	}
-	if len(moving) == 0 {
-		return
+	if len(moving) == 0 || s.viewAge() < viewSettle {
+		return // the next pass moves them, once every view has caught up
 	}
 	s.log.Info("moving users to their owners", "users", len(moving), "rate", s.cfg.MigrateRate)
 	// An absolute schedule keeps the rate exact whatever each wait

@@ -84,6 +84,7 @@ type resumePoint struct {
 type ownState struct {
 	mu      sync.Mutex
 	view    *owner.View // nil: standalone, this edge owns every user
+	viewAt  time.Time   // when view was set
 	history []pastView  // views held in the last MailboxTTL, oldest first
 	joined  time.Time   // when this incarnation joined (zero: standalone)
 	inc     string      // incarnation: names epochs started by this life
@@ -130,7 +131,7 @@ func (s *Server) SetView(v *owner.View) {
 	if len(o.history) > 64 {
 		o.history = append(o.history[:0], o.history[len(o.history)-64:]...)
 	}
-	o.view = v
+	o.view, o.viewAt = v, now
 	o.mu.Unlock()
 	if v != nil {
 		s.m.ringVersion.Set(float64(v.Version()))
@@ -149,6 +150,19 @@ func (s *Server) SetRing(r *ring.Ring) {
 		return
 	}
 	s.SetView(owner.NewView(r, nil, 0))
+}
+
+// viewSettle is how long after a change of view this edge waits before it
+// moves users for it: every process reads the leases every 250 ms, so by
+// then routers see the change too and send a moved user to its owner, not
+// back here.
+const viewSettle = time.Second
+
+// viewAge returns how long the current view has been in force.
+func (s *Server) viewAge() time.Duration {
+	s.own.mu.Lock()
+	defer s.own.mu.Unlock()
+	return time.Since(s.own.viewAt)
 }
 
 // View returns the ownership view this edge follows (nil: standalone).

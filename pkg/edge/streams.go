@@ -123,7 +123,7 @@ func (s *Server) establishNow(ctx context.Context, uid string, extra []uint32) e
 			gone = u.Gone
 		}
 	})
-	if here {
+	if here && len(extra) == 0 {
 		return nil
 	}
 	if gone != 0 {
@@ -135,7 +135,19 @@ func (s *Server) establishNow(ctx context.Context, uid string, extra []uint32) e
 		ver = v.Version()
 	}
 	var got []mailbox.Stream
-	for _, id := range s.candidates(uid, extra...) {
+	from := s.candidates(uid, extra...)
+	if here {
+		// A holder asked this edge to take its stream (Claim) although
+		// one is here already: take it anyway and merge, or what it
+		// stored would be stranded there.
+		from = nil
+		for _, id := range extra {
+			if id != s.cfg.ID {
+				from = append(from, id)
+			}
+		}
+	}
+	for _, id := range from {
 		pc, ok := s.peer(id)
 		if !ok {
 			continue

@@ -199,3 +199,16 @@ func TestTrackerUpdates(t *testing.T) {
 		t.Fatalf("live %v", tr.Live())
 	}
 }
+
+// TestTrackerIgnoresUserCounts: a renewal that only reports another user
+// count is not a change of view; a new incarnation is.
+func TestTrackerIgnoresUserCounts(t *testing.T) {
+	tr := Tracker{Grace: time.Second}
+	tr.Observe(t0, map[uint32]Live{1: {State: ring.StateActive, Incarnation: "a", Users: 1}}, true)
+	if tr.Observe(t0.Add(time.Second), map[uint32]Live{1: {State: ring.StateActive, Incarnation: "a", Users: 99}}, true) {
+		t.Fatal("a user count alone changed the view")
+	}
+	if !tr.Observe(t0.Add(2*time.Second), map[uint32]Live{1: {State: ring.StateActive, Incarnation: "b"}}, true) {
+		t.Fatal("a new incarnation must change the view")
+	}
+}

@@ -60,7 +60,7 @@ func (t *Tracker) Observe(now time.Time, live map[uint32]Live, ok bool) bool {
 	prev := t.read
 	t.read = maps.Clone(live)
 	if live == nil || t.live == nil {
-		changed := (live == nil) != (t.live == nil) || !maps.Equal(live, t.live)
+		changed := (live == nil) != (t.live == nil) || !sameMembers(live, t.live)
 		t.live = maps.Clone(live)
 		t.holding = 0
 		return changed
@@ -84,9 +84,25 @@ func (t *Tracker) Observe(now time.Time, live map[uint32]Live, ok bool) bool {
 			}
 		}
 	}
-	changed := !maps.Equal(next, t.live)
+	changed := !sameMembers(next, t.live)
 	t.live = next
 	return changed
+}
+
+// sameMembers compares live sets by what ownership depends on (who, state,
+// incarnation), not by the informational user counts, so a renewal that
+// only reports another count is not a change of view.
+func sameMembers(a, b map[uint32]Live) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, x := range a {
+		y, ok := b[id]
+		if !ok || x.State != y.State || x.Incarnation != y.Incarnation {
+			return false
+		}
+	}
+	return true
 }
 
 // Live returns the live set in force (nil: the store keeps no liveness).
