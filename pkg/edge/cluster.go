@@ -79,12 +79,7 @@ func (s *Server) moveUsers() {
 	var claim []string
 	guests := 0
 	now := time.Now().UnixNano()
-	top := int(s.maxFD.Load()) + 1
-	for i := 0; i < top; i++ {
-		c := s.table[i].Load()
-		if c == nil {
-			continue
-		}
+	s.eachConn(func(c *conn) {
 		c.mu.Lock()
 		if c.state == stOpen {
 			if c.resume != nil {
@@ -103,7 +98,7 @@ func (s *Server) moveUsers() {
 			}
 		}
 		c.mu.Unlock()
-	}
+	})
 	s.m.guests.Set(float64(guests))
 	for _, uid := range claim {
 		s.establishLater(uid)

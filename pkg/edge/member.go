@@ -471,12 +471,7 @@ func (s *Server) fence() {
 	s.fenced.Store(true)
 	s.m.fences.Inc()
 	s.m.fencedGauge.Set(1)
-	top := int(s.maxFD.Load()) + 1
-	for i := 0; i < top; i++ {
-		c := s.table[i].Load()
-		if c == nil {
-			continue
-		}
+	s.eachConn(func(c *conn) {
 		c.mu.Lock()
 		c.out = nil
 		c.resume = nil
@@ -488,7 +483,7 @@ func (s *Server) fence() {
 			s.closeWithLocked(c, CloseMoved, "moved")
 		}
 		s.release(c)
-	}
+	})
 	s.reg.Sweep(func(_ string, u *registry.User[*conn]) {
 		u.Box, u.Gone, u.GoneAt, u.Gave = nil, 0, 0, nil
 	})
@@ -502,12 +497,7 @@ func (s *Server) unfence() {
 // resumeWrites flushes the queues that waited while the lease was not
 // confirmed.
 func (s *Server) resumeWrites() {
-	top := int(s.maxFD.Load()) + 1
-	for i := 0; i < top; i++ {
-		c := s.table[i].Load()
-		if c == nil {
-			continue
-		}
+	s.eachConn(func(c *conn) {
 		c.mu.Lock()
 		if c.state != stClosed && c.out != nil {
 			s.flushLocked(c)
@@ -519,7 +509,7 @@ func (s *Server) resumeWrites() {
 			}
 		}
 		s.release(c)
-	}
+	})
 }
 
 // storeStatus answers Cluster.LeaseStatus: is the store reachable from

@@ -293,6 +293,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// eachConn calls fn for every connection in the descriptor table (fn locks
+// what it needs).
+func (s *Server) eachConn(fn func(c *conn)) {
+	top := int(s.maxFD.Load()) + 1
+	for i := 0; i < top; i++ {
+		if c := s.table[i].Load(); c != nil {
+			fn(c)
+		}
+	}
+}
+
 func (s *Server) liveDescriptors() int {
 	n := 0
 	top := int(s.maxFD.Load()) + 1

@@ -223,8 +223,10 @@ func (s *Server) take(ctx context.Context, pc pushv1.ClusterClient, id uint32, u
 }
 
 // establishLater establishes uid's stream in the background (a connection
-// arrived for a user whose stream is elsewhere), bounded in concurrency.
-func (s *Server) establishLater(uid string) {
+// arrived for a user whose stream is elsewhere, or a holder offered it),
+// bounded in concurrency; extra are members to take it from besides the
+// candidates.
+func (s *Server) establishLater(uid string, extra ...uint32) {
 	go func() {
 		select {
 		case s.streams.sem <- struct{}{}:
@@ -234,8 +236,8 @@ func (s *Server) establishLater(uid string) {
 		defer func() { <-s.streams.sem }()
 		ctx, cancel := context.WithTimeout(context.Background(), 8*takeTimeout)
 		defer cancel()
-		if err := s.establish(ctx, uid); err != nil {
-			s.log.Debug("establish stream for a connecting user", "user", uid, "err", err)
+		if err := s.establish(ctx, uid, extra...); err != nil {
+			s.log.Debug("establish stream in the background", "user", uid, "err", err)
 		}
 	}()
 }
@@ -322,17 +324,7 @@ func (s *Server) claimStreams(holder uint32, uids []string) int {
 			continue
 		}
 		n++
-		go func() {
-			select {
-			case s.streams.sem <- struct{}{}:
-			case <-s.stop:
-				return
-			}
-			defer func() { <-s.streams.sem }()
-			ctx, cancel := context.WithTimeout(context.Background(), 8*takeTimeout)
-			defer cancel()
-			s.establish(ctx, uid, holder)
-		}()
+		s.establishLater(uid, holder)
 	}
 	return n
 }
