@@ -34,7 +34,6 @@ type Etcd struct {
 	log    *slog.Logger
 }
 
-
 // OpenEtcd connects to an etcd URL: etcd://host:2379[,host2:2379][/prefix]
 // (prefix default "/push").
 func OpenEtcd(raw string, log *slog.Logger) (*Etcd, error) {
