@@ -87,6 +87,8 @@ func (s *Server) moveUsers() {
 			}
 			owner, _ := s.ownerOf(c.uid)
 			switch {
+			case c.handedOff:
+				moving = append(moving, c)
 			case owner == s.cfg.ID:
 				if c.resume != nil {
 					claim = append(claim, c.uid)
@@ -124,7 +126,11 @@ func (s *Server) moveUsers() {
 			return
 		}
 		c.mu.Lock()
-		if owner, _ := s.ownerOf(c.uid); c.state == stOpen && owner != s.cfg.ID && owner != 0 {
+		if owner, _ := s.ownerOf(c.uid); c.state == stOpen && c.handedOff {
+			// Its stream is elsewhere: it must go, whatever the limit.
+			s.m.moved.Inc()
+			s.closeWithLocked(c, CloseMoved, "moved")
+		} else if c.state == stOpen && owner != s.cfg.ID && owner != 0 {
 			if s.moves.allow(c.uid, time.Now().UnixNano(), s.cfg.MoveLimit, s.cfg.MoveWindow) {
 				s.m.moved.Inc()
 				s.closeWithLocked(c, CloseMoved, "moved")

@@ -40,6 +40,7 @@ type conn struct {
 	polled     bool  // registered with the loop's epoll
 	shutAfter  bool  // shut down writing once out drains (close frame queued)
 	proxied    bool  // the PROXY header (AcceptProxy) was read
+	handedOff  bool  // its user's stream went to another edge: move it (cluster.go)
 	kind       uint8 // transport: kindWS, kindSSE or kindPoll
 	uid        string
 	lastSeen   int64 // Unix ns of the last frame from the client

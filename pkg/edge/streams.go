@@ -265,8 +265,8 @@ func (s *Server) attachWaitingInShard(u *registry.User[*conn], now int64) {
 
 // takeStreams is the giving side of a hand-over (Cluster.Take): for each
 // user this edge holds a stream or connections of, it gives up the stream
-// (answers later publishes with the claimant as owner) and closes the
-// user's connections with 4003 so they reconnect to the claimant. A user
+// (answers later publishes with the claimant as owner) and has the user's
+// connections moved (4003) so they reconnect to the claimant. A user
 // this edge owns in a newer ring than the claimant's is refused.
 func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) *pushv1.TakeResponse {
 	resp := &pushv1.TakeResponse{}
@@ -303,13 +303,20 @@ func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) *pushv1
 			u.Gone, u.GoneAt = claimant, now
 			moved = append(moved, u.Conns...)
 		})
+		// The connections move on the migrator's next pass, once every
+		// view has caught up (a router that still sees this edge as the
+		// owner would send the user straight back); until then nothing
+		// reaches them, and what is published waits in the stream.
 		for _, c := range moved {
 			c.mu.Lock()
-			if c.state == stOpen {
-				s.m.moved.Inc()
-				s.closeWithLocked(c, CloseMoved, "moved")
+			c.handedOff = true
+			c.mu.Unlock()
+		}
+		if len(moved) > 0 {
+			select {
+			case s.ringChanged <- struct{}{}:
+			default:
 			}
-			s.release(c)
 		}
 	}
 	return resp
