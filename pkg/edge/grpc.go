@@ -250,10 +250,11 @@ func (g *Service) Take(ctx context.Context, req *pushv1.TakeRequest) (*pushv1.Ta
 	if err := userid.CheckAll(req.GetUserIds()); err != nil {
 		return nil, g.status(err)
 	}
-	if req.GetClaimantId() == 0 || req.GetClaimantId() == g.s.cfg.ID {
-		return nil, status.Errorf(codes.InvalidArgument, "claimant_id %d", req.GetClaimantId())
+	resp, err := g.s.takeStreams(req.GetClaimantId(), req.GetRingVersion(), req.GetUserIds())
+	if err != nil {
+		return nil, status.Error(codes.PermissionDenied, err.Error())
 	}
-	return g.s.takeStreams(req.GetClaimantId(), req.GetRingVersion(), req.GetUserIds()), nil
+	return resp, nil
 }
 
 // Claim implements push.v1.Cluster: see Server.claimStreams.
@@ -261,7 +262,11 @@ func (g *Service) Claim(ctx context.Context, req *pushv1.ClaimRequest) (*pushv1.
 	if err := userid.CheckAll(req.GetUserIds()); err != nil {
 		return nil, g.status(err)
 	}
-	return &pushv1.ClaimResponse{Taken: uint32(g.s.claimStreams(req.GetHolderId(), req.GetUserIds()))}, nil
+	n, err := g.s.claimStreams(req.GetHolderId(), req.GetUserIds())
+	if err != nil {
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
+	return &pushv1.ClaimResponse{Taken: uint32(n)}, nil
 }
 
 // LeaseStatus implements push.v1.Cluster: how this edge sees the store and

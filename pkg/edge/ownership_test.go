@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -440,5 +441,78 @@ func TestStoreOutageIsNotADataPlaneEvent(t *testing.T) {
 	}
 	if c.nodes[1].Srv.Presence(uid) != 1 {
 		t.Fatal("the user was moved during a store outage")
+	}
+}
+
+// A lease that flickers (its file removed by hand) sends a publish to the
+// next owner for a moment; when the owner is back it takes that stream and
+// its open connection gets the message: nothing acknowledged is stranded.
+func TestFlickeringLeaseStrandsNothing(t *testing.T) {
+	st := fileStore(t)
+	c := newCluster(t, st, []uint32{1, 2}, []uint32{1, 2}, time.Second)
+	all := viewOf(t, []uint32{1, 2}, []uint32{1, 2}, c.nodes)
+	uid := userOwnedBy(t, all, all, 1, 1)
+	c.waitOwner(uid, 1)
+	ws := c.dial(1, uid, "")
+	waitFor(t, "registration", func() bool { return c.nodes[1].Srv.Presence(uid) == 1 })
+	if _, _, err := pub(t, c.nodes[1].pc, uid, "1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if m := readE(t, ws); m.Seq != 1 {
+		t.Fatalf("first: %+v", m)
+	}
+	// Edge 1's lease file goes; edge 2 sees itself the owner and stores.
+	lease := filepath.Join(st.LeaseDir(), "1.json")
+	var r *pushv1.PublishResponse
+	waitFor(t, "edge 2 takes a publish while edge 1's lease is gone", func() bool {
+		os.Remove(lease)
+		var err error
+		r, _, err = pub(t, c.nodes[2].pc, uid, "2", "flicker")
+		return err == nil
+	})
+	if r.Outcome != pushv1.Outcome_OUTCOME_STORED {
+		t.Fatalf("edge 2: %+v", r)
+	}
+	// Edge 1 renews its lease, takes edge 2's stream back and delivers.
+	m := readE(t, ws)
+	if m.Data != "2" || m.Gap {
+		t.Fatalf("after the flicker: %+v, want the stored message", m)
+	}
+}
+
+// Cluster calls from outside the ring are refused: nobody but a live member
+// can take a user's stream or make an edge claim one.
+func TestClusterCallsOnlyFromMembers(t *testing.T) {
+	st := fileStore(t)
+	c := newCluster(t, st, []uint32{1, 2}, []uint32{1, 2}, time.Second)
+	cc, err := grpc.NewClient(c.nodes[1].GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cl := pushv1.NewClusterClient(cc)
+	waitFor(t, "edge 1 sees edge 2 live", func() bool { return c.nodes[1].Srv.View().Alive(2) })
+	if _, err := cl.Take(ctx(t), &pushv1.TakeRequest{ClaimantId: 999, RingVersion: 1 << 62, UserIds: []string{"victim"}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("take by a non-member: %v", err)
+	}
+	if _, err := cl.Take(ctx(t), &pushv1.TakeRequest{ClaimantId: 1, UserIds: []string{"victim"}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("take by itself: %v", err)
+	}
+	if _, err := cl.Claim(ctx(t), &pushv1.ClaimRequest{HolderId: 999, UserIds: []string{"victim"}}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("claim for a non-member: %v", err)
+	}
+	// A member's claim for users nobody holds starts nothing.
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = fmt.Sprint("ghost", i)
+	}
+	if _, err := cl.Claim(ctx(t), &pushv1.ClaimRequest{HolderId: 2, UserIds: ids}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, uid := range ids[:50] {
+		if r, _, err := pub(t, c.nodes[1].pc, uid, "x", ""); err == nil && r.Seq != 1 {
+			t.Fatalf("%s: %+v", uid, r)
+		}
 	}
 }

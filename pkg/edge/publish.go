@@ -40,6 +40,10 @@ type Result struct {
 	Owner uint32
 }
 
+// establishWait bounds how long a publish waits for its user's stream to
+// be handed over from the edge that held it.
+const establishWait = time.Second
+
 // maxKeyLen bounds an idempotency key.
 const maxKeyLen = 64
 
@@ -222,7 +226,17 @@ func (s *Server) publishTail(ctx context.Context, uid string, tail []byte, expir
 				s.m.pubNotOwner.Inc()
 				return Result{}, s.notOwner(uid, 0)
 			}
-			if err := s.establish(ctx, uid); err != nil {
+			// Bounded: a publish never waits long on another edge; if
+			// the hand-over cannot finish in time the caller is told
+			// UNAVAILABLE and retries (the stream is not started
+			// without it).
+			ectx, cancel := context.WithTimeout(ctx, establishWait)
+			err := s.establish(ectx, uid)
+			cancel()
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				return Result{}, fmt.Errorf("%w: user %q: the hand-over of the stream from the edge that held it did not finish within %v", ErrShuttingDown, uid, establishWait)
+			}
+			if err != nil {
 				return Result{}, err
 			}
 			continue

@@ -274,9 +274,12 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 			}
 			n, err := strconv.ParseUint(string(num), 10, 64)
 			e, eok := parseEpoch(ev)
-			if err == nil && n <= MaxSeq && (len(ev) == 0 || eok) {
-				rp = resumePoint{epoch: e, seq: n, has: true}
+			if err != nil || n > MaxSeq || (ev != nil && !eok) {
+				s.m.hsBadRequest.Inc()
+				l.reject(c, http.StatusBadRequest, "Last-Event-ID must be <epoch>:<seq> or <seq>, seq from 0 to 2^53-1 ("+epochRule+")")
+				return
 			}
+			rp = resumePoint{epoch: e, seq: n, has: true}
 		}
 	}
 	if !seen[0] || !userid.Valid(string(uid)) {

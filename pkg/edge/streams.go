@@ -2,6 +2,8 @@ package edge
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -18,7 +20,7 @@ import (
 // takeTimeout bounds one Take call to a member that may hold a stream: a
 // member that does not answer in time is taken for dead (if it was only
 // slow, its lease runs out and it fences itself before it can serve again).
-const takeTimeout = time.Second
+const takeTimeout = 500 * time.Millisecond
 
 // goneKeep is how long a stream hand-over is remembered, so that publishes
 // from callers whose view lags are sent to the new holder; for goneHold this
@@ -89,6 +91,12 @@ func (s *Server) closePeers() {
 // one establishment. It fails with a *NotOwnerError when a holder refuses
 // (it owns the user in a newer ring).
 func (s *Server) establish(ctx context.Context, uid string, extra ...uint32) error {
+	return s.establishMode(ctx, uid, false, extra)
+}
+
+// establishMode is establish; with claim (a holder offered its stream) it
+// takes what the holders have and starts no stream when they have none.
+func (s *Server) establishMode(ctx context.Context, uid string, claim bool, extra []uint32) error {
 	st := &s.streams
 	st.mu.Lock()
 	if c := st.est[uid]; c != nil {
@@ -109,11 +117,11 @@ func (s *Server) establish(ctx context.Context, uid string, extra ...uint32) err
 		st.mu.Unlock()
 		close(c.done)
 	}()
-	c.err = s.establishNow(ctx, uid, extra)
+	c.err = s.establishNow(ctx, uid, claim, extra)
 	return c.err
 }
 
-func (s *Server) establishNow(ctx context.Context, uid string, extra []uint32) error {
+func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra []uint32) error {
 	// Already here (another path installed it meanwhile)?
 	here := false
 	var gone uint32
@@ -173,11 +181,30 @@ func (s *Server) establishNow(ctx context.Context, uid string, extra []uint32) e
 	if !s.serving() {
 		return ErrFenced
 	}
+	if claim && len(got) == 0 {
+		return nil // nothing was held: no stream to start for a claim
+	}
 	now := time.Now().UnixNano()
 	s.reg.Do(uid, true, func(u *registry.User[*conn]) {
 		if u.Box != nil && u.Gone == 0 {
 			for _, g := range got {
 				u.Box = u.Box.Adopt(g, now)
+			}
+			// What the merge appended no connection has: the open
+			// ones get it now (those still waiting resume below).
+			if msgs, _ := u.Box.Resume(nil, 0, false, now); len(msgs) > 0 {
+				delivered := false
+				for _, c := range u.Conns {
+					c.mu.Lock()
+					if c.state == stOpen && c.resume == nil && !c.handedOff {
+						s.replayLocked(c, mailbox.Gap{}, u.Box.Epoch, msgs)
+						delivered = true
+					}
+					c.mu.Unlock()
+				}
+				if !delivered {
+					u.Box.Unmark(msgs)
+				}
 			}
 		} else {
 			switch {
@@ -204,7 +231,7 @@ func (s *Server) establishNow(ctx context.Context, uid string, extra []uint32) e
 // same stream; a member that refuses the connection is taken for dead.
 func (s *Server) take(ctx context.Context, pc pushv1.ClusterClient, id uint32, uid string, ver uint64) (*pushv1.TakeResponse, error) {
 	var err error
-	for attempt := 0; attempt < 4; attempt++ {
+	for attempt := 0; attempt < 2; attempt++ {
 		tctx, cancel := context.WithTimeout(ctx, takeTimeout)
 		var resp *pushv1.TakeResponse
 		resp, err = pc.Take(tctx, &pushv1.TakeRequest{ClaimantId: s.cfg.ID, RingVersion: ver, UserIds: []string{uid}})
@@ -234,7 +261,7 @@ func (s *Server) establishLater(uid string, extra ...uint32) {
 			return
 		}
 		defer func() { <-s.streams.sem }()
-		ctx, cancel := context.WithTimeout(context.Background(), 8*takeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), 4*takeTimeout)
 		defer cancel()
 		if err := s.establish(ctx, uid, extra...); err != nil {
 			s.log.Debug("establish stream in the background", "user", uid, "err", err)
@@ -268,12 +295,13 @@ func (s *Server) attachWaitingInShard(u *registry.User[*conn], now int64) {
 // (answers later publishes with the claimant as owner) and has the user's
 // connections moved (4003) so they reconnect to the claimant. A user
 // this edge owns in a newer ring than the claimant's is refused.
-func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) *pushv1.TakeResponse {
+func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) (*pushv1.TakeResponse, error) {
 	resp := &pushv1.TakeResponse{}
 	v := s.View()
-	if v != nil {
-		resp.RingVersion = v.Version()
+	if v == nil || !v.Alive(claimant) || claimant == s.cfg.ID {
+		return nil, fmt.Errorf("%w: claimant %d is not a live member", ErrNotMember, claimant)
 	}
+	resp.RingVersion = v.Version()
 	now := time.Now().UnixNano()
 	for _, uid := range uids {
 		if v != nil && v.Version() > ver && s.owns(uid) {
@@ -319,22 +347,54 @@ func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) *pushv1
 			}
 		}
 	}
-	return resp
+	return resp, nil
 }
 
 // claimStreams is the owner's side of Cluster.Claim: take the listed
-// users' streams from holder now, in the background.
-func (s *Server) claimStreams(holder uint32, uids []string) int {
-	n := 0
-	for _, uid := range uids {
-		if !s.owns(uid) {
-			continue
-		}
-		n++
-		s.establishLater(uid, holder)
+// users' streams from holder, in the background, one after another (the
+// cost follows the users this edge owns, not the request), starting no
+// stream where the holder has none. A holder that is not an alive member of
+// this edge's view is refused.
+func (s *Server) claimStreams(holder uint32, uids []string) (int, error) {
+	if v := s.View(); v == nil || !v.Alive(holder) || holder == s.cfg.ID {
+		return 0, fmt.Errorf("%w: holder %d is not a live member", ErrNotMember, holder)
 	}
-	return n
+	var mine []string
+	for _, uid := range uids {
+		if s.owns(uid) {
+			mine = append(mine, uid)
+		}
+	}
+	if len(mine) == 0 {
+		return 0, nil
+	}
+	go func() {
+		select {
+		case s.streams.sem <- struct{}{}:
+		case <-s.stop:
+			return
+		}
+		defer func() { <-s.streams.sem }()
+		for _, uid := range mine {
+			ctx, cancel := context.WithTimeout(context.Background(), 4*takeTimeout)
+			err := s.establishMode(ctx, uid, true, []uint32{holder})
+			cancel()
+			if err != nil {
+				s.log.Debug("take an offered stream", "user", uid, "holder", holder, "err", err)
+			}
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+		}
+	}()
+	return len(mine), nil
 }
+
+// ErrNotMember: a Cluster call named a member that is not alive in this
+// edge's view.
+var ErrNotMember = errors.New("not a member")
 
 // offerStreams asks owners to take the streams this edge holds for absent
 // users it does not own (stored messages must reach the owner before the

@@ -297,7 +297,9 @@ func (b *Box) ResumeEpoch(dst []Message, epoch string, lastSeq uint64, hasLast b
 			}
 		}
 	} else {
-		gap = Gap{From: lastSeq + 1, Epoch: epoch, Open: true}
+		if lastSeq < MaxSeq { // a client at MaxSeq saw its epoch's end
+			gap = Gap{From: lastSeq + 1, Epoch: epoch, Open: true}
+		}
 		for i := 0; i < b.n; i++ {
 			if m := b.at(i); !m.Sent {
 				m.Sent = true
@@ -310,6 +312,19 @@ func (b *Box) ResumeEpoch(dst []Message, epoch string, lastSeq uint64, hasLast b
 		b.shown = true
 	}
 	return dst, gap
+}
+
+// Unmark marks msgs (as returned by Resume) unsent again: no connection
+// took them after all.
+func (b *Box) Unmark(msgs []Message) {
+	for _, x := range msgs {
+		for i := 0; i < b.n; i++ {
+			if m := b.at(i); m.Seq == x.Seq {
+				m.Sent = false
+				break
+			}
+		}
+	}
 }
 
 // Key returns the record of a publish applied under key, if the box
