@@ -199,7 +199,7 @@ func (a *App) publish(args []string) error {
 		return rpcError(err)
 	}
 	out := strings.ToLower(strings.TrimPrefix(r.Outcome.String(), "OUTCOME_"))
-	fmt.Fprintf(a.Stdout, "%s seq=%d connections=%d edge=%d", out, r.Seq, r.Connections, r.EdgeId)
+	fmt.Fprintf(a.Stdout, "%s seq=%d epoch=%s connections=%d edge=%d", out, r.Seq, r.Epoch, r.Connections, r.EdgeId)
 	if r.Reason != "" {
 		fmt.Fprintf(a.Stdout, " reason=%q", r.Reason)
 	}

@@ -2,6 +2,7 @@ package pushctl_test
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -56,7 +57,7 @@ func TestPublishPresenceKickAgainstAnEdge(t *testing.T) {
 	addr := edgetest.Start(t, []byte(secret), edge.Config{ID: 3, DrainPeriod: time.Millisecond}).GRPCAddr()
 
 	code, out, errOut := run(nil, "publish", "--grpc", addr, "--user", "bob", "--data", `{"hi":1}`)
-	if code != 0 || !strings.HasPrefix(out, "stored seq=1 connections=0 edge=3") {
+	if code != 0 || !regexp.MustCompile(`^stored seq=1 epoch=[0-9a-z.]+ connections=0 edge=3`).MatchString(out) {
 		t.Fatalf("publish: %d %q %q", code, out, errOut)
 	}
 	code, out, _ = run(map[string]string{"PUSH_GRPC": addr}, "presence", "bob")
