@@ -129,9 +129,9 @@ func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 		s.m.hsForbidden.Inc()
 		return nil, reject(http.StatusForbidden, "origin not allowed")
 	}
-	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) {
+	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) || !s.serving() {
 		s.m.hsOverloaded.Inc()
-		return nil, reject(http.StatusServiceUnavailable, "edge at capacity or draining")
+		return nil, reject(http.StatusServiceUnavailable, "edge at capacity, draining or fenced")
 	}
 	if err := s.cfg.Verifier.Verify(string(h.token), string(h.uid)); err != nil {
 		s.m.hsUnauthorized.Inc()

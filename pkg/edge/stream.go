@@ -308,9 +308,9 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 		rawtcp.Write(int(c.fd), append(head, reason...))
 		s.closeNowLocked(c, -1)
 	}
-	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) {
+	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) || !s.serving() {
 		s.m.hsOverloaded.Inc()
-		reject(http.StatusServiceUnavailable, "edge at capacity or draining")
+		reject(http.StatusServiceUnavailable, "edge at capacity, draining or fenced")
 		return
 	}
 	if err := s.cfg.Verifier.Verify(string(token), string(uid)); err != nil {

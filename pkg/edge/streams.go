@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/pushcluster/push/pkg/mailbox"
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/registry"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
@@ -167,6 +168,15 @@ func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			// A member that refuses connections has lost its memory: go
+			// on without it. One that is alive but did not answer may
+			// still hold the stream: starting another would split it,
+			// so the caller retries until it answers or its lease ends.
+			if status.Code(err) != codes.Unavailable {
+				if v := s.View(); v != nil && v.Alive(id) {
+					return fmt.Errorf("%w: user %q: member %d, which may hold the stream, did not hand it over: %v", ErrShuttingDown, uid, id, err)
+				}
+			}
 			continue
 		}
 		if len(resp.GetRefused()) > 0 {
@@ -298,8 +308,10 @@ func (s *Server) attachWaitingInShard(u *registry.User[*conn], now int64) {
 func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) (*pushv1.TakeResponse, error) {
 	resp := &pushv1.TakeResponse{}
 	v := s.View()
-	if v == nil || !v.Alive(claimant) || claimant == s.cfg.ID {
-		return nil, fmt.Errorf("%w: claimant %d is not a live member", ErrNotMember, claimant)
+	// A member of the ring document, not necessarily live in this view: a
+	// claimant that just registered may be seen live here a reading later.
+	if _, ok := s.member(claimant); v == nil || !ok || claimant == s.cfg.ID {
+		return nil, fmt.Errorf("%w: claimant %d is not a member of ring version %d", ErrNotMember, claimant, viewVersion(v))
 	}
 	resp.RingVersion = v.Version()
 	now := time.Now().UnixNano()
@@ -356,8 +368,8 @@ func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) (*pushv
 // stream where the holder has none. A holder that is not an alive member of
 // this edge's view is refused.
 func (s *Server) claimStreams(holder uint32, uids []string) (int, error) {
-	if v := s.View(); v == nil || !v.Alive(holder) || holder == s.cfg.ID {
-		return 0, fmt.Errorf("%w: holder %d is not a live member", ErrNotMember, holder)
+	if _, ok := s.member(holder); !ok || holder == s.cfg.ID {
+		return 0, fmt.Errorf("%w: holder %d is not a member of ring version %d", ErrNotMember, holder, viewVersion(s.View()))
 	}
 	var mine []string
 	for _, uid := range uids {
@@ -392,8 +404,15 @@ func (s *Server) claimStreams(holder uint32, uids []string) (int, error) {
 	return len(mine), nil
 }
 
-// ErrNotMember: a Cluster call named a member that is not alive in this
-// edge's view.
+func viewVersion(v *owner.View) uint64 {
+	if v == nil {
+		return 0
+	}
+	return v.Version()
+}
+
+// ErrNotMember: a Cluster call named an id that is not a member of this
+// edge's ring document.
 var ErrNotMember = errors.New("not a member")
 
 // offerStreams asks owners to take the streams this edge holds for absent

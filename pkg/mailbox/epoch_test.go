@@ -124,3 +124,22 @@ func TestRolloverAtMaxSeq(t *testing.T) {
 		t.Fatalf("%s %+v", eseqs(got), gap)
 	}
 }
+
+// The same stream handed over twice (a giver answering a repeated Take) is
+// merged once.
+func TestAdoptTwiceMergesOnce(t *testing.T) {
+	old := New(10, "A")
+	old.Push([]byte("a1"), far, false)
+	st := old.Snapshot(0)
+	mine := New(10, "B")
+	s := mine.Push([]byte("b1"), far, false)
+	mine.MarkSent(s)
+	nb := mine.Adopt(st, 0).Adopt(st, 0)
+	if nb.Len() != 2 || nb.Last() != 2 {
+		t.Fatalf("len %d last %d, want the handed-over message once", nb.Len(), nb.Last())
+	}
+	fresh := Restore(10, st)
+	if again := fresh.Adopt(st, 0); again != fresh || again.Len() != 1 {
+		t.Fatal("a stream adopted into itself")
+	}
+}

@@ -20,6 +20,8 @@
 // to follow it, so the client's dedupe-by-seq never discards them.
 package mailbox
 
+import "slices"
+
 // MaxSeq is the largest sequence number: JavaScript's largest exact
 // integer, 2^53-1. A stream that reaches it continues in a new epoch.
 const MaxSeq = 1<<53 - 1
@@ -80,6 +82,9 @@ type Box struct {
 	// may hold the epoch.
 	shown bool
 	keys  []KeyRecord // idempotency records, oldest first, at most limit
+	// adopted names the other streams merged into this one, so the same
+	// stream handed over twice is merged once.
+	adopted []string
 }
 
 // New returns an empty box for a new stream named epoch that keeps at most
@@ -399,6 +404,9 @@ func Restore(limit int, st Stream) *Box {
 //
 // Idempotency records of both are kept, with their first answers.
 func (b *Box) Adopt(st Stream, now int64) *Box {
+	if st.Epoch == b.Epoch || slices.Contains(b.adopted, st.Epoch) {
+		return b // merged already (the same stream handed over again)
+	}
 	if !b.shown {
 		nb := Restore(b.limit, st)
 		for i := 0; i < b.n; i++ {
@@ -410,8 +418,10 @@ func (b *Box) Adopt(st Stream, now int64) *Box {
 		for _, r := range b.keys {
 			nb.RememberKey(r)
 		}
+		nb.adopted = append(append(nb.adopted, b.adopted...), b.Epoch)
 		return nb
 	}
+	b.adopted = append(b.adopted, st.Epoch)
 	for _, m := range st.Messages {
 		if !m.Sent && m.Expires > now && !b.Full() {
 			b.Push(m.Body, m.Expires, false)
