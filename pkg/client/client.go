@@ -110,8 +110,8 @@ const DefaultForwardTimeout = 2 * time.Second
 // ring id of the owner the edge sees (decimal) and the ring version of its
 // view.
 const (
-	OwnerTrailer       = "push-owner"
-	RingVersionTrailer = "push-ring-version"
+	OwnerTrailer       = owner.OwnerTrailer
+	RingVersionTrailer = owner.RingVersionTrailer
 )
 
 // closeGrace is how long a connection to a member that left the ring stays

@@ -13,14 +13,15 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/userid"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
 // Trailer metadata of a not-owner answer to a unary call.
 const (
-	TrailerOwner       = "push-owner"
-	TrailerRingVersion = "push-ring-version"
+	TrailerOwner       = owner.OwnerTrailer
+	TrailerRingVersion = owner.RingVersionTrailer
 )
 
 // Service exposes a Server as the gRPC push.v1.Push service, and, between

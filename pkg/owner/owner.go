@@ -29,6 +29,14 @@ import (
 	"github.com/pushcluster/push/pkg/ring"
 )
 
+// Trailer metadata of an edge's answer to a unary publish for a user it
+// does not own: the owner it sees (decimal ring id) and its ring version.
+// Edges set them, the Go SDK reads them.
+const (
+	OwnerTrailer       = "push-owner"
+	RingVersionTrailer = "push-ring-version"
+)
+
 // Live is what a member's lease says about it.
 type Live struct {
 	// State is ring.StateActive, or ring.StateDraining while the edge
