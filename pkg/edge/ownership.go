@@ -153,10 +153,12 @@ func (s *Server) SetRing(r *ring.Ring) {
 }
 
 // viewSettle is how long after a change of view this edge waits before it
-// moves users for it: every process reads the leases every 250 ms, so by
-// then routers see the change too and send a moved user to its owner, not
-// back here.
-const viewSettle = time.Second
+// moves users for it: every process reads the leases every 250 ms and
+// follows the document's changes within a read, so by then routers see the
+// change too and send a moved user to its owner, not back here. Two
+// seconds leave room for a starved process (a 2-core machine running the
+// whole test suite showed a router a second behind).
+const viewSettle = 2 * time.Second
 
 // viewAge returns how long the current view has been in force.
 func (s *Server) viewAge() time.Duration {
