@@ -64,6 +64,7 @@ func (s *Server) migrateLoop() {
 			continue
 		}
 		s.moves.sweep(time.Now().UnixNano(), s.cfg.MoveWindow)
+		s.streams.sweepHanded(time.Now().UnixNano())
 		s.moveUsers()
 		s.offerStreams()
 	}
@@ -75,7 +76,7 @@ func (s *Server) migrateLoop() {
 // here while its owner was unreachable) gets GuestGrace first; one whose
 // user this edge owns now gets its stream established instead.
 func (s *Server) moveUsers() {
-	var moving []*conn
+	var moving, handed []*conn
 	var claim []string
 	guests := 0
 	now := time.Now().UnixNano()
@@ -88,7 +89,11 @@ func (s *Server) moveUsers() {
 			owner, _ := s.ownerOf(c.uid)
 			switch {
 			case c.handedOff:
-				moving = append(moving, c)
+				// Its stream went to another edge: it moves a settling
+				// time after the hand-over, whatever views do since.
+				if s.streams.handedSince(c, now) >= viewSettle {
+					handed = append(handed, c)
+				}
 			case owner == s.cfg.ID:
 				if c.resume != nil {
 					claim = append(claim, c.uid)
@@ -105,8 +110,12 @@ func (s *Server) moveUsers() {
 	for _, uid := range claim {
 		s.establishLater(uid)
 	}
-	if len(moving) == 0 || s.viewAge() < viewSettle {
-		return // the next pass moves them, once every view has caught up
+	if s.viewAge() < viewSettle {
+		moving = nil // the next pass moves them, once every view has caught up
+	}
+	moving = append(handed, moving...)
+	if len(moving) == 0 {
+		return
 	}
 	s.log.Info("moving users to their owners", "users", len(moving), "rate", s.cfg.MigrateRate)
 	// An absolute schedule keeps the rate exact whatever each wait
@@ -130,6 +139,7 @@ func (s *Server) moveUsers() {
 			// Its stream is elsewhere: it must go, whatever the limit.
 			s.m.moved.Inc()
 			s.closeWithLocked(c, CloseMoved, "moved")
+			s.streams.forgetHanded(c)
 		} else if c.state == stOpen && owner != s.cfg.ID && owner != 0 {
 			if s.moves.allow(c.uid, time.Now().UnixNano(), s.cfg.MoveLimit, s.cfg.MoveWindow) {
 				s.m.moved.Inc()

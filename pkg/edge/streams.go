@@ -47,12 +47,54 @@ type streams struct {
 	est   map[string]*estCall
 	peers map[string]*grpc.ClientConn // by gRPC address
 	sem   chan struct{}               // bounds background establishments
+	// handed: when each connection's stream was handed over (Unix ns);
+	// the migrator moves it a settling time later.
+	handed map[*conn]int64
+}
+
+// markHanded records that c's stream was handed over at now.
+func (st *streams) markHanded(c *conn, now int64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if _, ok := st.handed[c]; !ok {
+		st.handed[c] = now
+	}
+}
+
+// handedSince returns how long ago c's stream was handed over.
+func (st *streams) handedSince(c *conn, now int64) time.Duration {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	at, ok := st.handed[c]
+	if !ok {
+		return 0
+	}
+	return time.Duration(now - at)
+}
+
+// sweepHanded forgets hand-overs older than goneKeep (their connections
+// closed by themselves meanwhile).
+func (st *streams) sweepHanded(now int64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for c, at := range st.handed {
+		if now-at > int64(goneKeep) {
+			delete(st.handed, c)
+		}
+	}
+}
+
+func (st *streams) forgetHanded(c *conn) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	delete(st.handed, c)
 }
 
 func (st *streams) init() {
 	st.est = make(map[string]*estCall)
 	st.peers = make(map[string]*grpc.ClientConn)
 	st.sem = make(chan struct{}, 64)
+	st.handed = make(map[*conn]int64)
 }
 
 // peer returns a Cluster client for member id.
@@ -351,6 +393,7 @@ func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) (*pushv
 			c.mu.Lock()
 			c.handedOff = true
 			c.mu.Unlock()
+			s.streams.markHanded(c, now)
 		}
 		if len(moved) > 0 {
 			select {
