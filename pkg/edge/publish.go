@@ -207,6 +207,7 @@ func (s *Server) publishTail(ctx context.Context, uid string, tail []byte, expir
 				}
 				u.Box = s.newBox()
 				s.m.epochsStarted.Inc()
+				s.deliverUnsentInShard(u, time.Now().UnixNano())
 				s.attachWaitingInShard(u, time.Now().UnixNano())
 			default:
 				state = redirect

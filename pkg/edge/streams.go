@@ -242,22 +242,6 @@ func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra
 			for _, g := range got {
 				u.Box = u.Box.Adopt(g, now)
 			}
-			// What the merge appended no connection has: the open
-			// ones get it now (those still waiting resume below).
-			if msgs, _ := u.Box.Resume(nil, 0, false, now); len(msgs) > 0 {
-				delivered := false
-				for _, c := range u.Conns {
-					c.mu.Lock()
-					if c.state == stOpen && c.resume == nil && !c.handedOff {
-						s.replayLocked(c, mailbox.Gap{}, u.Box.Epoch, msgs)
-						delivered = true
-					}
-					c.mu.Unlock()
-				}
-				if !delivered {
-					u.Box.Unmark(msgs)
-				}
-			}
 		} else {
 			switch {
 			case len(got) > 0:
@@ -272,9 +256,37 @@ func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra
 			}
 		}
 		u.Gone, u.GoneAt, u.Gave = 0, 0, nil
+		s.deliverUnsentInShard(u, now)
 		s.attachWaitingInShard(u, now)
 	})
 	return nil
+}
+
+// deliverUnsentInShard gives the user's open connections that were here
+// all along (those this edge had handed the stream away from, and those
+// open while another stream was merged in) what no connection has had:
+// they saw everything up to the hand-over, and what the stream gained
+// elsewhere was never sent. Called with the shard lock held, the stream here.
+func (s *Server) deliverUnsentInShard(u *registry.User[*conn], now int64) {
+	msgs, _ := u.Box.Resume(nil, 0, false, now)
+	delivered := false
+	for _, c := range u.Conns {
+		c.mu.Lock()
+		if c.state == stOpen && c.resume == nil {
+			if c.handedOff {
+				c.handedOff = false
+				s.streams.forgetHanded(c)
+			}
+			if len(msgs) > 0 {
+				s.replayLocked(c, mailbox.Gap{}, u.Box.Epoch, msgs)
+				delivered = true
+			}
+		}
+		c.mu.Unlock()
+	}
+	if len(msgs) > 0 && !delivered {
+		u.Box.Unmark(msgs)
+	}
 }
 
 // take asks member id for uid's stream. A call that timed out may have
