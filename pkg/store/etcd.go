@@ -9,8 +9,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -231,21 +229,11 @@ func (e *Etcd) Live(ctx context.Context) (map[uint32]ring.State, error) {
 // lease is kept alive. Renewals are single KeepAliveOnce calls timed from
 // before they are sent, so Renewed never runs ahead of etcd's own count.
 type etcdLease struct {
-	e     *Etcd
-	id    uint32
-	ttl   time.Duration
-	lease clientv3.LeaseID
-	lost  chan struct{}
-	stop  chan struct{}
-	done  chan struct{}
-	once  sync.Once
-	users atomic.Int64
-
-	mu        sync.Mutex // guards the fields below
-	info      owner.Live
-	renewed   time.Time
-	published int64 // users as last put
-	closed    bool
+	leaseCore
+	e         *Etcd
+	id        uint32
+	lease     clientv3.LeaseID
+	published int64 // users as last put; guarded by mu
 }
 
 // Register implements Leaser: it grants a lease of ttl (whole seconds,
@@ -257,17 +245,14 @@ func (e *Etcd) Register(ctx context.Context, id uint32, ttl time.Duration, info 
 		secs = 1
 	}
 	ttl = time.Duration(secs) * time.Second
-	if info.State == "" {
-		info.State = ring.StateActive
-	}
 	start := time.Now()
 	g, err := e.cli.Grant(ctx, secs)
 	if err != nil {
 		return nil, fmt.Errorf("etcd lease grant: %w", err)
 	}
-	l := &etcdLease{e: e, id: id, ttl: ttl, lease: g.ID, info: info, renewed: start,
-		lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
-	l.users.Store(info.Users)
+	l := &etcdLease{e: e, id: id, lease: g.ID}
+	l.init(ttl, info)
+	l.renewed = start
 	if err := l.put(ctx); err != nil {
 		e.cli.Revoke(context.Background(), g.ID)
 		return nil, err
@@ -306,7 +291,7 @@ func (l *etcdLease) renew() {
 		cancel()
 		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			l.e.log.Error("etcd lease lost: it expired before it could be renewed", "id", l.id)
-			l.once.Do(func() { close(l.lost) })
+			l.markLost()
 			return
 		}
 		if err != nil {
@@ -326,37 +311,17 @@ func (l *etcdLease) renew() {
 	}
 }
 
-func (l *etcdLease) TTL() time.Duration { return l.ttl }
-
-func (l *etcdLease) Renewed() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.renewed
-}
-
-func (l *etcdLease) Lost() <-chan struct{} { return l.lost }
-
-func (l *etcdLease) SetUsers(n int64) { l.users.Store(n) }
-
 // SetState marks the edge draining (or active) for everybody.
 func (l *etcdLease) SetState(ctx context.Context, st ring.State) error {
-	l.mu.Lock()
-	l.info.State = st
-	l.mu.Unlock()
+	l.setState(st)
 	return l.put(ctx)
 }
 
 // Close revokes the lease, removing the edge from everybody's live set now.
 func (l *etcdLease) Close() error {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
+	if !l.shutdown() {
 		return nil
 	}
-	l.closed = true
-	l.mu.Unlock()
-	close(l.stop)
-	<-l.done
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err := l.e.cli.Revoke(ctx, l.lease)

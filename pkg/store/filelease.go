@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pushcluster/push/pkg/owner"
@@ -90,11 +88,8 @@ func (f *File) Register(ctx context.Context, id uint32, ttl time.Duration, info 
 	if err := os.MkdirAll(f.LeaseDir(), 0o755); err != nil {
 		return nil, fmt.Errorf("lease directory: %w", err)
 	}
-	if info.State == "" {
-		info.State = ring.StateActive
-	}
-	l := &fileLease{f: f, id: id, ttl: ttl, info: info, lost: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
-	l.users.Store(info.Users)
+	l := &fileLease{f: f, id: id}
+	l.init(ttl, info)
 	if err := l.write(time.Now()); err != nil {
 		return nil, err
 	}
@@ -103,20 +98,9 @@ func (f *File) Register(ctx context.Context, id uint32, ttl time.Duration, info 
 }
 
 type fileLease struct {
-	f    *File
-	id   uint32
-	ttl  time.Duration
-	lost chan struct{}
-	stop chan struct{}
-	done chan struct{}
-
-	users atomic.Int64
-
-	mu      sync.Mutex // guards info, renewed, closed, and serialises writes
-	info    owner.Live
-	renewed time.Time
-	closed  bool
-	once    sync.Once
+	leaseCore // mu also serialises writes
+	f         *File
+	id        uint32
 }
 
 func (l *fileLease) path() string {
@@ -132,7 +116,7 @@ func (l *fileLease) write(start time.Time) error {
 		return ErrClosed
 	}
 	if !l.renewed.IsZero() && start.Sub(l.renewed) >= l.ttl {
-		l.once.Do(func() { close(l.lost) })
+		l.markLost()
 		return fmt.Errorf("lease of member %d expired %v ago", l.id, start.Sub(l.renewed)-l.ttl)
 	}
 	data, _ := json.Marshal(leaseFile{ID: l.id, State: l.info.State, Incarnation: l.info.Incarnation,
@@ -174,35 +158,17 @@ func (l *fileLease) renew() {
 	}
 }
 
-func (l *fileLease) TTL() time.Duration { return l.ttl }
-
-func (l *fileLease) Renewed() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.renewed
-}
-
-func (l *fileLease) Lost() <-chan struct{} { return l.lost }
-
-func (l *fileLease) SetUsers(n int64) { l.users.Store(n) }
-
+// SetState implements Lease: it rewrites the lease file at once.
 func (l *fileLease) SetState(ctx context.Context, st ring.State) error {
-	l.mu.Lock()
-	l.info.State = st
-	l.mu.Unlock()
+	l.setState(st)
 	return l.write(time.Now())
 }
 
+// Close implements Lease: it stops renewing and removes the lease file.
 func (l *fileLease) Close() error {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
+	if !l.shutdown() {
 		return nil
 	}
-	l.closed = true
-	l.mu.Unlock()
-	close(l.stop)
-	<-l.done
 	if err := os.Remove(l.path()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pushcluster/push/pkg/owner"
@@ -59,3 +61,71 @@ type Lease interface {
 // renewals may fail before the margin is reached.
 func renewEvery(ttl time.Duration) time.Duration { return max(ttl/3, 10*time.Millisecond) }
 func retryEvery(ttl time.Duration) time.Duration { return max(ttl/10, 10*time.Millisecond) }
+
+// leaseCore is what the etcd and file leases share: the TTL, the last
+// renewal, the published info, and the life of the renewal goroutine
+// (stop asks it to end, done says it has, lost says the store dropped
+// the lease). Embed it and call init before use.
+type leaseCore struct {
+	ttl      time.Duration
+	lost     chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
+	lostOnce sync.Once
+	users    atomic.Int64
+
+	mu      sync.Mutex // guards info, renewed, closed and the embedding lease's own fields
+	info    owner.Live
+	renewed time.Time
+	closed  bool
+}
+
+func (c *leaseCore) init(ttl time.Duration, info owner.Live) {
+	if info.State == "" {
+		info.State = ring.StateActive
+	}
+	c.ttl, c.info = ttl, info
+	c.lost, c.stop, c.done = make(chan struct{}), make(chan struct{}), make(chan struct{})
+	c.users.Store(info.Users)
+}
+
+// TTL implements Lease.
+func (c *leaseCore) TTL() time.Duration { return c.ttl }
+
+// Renewed implements Lease.
+func (c *leaseCore) Renewed() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.renewed
+}
+
+// Lost implements Lease.
+func (c *leaseCore) Lost() <-chan struct{} { return c.lost }
+
+// SetUsers implements Lease.
+func (c *leaseCore) SetUsers(n int64) { c.users.Store(n) }
+
+// markLost closes Lost, once.
+func (c *leaseCore) markLost() { c.lostOnce.Do(func() { close(c.lost) }) }
+
+// setState records st for the next publication of the lease.
+func (c *leaseCore) setState(st ring.State) {
+	c.mu.Lock()
+	c.info.State = st
+	c.mu.Unlock()
+}
+
+// shutdown stops the renewal goroutine and waits for it; false if the
+// lease was already closed.
+func (c *leaseCore) shutdown() bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	c.closed = true
+	c.mu.Unlock()
+	close(c.stop)
+	<-c.done
+	return true
+}
