@@ -217,9 +217,9 @@ func (s *Server) attachLocked(c *conn, rp resumePoint) {
 		}
 		u.Conns = append(u.Conns, c)
 		c.registered = true
-		if u.Box == nil || u.Gone != 0 {
+		if u.Box == nil || u.Handed != nil {
 			owns := s.owns(c.uid)
-			if !owns || u.Gone != 0 || len(s.candidates(c.uid)) > 0 {
+			if !owns || u.Handed != nil || len(s.candidates(c.uid)) > 0 {
 				rp.at = now
 				c.resume = &rp
 				later = owns

@@ -485,7 +485,7 @@ func (s *Server) fence() {
 		s.release(c)
 	})
 	s.reg.Sweep(func(_ string, u *registry.User[*conn]) {
-		u.Box, u.Gone, u.GoneAt, u.Gave = nil, 0, 0, nil
+		u.Box, u.Handed = nil, nil
 	})
 }
 

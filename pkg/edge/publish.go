@@ -194,14 +194,14 @@ func (s *Server) publishTail(ctx context.Context, uid string, tail []byte, expir
 		state := applied
 		s.reg.Do(uid, true, func(u *registry.User[*conn]) {
 			switch {
-			case u.Box != nil && u.Gone == 0:
-			case u.Gone != 0 && (!s.owns(uid) || time.Now().UnixNano()-u.GoneAt < int64(goneHold)):
+			case u.Box != nil && u.Handed == nil:
+			case u.Handed != nil && (!s.owns(uid) || time.Now().UnixNano()-u.Handed.At < int64(goneHold)):
 				// Handed over: the new holder's view was newer than ours
 				// may still be, so do not take it straight back.
-				state, to = redirect, u.Gone
+				state, to = redirect, u.Handed.To
 				return
 			case s.owns(uid):
-				if u.Gone != 0 || len(s.candidates(uid)) > 0 {
+				if u.Handed != nil || len(s.candidates(uid)) > 0 {
 					state = establish
 					return
 				}

@@ -170,8 +170,8 @@ func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra
 	var gone uint32
 	s.reg.Do(uid, false, func(u *registry.User[*conn]) {
 		if u != nil {
-			here = u.Box != nil && u.Gone == 0
-			gone = u.Gone
+			here = u.Box != nil && u.Handed == nil
+			gone = u.GoneTo()
 		}
 	})
 	if here && len(extra) == 0 {
@@ -238,7 +238,7 @@ func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra
 	}
 	now := time.Now().UnixNano()
 	s.reg.Do(uid, true, func(u *registry.User[*conn]) {
-		if u.Box != nil && u.Gone == 0 {
+		if u.Box != nil && u.Handed == nil {
 			for _, g := range got {
 				u.Box = u.Box.Adopt(g, now)
 			}
@@ -255,7 +255,7 @@ func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra
 				s.m.epochsStarted.Inc()
 			}
 		}
-		u.Gone, u.GoneAt, u.Gave = 0, 0, nil
+		u.Handed = nil
 		s.deliverUnsentInShard(u, now)
 		s.attachWaitingInShard(u, now)
 	})
@@ -379,22 +379,22 @@ func (s *Server) takeStreams(claimant uint32, ver uint64, uids []string) (*pushv
 			if u == nil {
 				return
 			}
-			if u.Box == nil && u.Gone == claimant && u.Gave != nil {
+			if h := u.Handed; u.Box == nil && h != nil && h.To == claimant && h.Gave != nil {
 				// The claimant asks again: its first answer was lost.
-				resp.Streams = append(resp.Streams, streamToProto(uid, *u.Gave))
+				resp.Streams = append(resp.Streams, streamToProto(uid, *h.Gave))
 				return
 			}
 			if u.Box == nil && len(u.Conns) == 0 {
 				return
 			}
-			u.Gave = nil
-			if u.Box != nil && u.Gone == 0 {
+			var gave *mailbox.Stream
+			if u.Box != nil && u.Handed == nil {
 				st := u.Box.Snapshot(now)
 				resp.Streams = append(resp.Streams, streamToProto(uid, st))
-				u.Box, u.Gave = nil, &st
+				u.Box, gave = nil, &st
 				s.m.streamsGiven.Inc()
 			}
-			u.Gone, u.GoneAt = claimant, now
+			u.Handed = &registry.Handoff{To: claimant, At: now, Gave: gave}
 			moved = append(moved, u.Conns...)
 		})
 		// The connections move on the migrator's next pass, once every
@@ -480,10 +480,10 @@ func (s *Server) offerStreams() {
 	by := map[uint32][]string{}
 	now := time.Now().UnixNano()
 	s.reg.Sweep(func(uid string, u *registry.User[*conn]) {
-		if u.Gone != 0 && now-u.GoneAt > int64(goneKeep) {
-			u.Gone, u.GoneAt, u.Gave = 0, 0, nil
+		if u.Handed != nil && now-u.Handed.At > int64(goneKeep) {
+			u.Handed = nil
 		}
-		if len(u.Conns) > 0 || u.Box == nil || u.Gone != 0 || u.Box.Len() == 0 {
+		if len(u.Conns) > 0 || u.Box == nil || u.Handed != nil || u.Box.Len() == 0 {
 			return
 		}
 		if id, _ := s.ownerOf(uid); id != 0 && id != s.cfg.ID {

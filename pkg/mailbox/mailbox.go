@@ -70,21 +70,67 @@ type Box struct {
 
 	last  uint64 // last sequence number issued
 	floor uint64 // highest sequence number removed (evicted or expired)
-	// lostUnsent counts messages removed before any connection took them;
-	// reported to the next resuming client.
-	lostUnsent uint64
-	// touched is when Expire last removed a message (Unix ns).
-	touched int64
 
 	// Epoch names the stream; set by New or a hand-over.
 	Epoch string
 	// shown: a message of this epoch reached a connection, so a client
 	// may hold the epoch.
 	shown bool
-	keys  []KeyRecord // idempotency records, oldest first, at most limit
+	// extra is allocated the first time one of its fields is set: an idle
+	// connected user's box stays in the 96-byte size class.
+	extra *boxExtra
+}
+
+// boxExtra is the part of a Box that most idle users never need.
+type boxExtra struct {
+	// lostUnsent counts messages removed before any connection took them;
+	// reported to the next resuming client.
+	lostUnsent uint64
+	// touched is when Expire last removed a message (Unix ns).
+	touched int64
+	keys    []KeyRecord // idempotency records, oldest first, at most limit
 	// adopted names the other streams merged into this one, so the same
 	// stream handed over twice is merged once.
 	adopted []string
+}
+
+// ext returns b.extra, allocating it.
+func (b *Box) ext() *boxExtra {
+	if b.extra == nil {
+		b.extra = &boxExtra{}
+	}
+	return b.extra
+}
+
+// lostUnsent returns how many messages were removed before any connection
+// took them, since the last resume.
+func (b *Box) lostUnsent() uint64 {
+	if b.extra == nil {
+		return 0
+	}
+	return b.extra.lostUnsent
+}
+
+func (b *Box) setLostUnsent(n uint64) {
+	if n != 0 || b.extra != nil {
+		b.ext().lostUnsent = n
+	}
+}
+
+// keys returns the idempotency records, oldest first.
+func (b *Box) keys() []KeyRecord {
+	if b.extra == nil {
+		return nil
+	}
+	return b.extra.keys
+}
+
+// adopted returns the epochs merged into this stream.
+func (b *Box) adopted() []string {
+	if b.extra == nil {
+		return nil
+	}
+	return b.extra.adopted
 }
 
 // New returns an empty box for a new stream named epoch that keeps at most
@@ -109,7 +155,8 @@ func (b *Box) Full() bool { return b.last >= MaxSeq }
 func (b *Box) Rollover(epoch string, now int64) {
 	unsent := b.TakeUnsent(now)
 	b.msgs, b.head, b.n = nil, 0, 0
-	b.Epoch, b.last, b.floor, b.shown, b.lostUnsent = epoch, 0, 0, false, 0
+	b.Epoch, b.last, b.floor, b.shown = epoch, 0, 0, false
+	b.setLostUnsent(0)
 	for _, m := range unsent {
 		b.Push(m.Body, m.Expires, false)
 	}
@@ -125,7 +172,7 @@ func (b *Box) Len() int { return b.n }
 // messages and nothing changed for keep nanoseconds. Keeping an empty box
 // for a while lets a client that comes back soon still learn what expired.
 func (b *Box) Idle(now, keep int64) bool {
-	return b.n == 0 && len(b.keys) == 0 && now-b.touched >= keep
+	return b.n == 0 && (b.extra == nil || len(b.extra.keys) == 0 && now-b.extra.touched >= keep)
 }
 
 // Push stores body under the next sequence number and returns it. The oldest
@@ -172,7 +219,7 @@ func (b *Box) drop(m *Message) {
 		b.floor = m.Seq
 	}
 	if !m.Sent {
-		b.lostUnsent++
+		b.ext().lostUnsent++
 	}
 	*m = Message{}
 }
@@ -197,7 +244,7 @@ func (b *Box) Expire(now int64) int {
 	for i := 0; i < b.n; i++ {
 		m := b.at(i)
 		if m.Expires <= now {
-			b.touched = now
+			b.ext().touched = now
 			b.drop(m)
 			removed++
 			continue
@@ -212,16 +259,18 @@ func (b *Box) Expire(now int64) int {
 	if b.n == 0 {
 		b.msgs, b.head = nil, 0 // an idle user keeps no buffer
 	}
-	k := 0
-	for _, r := range b.keys {
-		if r.Expires > now {
-			b.keys[k] = r
-			k++
+	if x := b.extra; x != nil {
+		k := 0
+		for _, r := range x.keys {
+			if r.Expires > now {
+				x.keys[k] = r
+				k++
+			}
 		}
-	}
-	clear(b.keys[k:])
-	if b.keys = b.keys[:k]; k == 0 {
-		b.keys = nil
+		clear(x.keys[k:])
+		if x.keys = x.keys[:k]; k == 0 {
+			x.keys = nil
+		}
 	}
 	return removed
 }
@@ -241,10 +290,11 @@ func (b *Box) Resume(dst []Message, lastSeq uint64, hasLast bool, now int64) ([]
 			// The client saw numbers this box never issued: it comes from
 			// another edge. Continue after its last_seq; what was lost here
 			// unsent becomes a reported gap right after it.
-			if b.lostUnsent > 0 {
-				gap = Gap{From: lastSeq + 1, To: lastSeq + b.lostUnsent}
+			lost := b.lostUnsent()
+			if lost > 0 {
+				gap = Gap{From: lastSeq + 1, To: lastSeq + lost}
 			}
-			b.last = lastSeq + b.lostUnsent
+			b.last = lastSeq + lost
 			base = b.last
 		} else if b.floor > lastSeq {
 			gap = Gap{From: lastSeq + 1, To: b.floor}
@@ -266,7 +316,7 @@ func (b *Box) Resume(dst []Message, lastSeq uint64, hasLast bool, now int64) ([]
 			}
 		}
 	}
-	b.lostUnsent = 0
+	b.setLostUnsent(0)
 	if len(dst) > 0 {
 		b.shown = true
 	}
@@ -312,7 +362,7 @@ func (b *Box) ResumeEpoch(dst []Message, epoch string, lastSeq uint64, hasLast b
 			}
 		}
 	}
-	b.lostUnsent = 0
+	b.setLostUnsent(0)
 	if len(dst) > 0 {
 		b.shown = true
 	}
@@ -335,9 +385,10 @@ func (b *Box) Unmark(msgs []Message) {
 // Key returns the record of a publish applied under key, if the box
 // remembers it.
 func (b *Box) Key(key string) (KeyRecord, bool) {
-	for i := len(b.keys) - 1; i >= 0; i-- {
-		if b.keys[i].Key == key {
-			return b.keys[i], true
+	keys := b.keys()
+	for i := len(keys) - 1; i >= 0; i-- {
+		if keys[i].Key == key {
+			return keys[i], true
 		}
 	}
 	return KeyRecord{}, false
@@ -346,11 +397,12 @@ func (b *Box) Key(key string) (KeyRecord, bool) {
 // RememberKey records a publish applied under an idempotency key; the
 // oldest record goes when the box holds limit of them.
 func (b *Box) RememberKey(r KeyRecord) {
-	if len(b.keys) >= b.limit {
-		copy(b.keys, b.keys[1:])
-		b.keys = b.keys[:len(b.keys)-1]
+	x := b.ext()
+	if len(x.keys) >= b.limit {
+		copy(x.keys, x.keys[1:])
+		x.keys = x.keys[:len(x.keys)-1]
 	}
-	b.keys = append(b.keys, r)
+	x.keys = append(x.keys, r)
 }
 
 // Stream is a box's whole state, for handing the stream to another edge.
@@ -368,8 +420,8 @@ type Stream struct {
 // first). The box is left as it was; the caller forgets it.
 func (b *Box) Snapshot(now int64) Stream {
 	b.Expire(now)
-	st := Stream{Epoch: b.Epoch, Last: b.last, Floor: b.floor, LostUnsent: b.lostUnsent, Shown: b.shown,
-		Keys: append([]KeyRecord(nil), b.keys...)}
+	st := Stream{Epoch: b.Epoch, Last: b.last, Floor: b.floor, LostUnsent: b.lostUnsent(), Shown: b.shown,
+		Keys: append([]KeyRecord(nil), b.keys()...)}
 	for i := 0; i < b.n; i++ {
 		st.Messages = append(st.Messages, *b.at(i))
 	}
@@ -379,7 +431,8 @@ func (b *Box) Snapshot(now int64) Stream {
 // Restore builds a box that continues st, keeping at most limit messages.
 func Restore(limit int, st Stream) *Box {
 	b := New(limit, st.Epoch)
-	b.last, b.floor, b.lostUnsent, b.shown = st.Last, st.Floor, st.LostUnsent, st.Shown
+	b.last, b.floor, b.shown = st.Last, st.Floor, st.Shown
+	b.setLostUnsent(st.LostUnsent)
 	for _, m := range st.Messages {
 		if m.Seq == 0 || m.Seq > st.Last {
 			continue // malformed: never issued in this stream
@@ -404,7 +457,7 @@ func Restore(limit int, st Stream) *Box {
 //
 // Idempotency records of both are kept, with their first answers.
 func (b *Box) Adopt(st Stream, now int64) *Box {
-	if st.Epoch == b.Epoch || slices.Contains(b.adopted, st.Epoch) {
+	if st.Epoch == b.Epoch || slices.Contains(b.adopted(), st.Epoch) {
 		return b // merged already (the same stream handed over again)
 	}
 	if !b.shown {
@@ -415,13 +468,15 @@ func (b *Box) Adopt(st Stream, now int64) *Box {
 				nb.Push(m.Body, m.Expires, m.Sent)
 			}
 		}
-		for _, r := range b.keys {
+		for _, r := range b.keys() {
 			nb.RememberKey(r)
 		}
-		nb.adopted = append(append(nb.adopted, b.adopted...), b.Epoch)
+		x := nb.ext()
+		x.adopted = append(append(x.adopted, b.adopted()...), b.Epoch)
 		return nb
 	}
-	b.adopted = append(b.adopted, st.Epoch)
+	x := b.ext()
+	x.adopted = append(x.adopted, st.Epoch)
 	for _, m := range st.Messages {
 		if !m.Sent && m.Expires > now && !b.Full() {
 			b.Push(m.Body, m.Expires, false)

@@ -23,14 +23,30 @@ type User[C comparable] struct {
 	// Box holds recent messages; nil until the first message. The owner sets
 	// it back to nil when the box is idle (see mailbox.Box.Idle).
 	Box *mailbox.Box
-	// Gone is the ring id of the edge this user's stream was handed to
-	// (0: none), and GoneAt when (Unix ns): publishes that still arrive
-	// here are sent there. The owner clears it after a while.
-	Gone   uint32
-	GoneAt int64
-	// Gave is the stream as it was handed to Gone, kept while Gone is, so
-	// that a hand-over whose answer was lost can be asked for again.
+	// Handed says where this user's stream was handed over (nil: it was
+	// not): publishes that still arrive here are sent there. The owner
+	// clears it after a while. A pointer keeps User in the 48-byte size
+	// class: every connected user has one.
+	Handed *Handoff
+}
+
+// Handoff is a user's stream handed to another edge.
+type Handoff struct {
+	// To is the ring id of the edge the stream went to, At when (Unix ns).
+	To uint32
+	At int64
+	// Gave is the stream as it was handed over, so that a hand-over whose
+	// answer was lost can be asked for again (nil: nothing was here).
 	Gave *mailbox.Stream
+}
+
+// GoneTo returns the ring id of the edge this user's stream was handed
+// to, or 0.
+func (u *User[C]) GoneTo() uint32 {
+	if u.Handed == nil {
+		return 0
+	}
+	return u.Handed.To
 }
 
 // Remove deletes c from Conns and reports whether it was there.
@@ -51,7 +67,7 @@ func (u *User[C]) Remove(c C) bool {
 }
 
 func (u *User[C]) empty() bool {
-	return len(u.Conns) == 0 && u.Box == nil && u.Gone == 0
+	return len(u.Conns) == 0 && u.Box == nil && u.Handed == nil
 }
 
 // Registry is a sharded map from user ID to *User. Safe for concurrent use.
