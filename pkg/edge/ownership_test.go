@@ -110,6 +110,20 @@ func newCluster(t *testing.T, st store.Store, ids []uint32, inRing []uint32, ttl
 	return c
 }
 
+// pairWithUserOn1 starts edges 1 and 2 on st (leases of a second), finds a
+// user edge 1 owns while both are live, and connects it to edge 1: the
+// common start of the tests of one user's stream.
+func pairWithUserOn1(t *testing.T, st store.Store) (c *ccluster, uid string, ws *websocket.Conn) {
+	t.Helper()
+	c = newCluster(t, st, []uint32{1, 2}, []uint32{1, 2}, time.Second)
+	all := viewOf(t, []uint32{1, 2}, []uint32{1, 2}, c.nodes)
+	uid = userOwnedBy(t, all, all, 1, 1)
+	c.waitOwner(uid, 1)
+	ws = c.dial(1, uid, "")
+	waitFor(t, "registration", func() bool { return c.nodes[1].Srv.Presence(uid) == 1 })
+	return c, uid, ws
+}
+
 // waitOwner waits until every node's view gives uid to want.
 func (c *ccluster) waitOwner(uid string, want uint32) {
 	c.t.Helper()
@@ -245,12 +259,7 @@ func TestPlannedMoveContinuesTheStream(t *testing.T) {
 // stream from seq 1.
 func TestOwnerGoneStartsANewEpoch(t *testing.T) {
 	st := fileStore(t)
-	c := newCluster(t, st, []uint32{1, 2}, []uint32{1, 2}, time.Second)
-	all := viewOf(t, []uint32{1, 2}, []uint32{1, 2}, c.nodes)
-	uid := userOwnedBy(t, all, all, 1, 1)
-	c.waitOwner(uid, 1)
-	ws := c.dial(1, uid, "")
-	waitFor(t, "registration", func() bool { return c.nodes[1].Srv.Presence(uid) == 1 })
+	c, uid, ws := pairWithUserOn1(t, st)
 	pub(t, c.nodes[1].pc, uid, "1", "")
 	m := readE(t, ws)
 	old := m.Epoch
@@ -395,12 +404,7 @@ func (s *ctlStore) freeze(id uint32) {
 // rejoins with a new incarnation.
 func TestFencingWhenOnlyThisEdgeLosesTheStore(t *testing.T) {
 	st := &ctlStore{File: fileStore(t)}
-	c := newCluster(t, st, []uint32{1, 2}, []uint32{1, 2}, time.Second)
-	all := viewOf(t, []uint32{1, 2}, []uint32{1, 2}, c.nodes)
-	uid := userOwnedBy(t, all, all, 1, 1)
-	c.waitOwner(uid, 1)
-	ws := c.dial(1, uid, "")
-	waitFor(t, "registration", func() bool { return c.nodes[1].Srv.Presence(uid) == 1 })
+	c, uid, ws := pairWithUserOn1(t, st)
 	st.freeze(1)
 	_, _, err := ws.Read(ctx(t))
 	if websocket.CloseStatus(err) != edge.CloseMoved {
@@ -418,12 +422,7 @@ func TestFencingWhenOnlyThisEdgeLosesTheStore(t *testing.T) {
 // serves on past its lease.
 func TestStoreOutageIsNotADataPlaneEvent(t *testing.T) {
 	st := &ctlStore{File: fileStore(t)}
-	c := newCluster(t, st, []uint32{1, 2}, []uint32{1, 2}, time.Second)
-	all := viewOf(t, []uint32{1, 2}, []uint32{1, 2}, c.nodes)
-	uid := userOwnedBy(t, all, all, 1, 1)
-	c.waitOwner(uid, 1)
-	ws := c.dial(1, uid, "")
-	waitFor(t, "registration", func() bool { return c.nodes[1].Srv.Presence(uid) == 1 })
+	c, uid, ws := pairWithUserOn1(t, st)
 	st.mu.Lock()
 	st.unreachable = true
 	st.mu.Unlock()
@@ -449,12 +448,7 @@ func TestStoreOutageIsNotADataPlaneEvent(t *testing.T) {
 // its open connection gets the message: nothing acknowledged is stranded.
 func TestFlickeringLeaseStrandsNothing(t *testing.T) {
 	st := fileStore(t)
-	c := newCluster(t, st, []uint32{1, 2}, []uint32{1, 2}, time.Second)
-	all := viewOf(t, []uint32{1, 2}, []uint32{1, 2}, c.nodes)
-	uid := userOwnedBy(t, all, all, 1, 1)
-	c.waitOwner(uid, 1)
-	ws := c.dial(1, uid, "")
-	waitFor(t, "registration", func() bool { return c.nodes[1].Srv.Presence(uid) == 1 })
+	c, uid, ws := pairWithUserOn1(t, st)
 	if _, _, err := pub(t, c.nodes[1].pc, uid, "1", ""); err != nil {
 		t.Fatal(err)
 	}

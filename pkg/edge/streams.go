@@ -318,6 +318,19 @@ func (s *Server) take(ctx context.Context, pc pushv1.ClusterClient, id uint32, u
 // bounded in concurrency; extra are members to take it from besides the
 // candidates.
 func (s *Server) establishLater(uid string, extra ...uint32) {
+	s.streamWork(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*takeTimeout)
+		defer cancel()
+		if err := s.establish(ctx, uid, extra...); err != nil {
+			s.log.Debug("establish stream in the background", "user", uid, "err", err)
+		}
+	})
+}
+
+// streamWork runs f in a goroutine once one of the streams.sem slots is
+// free (background stream work is bounded in concurrency); not at all if
+// the server stops first.
+func (s *Server) streamWork(f func()) {
 	go func() {
 		select {
 		case s.streams.sem <- struct{}{}:
@@ -325,11 +338,7 @@ func (s *Server) establishLater(uid string, extra ...uint32) {
 			return
 		}
 		defer func() { <-s.streams.sem }()
-		ctx, cancel := context.WithTimeout(context.Background(), 4*takeTimeout)
-		defer cancel()
-		if err := s.establish(ctx, uid, extra...); err != nil {
-			s.log.Debug("establish stream in the background", "user", uid, "err", err)
-		}
+		f()
 	}()
 }
 
@@ -435,13 +444,7 @@ func (s *Server) claimStreams(holder uint32, uids []string) (int, error) {
 	if len(mine) == 0 {
 		return 0, nil
 	}
-	go func() {
-		select {
-		case s.streams.sem <- struct{}{}:
-		case <-s.stop:
-			return
-		}
-		defer func() { <-s.streams.sem }()
+	s.streamWork(func() {
 		for _, uid := range mine {
 			ctx, cancel := context.WithTimeout(context.Background(), 4*takeTimeout)
 			err := s.establishMode(ctx, uid, true, []uint32{holder})
@@ -455,7 +458,7 @@ func (s *Server) claimStreams(holder uint32, uids []string) (int, error) {
 			default:
 			}
 		}
-	}()
+	})
 	return len(mine), nil
 }
 
