@@ -291,9 +291,10 @@ type previewJSON struct {
 	// Refused says why apply would refuse the change (empty: it would
 	// not, as far as the document goes; apply also asks the edges).
 	Refused string `json:"refused,omitempty"`
-	// UsersConnected is the connections the leases report; UsersMoving
-	// estimates how many of them change owner: each member's users times
-	// the fraction of its sampled keys that leave it.
+	// UsersConnected is the members' connections (their /metrics, else
+	// their leases); UsersMoving estimates how many of them change owner:
+	// each member's users times the fraction of its sampled keys that
+	// leave it.
 	UsersConnected int64 `json:"users_connected"`
 	UsersMoving    int64 `json:"users_moving"`
 	// Applied is true in apply's answer: the document was written.
@@ -346,25 +347,32 @@ func decodeChange(w http.ResponseWriter, r *http.Request) (changeRequest, bool) 
 	return req, true
 }
 
-// figures completes a simulation with pushctl's text and the users the
-// leases report.
+// figures completes a simulation with pushctl's text and the connected
+// users: each edge's connections from its /metrics, or what its lease
+// last reported when those cannot be read.
 func (c *Console) figures(ctx context.Context, sim *pushctl.Simulation) previewJSON {
 	var b strings.Builder
 	_ = sim.Print(&b)
 	p := previewJSON{Simulation: sim, Text: b.String()}
-	leases, err := c.readLeases(ctx)
-	if err != nil {
-		return p
+	users := map[uint32]int64{}
+	if leases, err := c.readLeases(ctx); err == nil {
+		for id, l := range leases {
+			users[id] = l.Users
+		}
+	}
+	if e, err := c.readEdges(ctx); err == nil {
+		for _, x := range e.Edges {
+			if x.Error == "" {
+				users[x.ID] = x.Connections
+			}
+		}
 	}
 	moving := 0.0
 	for _, m := range sim.Members {
-		l, ok := leases[m.ID]
-		if !ok {
-			continue
-		}
-		p.UsersConnected += l.Users
+		n := users[m.ID]
+		p.UsersConnected += n
 		if m.KeysBefore > 0 {
-			moving += float64(l.Users) * float64(m.KeysOut) / float64(m.KeysBefore)
+			moving += float64(n) * float64(m.KeysOut) / float64(m.KeysBefore)
 		}
 	}
 	p.UsersMoving = int64(moving + 0.5)

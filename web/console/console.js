@@ -110,7 +110,7 @@ function drawRing() {
        el('text', { class: 'center', y: 32, text: 'of users move' })]
     : [el('text', { class: 'center', y: -10, text: `ring v${c.version}` }),
        el('text', { class: 'center big', y: 14, text: `${members.length} members` }),
-       el('text', { class: 'center', y: 32, text: `${c.users} users` })];
+       el('text', { class: 'center', y: 32, text: `${state.edges ? state.edges.totals.connections : c.users} users` })];
   svg.append(...center);
   $('legend-preview').hidden = !p;
 }
@@ -126,14 +126,14 @@ function drawMembers() {
   for (const m of c.members) {
     const e = edgeOf(m.id);
     const st = memberStatus(m);
-    const lease = m.lease ? `${m.lease.state}, ${m.lease.users} users` : (c.liveness ? 'none' : '–');
+    const lease = m.lease ? m.lease.state : (c.liveness ? 'none' : '–');
     body.append(el('tr', { 'data-id': m.id },
       el('td', { text: m.id }),
       el('td', {}, el('span', { class: 'swatch', bg: color(m.id) }), m.name),
       el('td', { class: 'state-' + (st === 'down' ? 'down' : m.state), text: st === 'down' ? `${m.state}, no lease` : m.state }),
       el('td', { text: m.weight }),
       el('td', { class: 'share', text: pct(m.share) }),
-      el('td', { class: 'lease', text: lease }),
+      el('td', { class: 'lease', text: lease, title: m.lease ? `incarnation ${m.lease.incarnation}; ${m.lease.users} users at its last renewal` : null }),
       el('td', { class: 'connections', text: e && !e.error ? e.connections : (m.lease ? m.lease.users : '–') }),
       el('td', { class: 'pubs', text: e ? rate(e.publishes_per_s) : '–' }),
       el('td', { class: 'moves', text: e ? rate(e.moves_per_s) : '–' }),
