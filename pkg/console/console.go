@@ -424,8 +424,10 @@ func (c *Console) authorize(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	if c.cfg.Token == "" {
-		if !loopback(r.RemoteAddr) {
-			fail(w, http.StatusForbidden, "changes are open to loopback clients only: start the router with --admin-token (PUSH_ADMIN_TOKEN) to allow others")
+		// A loopback client, that asked for a loopback name: a page that
+		// rebinds its own DNS name to 127.0.0.1 is not let in.
+		if !loopback(r.RemoteAddr) || !loopbackHost(r.Host) {
+			fail(w, http.StatusForbidden, "changes are open to loopback clients only (at a loopback address or localhost): start the router with --admin-token (PUSH_ADMIN_TOKEN) to allow others")
 			return false
 		}
 		return true
@@ -442,6 +444,20 @@ func (c *Console) authorize(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	return true
+}
+
+// loopbackHost reports whether a Host header names a loopback address or
+// localhost.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 func loopback(remote string) bool {

@@ -162,6 +162,10 @@ func (c *cluster) post(path string, body any, header map[string]string) (int, ma
 	req, _ := http.NewRequest(http.MethodPost, c.api+path, bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
 	for k, v := range header {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -398,6 +402,13 @@ func TestApplyWithoutTokenOnlyFromLoopback(t *testing.T) {
 	code, res := c.post("/api/v1/ring/apply", map[string]any{"version": 1, "changes": []pushctl.Change{{Op: pushctl.OpDrain, ID: 3}}}, nil)
 	if code != http.StatusOK {
 		t.Fatalf("loopback apply without a token: %d %v", code, res)
+	}
+	// A page that rebinds its DNS name to 127.0.0.1 (same origin for the
+	// browser) is refused without a token.
+	code, res = c.post("/api/v1/ring/apply", map[string]any{"version": 2, "changes": []pushctl.Change{{Op: pushctl.OpDrain, ID: 2}}},
+		map[string]string{"Host": "rebind.example:80", "Origin": "http://rebind.example:80"})
+	if code != http.StatusForbidden {
+		t.Fatalf("DNS-rebound apply without a token: %d %v", code, res)
 	}
 	// The admin listener cannot be reached from another address here, so
 	// the rule is checked through the handler with a remote address set.
