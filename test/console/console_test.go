@@ -20,6 +20,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -36,8 +37,10 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/client"
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/ring"
+	"github.com/pushcluster/push/pkg/store"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -241,6 +244,32 @@ func TestConsoleInChromium(t *testing.T) {
 		users = append(users, u)
 		wg.Go(func() { u.run(ctx, routerWS, secret) })
 	}
+	// A backend publishing to them (the SDK, on the same ring), so the
+	// console has publishes per second to show.
+	st, err := store.Open(ringURL, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	sdk, err := client.New(ctxT(t, 30*time.Second), st, client.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sdk.Close() })
+	wg.Go(func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ctx.Err() == nil; i++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+			sdk.Publish(pctx, users[i%len(users)].uid, fmt.Appendf(nil, `{"n":%d}`, i), 0) // errors: retried by the next tick's user
+			pcancel()
+		}
+	})
 	waitFor(t, "30 users connected", func() (bool, string) {
 		n := 0
 		for i := 1; i <= 3; i++ {
@@ -355,6 +384,12 @@ func TestConsoleInChromium(t *testing.T) {
 		}
 	}
 	t.Logf("%d of %d users moved to edge 4; screenshots in %s", len(movers), len(users), shots)
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return c
 }
 
 // gauge reads one unlabelled series from an admin /metrics.

@@ -87,9 +87,15 @@ step('ring-drawn', async () => {
   }
   // The users connected through the router are counted on the edges.
   await until('users counted', async () => Number(await page.locator('#fact-users').textContent()) > 0);
+  // A backend publishes to them about 20 times a second: the rates show.
+  await until('publishes per second', async () => Number(await page.locator('#fact-pubs').textContent()) > 0);
+  await until('publishes per second per edge', async () => {
+    for (const id of ['1', '2', '3']) if (!(Number(await page.locator(`#members tr[data-id="${id}"] .pubs`).textContent()) > 0)) return false;
+    return true;
+  });
   await until('edge 4 listed as live but not in the ring', async () => (await page.locator('#unlisted').textContent()).includes(`id ${ADD.id}`));
   await shot(page, 'ring');
-  return `shares ${['1', '2', '3'].map((id) => sim.rows[id].before).join(' ')}, users ${await page.locator('#fact-users').textContent()}`;
+  return `shares ${['1', '2', '3'].map((id) => sim.rows[id].before).join(' ')}, users ${await page.locator('#fact-users').textContent()}, publishes/s ${await page.locator('#fact-pubs').textContent()}`;
 });
 
 // A preview of adding the fourth edge shows pushctl ring simulate's
