@@ -362,14 +362,23 @@ func TestConsoleInChromium(t *testing.T) {
 	if werr != nil {
 		t.Fatalf("console.mjs: %v", werr)
 	}
-	if len(results) != 3 {
-		t.Fatalf("console.mjs reported %d of 3 steps", len(results))
+	if len(results) != 4 {
+		t.Fatalf("console.mjs reported %d of 4 steps", len(results))
 	}
 
-	// From the outside: the ring has edge 4, its users were closed with
-	// 4003 and are on edge 4 now, and nobody whose owner stayed moved.
-	if show := h.pushctl("ring", "show", "--live-timeout", "0"); !strings.Contains(show, "edge-4") {
-		t.Fatalf("edge 4 is not in the ring:\n%s", show)
+	// From the outside: the ring has edge 4 (and the draining edge 5 the
+	// conflict step added, but not the weight that conflicted), its users
+	// were closed with 4003 and are on edge 4 now, and nobody whose owner
+	// stayed moved.
+	d, err = os.ReadFile(filepath.Join(dir, "ring.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if doc, err = ring.Parse(d); err != nil {
+		t.Fatal(err)
+	}
+	if doc.Version != 5 || len(doc.Members) != 5 || doc.Members[3].ID != 4 || doc.Members[4].State != ring.StateDraining || doc.Members[0].Weight != 1 {
+		t.Fatalf("ring after the console: %+v", doc)
 	}
 	waitFor(t, "the movers on edge 4", func() (bool, string) {
 		n := gauge(t, edges[4].admin, "push_edge_connections")

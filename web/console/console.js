@@ -46,8 +46,8 @@ function el(tag, attrs = {}, ...kids) {
 
 // memberStatus is "live", "draining" or "down" (no lease) for the dot.
 function memberStatus(m) {
-  if (m.state === 'draining' || (m.lease && m.lease.state === 'draining')) return 'draining';
-  return m.live || m.alive ? 'live' : 'down';
+  if (!m.live && !m.alive) return 'down';
+  return m.state === 'draining' || (m.lease && m.lease.state === 'draining') ? 'draining' : 'live';
 }
 
 // arc is the SVG path of a ring segment from angle a0 to a1 (radians,

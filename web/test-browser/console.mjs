@@ -9,6 +9,9 @@
 //   USERS        how many users are connected
 //   SHOTS        the directory screenshots are written to
 //   CHROMIUM     the browser binary
+// The steps build on each other: the ring drawn, a preview of adding
+// ADD, applying it, then an apply that conflicts with a change made
+// meanwhile.
 // It prints "PASS name detail" or "FAIL name detail" per step and
 // "SHOT path" per screenshot; it exits 1 if a step failed.
 import { chromium } from 'playwright-core';
@@ -153,6 +156,35 @@ step('apply-moves-users', async () => {
   await until(`${MOVERS} users moved`, async () => Number(await page.locator('#result').getAttribute('data-moved')) >= MOVERS);
   const text = await page.locator('#result').textContent();
   await shot(page, 'applied');
+  return text;
+});
+
+// A change previewed on a version that somebody else changed meanwhile is
+// not applied (409): the page says so and asks for a new preview. The
+// change made meanwhile adds a draining member, which owns nobody (no user
+// moves).
+step('apply-conflict', async () => {
+  await page.selectOption('#op', 'weight');
+  await page.fill('#id', '1');
+  await page.fill('#weight', '2');
+  await page.click('#preview-btn');
+  await until('the preview', () => page.locator('#preview').isVisible());
+  const version = Number((await page.locator('#ring text.center').first().textContent()).match(/^v(\d+)/)[1]);
+  const other = await fetch(new globalThis.URL('../api/v1/ring/apply', URL), {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', Authorization: 'Bearer ' + process.env.TOKEN },
+    body: JSON.stringify({ version, force: true, changes: [{ op: 'add', member: { id: 5, name: 'edge-5', ws: '127.0.0.1:1', grpc: '127.0.0.1:2', state: 'draining' } }] }),
+  });
+  expect('the change made meanwhile', other.status, 200);
+  await page.click('#apply-btn');
+  await until('the conflict shown', async () => (await page.locator('#result').textContent()).includes('(409)'));
+  const text = await page.locator('#result').textContent();
+  expect('conflict message', text, `Not applied (409): the ring changed meanwhile (now v${version + 1}): preview again`);
+  expect('apply disabled', await page.locator('#apply-btn').isDisabled(), true);
+  await until('the draining member drawn', async () => (await page.locator('#ring g.member').count()) === 5);
+  expect('member 5 state', await page.locator('#members tr[data-id="5"] td').nth(2).textContent(), 'draining, no lease');
+  expect('member 1 weight', await page.locator('#members tr[data-id="1"] td').nth(3).textContent(), '1');
+  await shot(page, 'conflict');
   return text;
 });
 
