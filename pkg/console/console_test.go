@@ -240,6 +240,27 @@ func TestClusterReportsRingLeasesAndEdges(t *testing.T) {
 		t.Fatalf("unlisted %+v, want edge 4", got.Unlisted)
 	}
 
+	// The page itself: embedded, under a policy that runs no inline code.
+	for path, want := range map[string]string{"/console/": "<title>push console</title>", "/console/console.js": "api/v1/", "/console/console.css": ".card"} {
+		resp, err := http.Get(c.api + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "default-src 'self'") {
+			t.Fatalf("GET %s: %s, CSP %q, body has %q: %v", path, resp.Status, resp.Header.Get("Content-Security-Policy"), want, strings.Contains(string(b), want))
+		}
+	}
+	resp, err := http.Get(c.api + "/console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Request.URL.Path != "/console/" || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /console: %s at %s", resp.Status, resp.Request.URL)
+	}
+
 	// Users connected through the router are counted on their edges.
 	users := connect(t, c, 12)
 	waitFor(t, "12 connections in /api/v1/edges", func() (bool, string) {
