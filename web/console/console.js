@@ -284,5 +284,9 @@ $('op').addEventListener('change', showOp);
 $('token').value = sessionStorage.getItem('push-console-token') || '';
 $('token').addEventListener('change', () => sessionStorage.setItem('push-console-token', $('token').value));
 showOp();
-poll();
-setInterval(poll, POLL_MS);
+// One poll at a time: the next starts a second after the last answered
+// (a slow admin port is not sent a growing queue of requests).
+(async function loop() {
+  await poll();
+  setTimeout(loop, POLL_MS);
+})();
