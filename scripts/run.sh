@@ -61,6 +61,7 @@ wait_ready demo http://127.0.0.1:8000/
 cat <<TXT
 push cluster is up (logs and the ring in .run/):
   router   ws://127.0.0.1:8080/ws   gRPC 127.0.0.1:9090   admin http://127.0.0.1:9200/metrics
+  console  http://127.0.0.1:9200/console/   (the ring drawn, each edge's figures, preview and apply ring changes)
   edges    ws 127.0.0.1:8081-8083   gRPC 127.0.0.1:9091-9093   admin http://127.0.0.1:9101-9103/metrics
   demo     http://127.0.0.1:8000/?uid=alice   (pick a user, publish from the form; a second tab shares the connection)
 

@@ -115,7 +115,7 @@ func run(args []string) error {
 		go keyFiles.Watch(kctx, keyring, *keyReload, log)
 	}
 	reg := admin.NewRegistry()
-	c.Metrics = reg
+	c.Metrics, c.AdminAddr = reg, *adminAddr // the lease publishes where the metrics are (the cluster console reads them)
 
 	soft, hard := rawtcp.FDLimit()
 	log.Info("file descriptor limit", "soft", soft, "hard", hard)

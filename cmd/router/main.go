@@ -18,12 +18,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/pushcluster/push/pkg/admin"
 	"github.com/pushcluster/push/pkg/client"
+	"github.com/pushcluster/push/pkg/console"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/flagenv"
 	"github.com/pushcluster/push/pkg/rawtcp"
@@ -39,7 +41,9 @@ func run(args []string) error {
 	var c router.Config
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8000", "plaintext address browsers connect to (GET /ws?uid=...)")
 	grpcAddr := fs.String("grpc", "127.0.0.1:9000", "gRPC push.v1.Push forwarder address (health and reflection on)")
-	adminAddr := fs.String("admin", "127.0.0.1:9001", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
+	adminAddr := fs.String("admin", "127.0.0.1:9001", "admin HTTP address: /healthz /readyz /metrics /debug/pprof, the cluster console /console/ and its API /api/v1/")
+	withConsole := fs.Bool("console", true, "serve the cluster console (/console/) and its JSON API (/api/v1/) on the admin port")
+	adminToken := fs.String("admin-token", "", "bearer token the console's ring changes (POST /api/v1/ring/apply) need; empty: only loopback clients may change the ring")
 	ringURL := fs.String("ring", "file:./ring.json", "ring store URL (file:./ring.json or etcd://host:2379/prefix)")
 	ringWait := fs.Duration("ring-wait", 30*time.Second, "how long to wait at start for the first ring document (and liveness reading)")
 	leaseTTL := fs.Duration("lease-ttl", store.DefaultLeaseTTL, "the edges' --lease-ttl: members whose leases vanish together (a store outage, a mass expiry) stay live for twice this, as on the edges")
@@ -131,7 +135,15 @@ func run(args []string) error {
 		return err
 	}
 	pushv1.RegisterPushServer(g.Server, sdk.Server())
-	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: rt.Ready, Logger: log})
+	var extra map[string]http.Handler
+	if *withConsole {
+		cons, err := console.New(console.Config{Follower: f, Token: *adminToken, Sessions: rt.Sessions, Logger: log})
+		if err != nil {
+			return err
+		}
+		extra = cons.Routes()
+	}
+	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: rt.Ready, Logger: log, Extra: extra})
 	if err != nil {
 		return err
 	}
@@ -150,7 +162,7 @@ func run(args []string) error {
 	}()
 	v := rt.View()
 	log.Info("router up", "listen", rt.Addr().String(), "tls", c.TLSListen, "grpc", g.Addr().String(),
-		"admin", adm.Addr().String(), "ring_version", v.Version(), "liveness", v.HasLiveness(), "hash_key", c.HashKey)
+		"admin", adm.Addr().String(), "console", *withConsole, "console_token", *adminToken != "", "ring_version", v.Version(), "liveness", v.HasLiveness(), "hash_key", c.HashKey)
 
 	sig := daemon.WaitForSignal()
 	log.Info("shutting down", "signal", sig, "drain_period", c.DrainPeriod.String())

@@ -122,6 +122,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics, when set, receives the edge's collectors.
 	Metrics prometheus.Registerer
+	// AdminAddr is the admin HTTP address serving Metrics, published with
+	// the edge's lease (owner.Live.Admin) so that the cluster console
+	// finds its /metrics. Empty: not published.
+	AdminAddr string
 }
 
 func (c *Config) setDefaults() {

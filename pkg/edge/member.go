@@ -152,7 +152,7 @@ func Join(srv *Server, st store.Store, leaseTTL time.Duration) (*Membership, err
 }
 
 func (m *Membership) register(ctx context.Context) (store.Lease, error) {
-	return m.leaser.Register(ctx, m.srv.cfg.ID, m.ttl, owner.Live{State: ring.StateActive, Incarnation: m.srv.incarnation(), Users: m.srv.Open()})
+	return m.leaser.Register(ctx, m.srv.cfg.ID, m.ttl, owner.Live{State: ring.StateActive, Incarnation: m.srv.incarnation(), Users: m.srv.Open(), Admin: m.srv.cfg.AdminAddr})
 }
 
 // readOnly reports whether err says the file system refused a write.

@@ -48,6 +48,10 @@ type Live struct {
 	// Users is the number of connections the edge reported at its last
 	// renewal (for operators; not used to decide anything).
 	Users int64 `json:"users"`
+	// Admin is the host:port of the edge's admin HTTP port (/metrics), for
+	// operators' tools such as the cluster console; an empty or unspecified
+	// host means the host of the member's ws address. Empty: not published.
+	Admin string `json:"admin,omitempty"`
 }
 
 // View is one process's inputs to ownership: a ring and the live members.

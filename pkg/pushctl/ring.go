@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -278,20 +277,11 @@ func params(d *ring.Document) string {
 
 func percent(f float64) string { return fmt.Sprintf("%.2f%%", 100*f) }
 
-// ringChange is one --add, --remove, --weight or --drain, applied in
-// command-line order.
-type ringChange struct {
-	flag   string
-	id     uint32
-	weight int
-	add    ring.Member
-}
-
 // changeFlag is a repeatable flag that appends to a shared change list.
 type changeFlag struct {
 	name    string
-	changes *[]ringChange
-	parse   func(string) (ringChange, error)
+	changes *[]Change
+	parse   func(string) (Change, error)
 }
 
 func (f changeFlag) String() string { return "" }
@@ -301,7 +291,7 @@ func (f changeFlag) Set(v string) error {
 	if err != nil {
 		return err
 	}
-	c.flag = f.name
+	c.Op = f.name
 	*f.changes = append(*f.changes, c)
 	return nil
 }
@@ -315,23 +305,23 @@ func parseID(s string) (uint32, error) {
 }
 
 // parseAdd reads "id=5,name=e5,ws=host:port,grpc=host:port[,weight=2][,state=draining]".
-func parseAdd(spec string) (ringChange, error) {
+func parseAdd(spec string) (Change, error) {
 	m := ring.Member{Weight: 1, State: ring.StateActive}
 	seen := make(map[string]bool)
 	for _, kv := range strings.Split(spec, ",") {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || v == "" {
-			return ringChange{}, fmt.Errorf("%q is not key=value (keys: id, name, ws, grpc, weight, state)", kv)
+			return Change{}, fmt.Errorf("%q is not key=value (keys: id, name, ws, grpc, weight, state)", kv)
 		}
 		if seen[k] {
-			return ringChange{}, fmt.Errorf("%s given twice", k)
+			return Change{}, fmt.Errorf("%s given twice", k)
 		}
 		seen[k] = true
 		switch k {
 		case "id":
 			id, err := parseID(v)
 			if err != nil {
-				return ringChange{}, err
+				return Change{}, err
 			}
 			m.ID = id
 		case "name":
@@ -343,21 +333,21 @@ func parseAdd(spec string) (ringChange, error) {
 		case "weight":
 			w, err := strconv.Atoi(v)
 			if err != nil {
-				return ringChange{}, fmt.Errorf("weight %q is not a number", v)
+				return Change{}, fmt.Errorf("weight %q is not a number", v)
 			}
 			m.Weight = w
 		case "state":
 			m.State = ring.State(v)
 		default:
-			return ringChange{}, fmt.Errorf("unknown key %q (keys: id, name, ws, grpc, weight, state)", k)
+			return Change{}, fmt.Errorf("unknown key %q (keys: id, name, ws, grpc, weight, state)", k)
 		}
 	}
 	for _, k := range []string{"id", "name", "ws", "grpc"} {
 		if !seen[k] {
-			return ringChange{}, fmt.Errorf("%s is required (id=5,name=e5,ws=host:port,grpc=host:port[,weight=W])", k)
+			return Change{}, fmt.Errorf("%s is required (id=5,name=e5,ws=host:port,grpc=host:port[,weight=W])", k)
 		}
 	}
-	return ringChange{add: m}, nil
+	return Change{Member: &m}, nil
 }
 
 func (a *App) ringSimulate(args []string) error {
@@ -365,32 +355,32 @@ func (a *App) ringSimulate(args []string) error {
 		"Applies the changes (repeatable, in order) to the stored document in memory, nothing is written, and prints "+
 			"the fraction of users that would change owner, counted over --keys user ids uid-0, uid-1, …, "+
 			"the ideal fraction (the least any placement with these weights must move), and each member's share before and after.")
-	var changes []ringChange
+	var changes []Change
 	fs.Var(changeFlag{"add", &changes, parseAdd}, "add", "add a member: id=5,name=e5,ws=host:port,grpc=host:port[,weight=W][,state=draining]")
-	fs.Var(changeFlag{"remove", &changes, func(s string) (ringChange, error) {
+	fs.Var(changeFlag{"remove", &changes, func(s string) (Change, error) {
 		id, err := parseID(s)
-		return ringChange{id: id}, err
+		return Change{ID: id}, err
 	}}, "remove", "remove the member with this id")
-	fs.Var(changeFlag{"drain", &changes, func(s string) (ringChange, error) {
+	fs.Var(changeFlag{"drain", &changes, func(s string) (Change, error) {
 		id, err := parseID(s)
-		return ringChange{id: id}, err
+		return Change{ID: id}, err
 	}}, "drain", "set the member with this id draining")
-	fs.Var(changeFlag{"weight", &changes, func(s string) (ringChange, error) {
+	fs.Var(changeFlag{"weight", &changes, func(s string) (Change, error) {
 		ids, ws, ok := strings.Cut(s, "=")
 		if !ok {
-			return ringChange{}, fmt.Errorf("%q: want ID=WEIGHT", s)
+			return Change{}, fmt.Errorf("%q: want ID=WEIGHT", s)
 		}
 		id, err := parseID(ids)
 		if err != nil {
-			return ringChange{}, err
+			return Change{}, err
 		}
 		w, err := strconv.Atoi(ws)
 		if err != nil {
-			return ringChange{}, fmt.Errorf("weight %q is not a number", ws)
+			return Change{}, fmt.Errorf("weight %q is not a number", ws)
 		}
-		return ringChange{id: id, weight: w}, nil
+		return Change{ID: id, Weight: w}, nil
 	}}, "weight", "set the weight of the member with this id: ID=W")
-	keys := fs.Int("keys", 1000000, "how many user ids (uid-0 … uid-N-1) to count moves over")
+	keys := fs.Int("keys", DefaultSimulateKeys, "how many user ids (uid-0 … uid-N-1) to count moves over")
 	rest, err := a.parse(fs, args)
 	if err != nil {
 		return err
@@ -408,131 +398,9 @@ func (a *App) ringSimulate(args []string) error {
 	if err != nil {
 		return err
 	}
-	prev := before.Document()
-	next, notes, err := applyChanges(prev, changes)
+	sim, err := Simulate(before.Document(), changes, *keys)
 	if err != nil {
 		return usageError{err}
 	}
-	if err := ring.CheckTransition(prev, next, false); err != nil {
-		return usageError{fmt.Errorf("the changed document is refused: %w", err)}
-	}
-	after, err := ring.New(next)
-	if err != nil {
-		return usageError{err}
-	}
-
-	fmt.Fprintf(a.Stdout, "version    %d -> %d (simulated, nothing written)\n", prev.Version, next.Version)
-	printMoves(a.Stdout, before, after, *keys)
-	fmt.Fprintln(a.Stdout)
-
-	sb, sa := before.Shares(), after.Shares()
-	rows := []string{"ID\tNAME\tSTATE\tWEIGHT\tBEFORE\tAFTER\tCHANGE"}
-	row := func(m ring.Member, state string) {
-		rows = append(rows, fmt.Sprintf("%d\t%s\t%s\t%d\t%s\t%s\t%s", m.ID, m.Name, state, m.Weight, percent(sb[m.ID]), percent(sa[m.ID]), notes[m.ID]))
-	}
-	for _, m := range next.Members {
-		row(m, string(m.State))
-	}
-	for _, m := range prev.Members {
-		if _, ok := after.Member(m.ID); !ok {
-			row(m, "removed")
-		}
-	}
-	return writeTable(a.Stdout, rows)
-}
-
-// applyChanges returns a copy of prev, one version up, with the changes
-// applied in order, and a note per changed member id. Unknown ids are
-// errors.
-func applyChanges(prev *ring.Document, changes []ringChange) (*ring.Document, map[uint32]string, error) {
-	next := *prev
-	next.Version++
-	next.Members = slices.Clone(prev.Members)
-	notes := make(map[uint32]string)
-	note := func(id uint32, s string) {
-		if notes[id] != "" {
-			s = notes[id] + ", " + s
-		}
-		notes[id] = s
-	}
-	find := func(c ringChange) (int, error) {
-		i := slices.IndexFunc(next.Members, func(m ring.Member) bool { return m.ID == c.id })
-		if i < 0 {
-			return 0, fmt.Errorf("--%s %d: no member with id %d in ring version %d", c.flag, c.id, c.id, prev.Version)
-		}
-		return i, nil
-	}
-	for _, c := range changes {
-		switch c.flag {
-		case "add":
-			next.Members = append(next.Members, c.add)
-			note(c.add.ID, "added")
-		case "remove":
-			i, err := find(c)
-			if err != nil {
-				return nil, nil, err
-			}
-			next.Members = slices.Delete(next.Members, i, i+1)
-			note(c.id, "removed")
-		case "drain":
-			i, err := find(c)
-			if err != nil {
-				return nil, nil, err
-			}
-			next.Members[i].State = ring.StateDraining
-			note(c.id, "drained")
-		case "weight":
-			i, err := find(c)
-			if err != nil {
-				return nil, nil, err
-			}
-			note(c.id, fmt.Sprintf("weight %d -> %d", next.Members[i].Weight, c.weight))
-			next.Members[i].Weight = c.weight
-		}
-	}
-	return &next, notes, nil
-}
-
-// printMoves prints the "moved" and "ideal" lines of a change from before
-// to after: the fraction of the keys uid-0 … uid-(keys-1) whose owner
-// changes, and the least fraction any placement would have to move.
-func printMoves(w io.Writer, before, after *ring.Ring, keys int) {
-	moved := 0
-	buf := make([]byte, 0, 32)
-	for i := 0; i < keys; i++ {
-		buf = strconv.AppendInt(append(buf[:0], "uid-"...), int64(i), 10)
-		if before.Lookup(buf) != after.Lookup(buf) {
-			moved++
-		}
-	}
-	fmt.Fprintf(w, "moved      %s (%d of %d keys uid-0..uid-%d)\n", percent(float64(moved)/float64(keys)), moved, keys, keys-1)
-	fmt.Fprintf(w, "ideal      %s\n", percent(idealMove(before.Document(), after.Document())))
-}
-
-// idealMove is the least fraction of users any placement must move from
-// prev to next: the total variation distance between the active members'
-// weight shares before and after.
-func idealMove(prev, next *ring.Document) float64 {
-	share := func(d *ring.Document) map[uint32]float64 {
-		s, total := make(map[uint32]float64), 0
-		for _, m := range d.Members {
-			if m.Active() {
-				total += m.Weight
-			}
-		}
-		for _, m := range d.Members {
-			if m.Active() {
-				s[m.ID] = float64(m.Weight) / float64(total)
-			}
-		}
-		return s
-	}
-	b, a := share(prev), share(next)
-	moved := 0.0
-	for id, x := range b {
-		if x > a[id] {
-			moved += x - a[id]
-		}
-	}
-	return moved
+	return sim.Print(a.Stdout)
 }

@@ -664,7 +664,7 @@ func TestFileLeases(t *testing.T) {
 	if live, err := f.ReadLive(ctx); live != nil || err != nil {
 		t.Fatalf("no lease directory: %v %v", live, err)
 	}
-	l1, err := f.Register(ctx, 1, 600*time.Millisecond, owner.Live{Incarnation: "a"})
+	l1, err := f.Register(ctx, 1, 600*time.Millisecond, owner.Live{Incarnation: "a", Admin: "127.0.0.1:9101"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -677,7 +677,7 @@ func TestFileLeases(t *testing.T) {
 		t.Fatal(err)
 	}
 	live, err := f.ReadLive(ctx)
-	if err != nil || len(live) != 2 || live[1].Incarnation != "a" || live[2].State != ring.StateDraining || live[2].Users != 42 {
+	if err != nil || len(live) != 2 || live[1].Incarnation != "a" || live[1].Admin != "127.0.0.1:9101" || live[2].State != ring.StateDraining || live[2].Users != 42 {
 		t.Fatalf("live %+v %v", live, err)
 	}
 	time.Sleep(time.Second) // past the TTL: renewals keep both live

@@ -22,6 +22,7 @@ type leaseFile struct {
 	State       ring.State `json:"state"`
 	Incarnation string     `json:"incarnation,omitempty"`
 	Users       int64      `json:"users"`
+	Admin       string     `json:"admin,omitempty"`
 	// RenewedMS is the wall-clock time of the last renewal in Unix
 	// milliseconds and TTLMS the lease in milliseconds: the member is live
 	// while now < RenewedMS + TTLMS.
@@ -72,7 +73,7 @@ func (f *File) ReadLive(ctx context.Context) (map[uint32]owner.Live, error) {
 		if l.State == "" {
 			l.State = ring.StateActive
 		}
-		out[l.ID] = owner.Live{State: l.State, Incarnation: l.Incarnation, Users: l.Users}
+		out[l.ID] = owner.Live{State: l.State, Incarnation: l.Incarnation, Users: l.Users, Admin: l.Admin}
 	}
 	return out, nil
 }
@@ -119,7 +120,7 @@ func (l *fileLease) write(start time.Time) error {
 		l.markLost()
 		return fmt.Errorf("lease of member %d expired %v ago", l.id, start.Sub(l.renewed)-l.ttl)
 	}
-	data, _ := json.Marshal(leaseFile{ID: l.id, State: l.info.State, Incarnation: l.info.Incarnation,
+	data, _ := json.Marshal(leaseFile{ID: l.id, State: l.info.State, Incarnation: l.info.Incarnation, Admin: l.info.Admin,
 		Users: l.users.Load(), RenewedMS: start.UnixMilli(), TTLMS: l.ttl.Milliseconds(), PID: os.Getpid()})
 	tmp := l.path() + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o644); err != nil {
