@@ -63,7 +63,8 @@ type outQueue struct {
 // fragmented message in progress.
 type readState struct {
 	pending  []byte
-	frag     bool // inside a fragmented message
+	skip     uint64 // bytes of a refused frame still to discard (framesLocked)
+	frag     bool   // inside a fragmented message
 	fragText bool
 	fragLen  int
 	carry    []byte         // incomplete UTF-8 sequence at the end of the last fragment
@@ -79,7 +80,7 @@ func (c *conn) rs() *readState {
 }
 
 func (c *conn) dropReadState() {
-	if c.rd != nil && len(c.rd.pending) == 0 && !c.rd.frag && c.rd.origin == nil &&
+	if c.rd != nil && len(c.rd.pending) == 0 && c.rd.skip == 0 && !c.rd.frag && c.rd.origin == nil &&
 		(c.state != stHandshake || !c.rd.client.IsValid()) {
 		c.rd = nil
 	}

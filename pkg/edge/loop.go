@@ -11,6 +11,7 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/pushcluster/push/pkg/httphead"
 	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/proxyproto"
 	"github.com/pushcluster/push/pkg/rawtcp"
@@ -149,9 +150,24 @@ func (l *loop) readLocked(c *conn) {
 
 // framesLocked parses and handles complete client frames in data and
 // returns how many bytes it consumed.
+//
+// A frame the edge refuses (a header that breaks RFC 6455: 1002; over
+// MaxMessageBytes: 1009) starts the closing handshake, and the rest of
+// that frame, exactly as long as its header announced, is discarded as it
+// arrives (readState.skip), never parsed: bytes inside a refused payload
+// that look like a frame (88 80 00 00 00 00, a close) must not end the
+// connection before the client has read the edge's close frame, or the
+// kernel resets it. While closing, every frame but the client's close is
+// discarded the same way, without buffering. Discarding ends when the
+// client's close arrives or at CloseTimeout, so it costs bounded time.
 func (l *loop) framesLocked(c *conn, data []byte) int {
 	s := l.s
 	used := 0
+	if c.rd != nil && c.rd.skip > 0 {
+		n := min(uint64(len(data)), c.rd.skip)
+		c.rd.skip -= n
+		used = int(n)
+	}
 	for c.state == stOpen || c.state == stClosing {
 		d := data[used:]
 		if len(d) < 2 {
@@ -174,29 +190,39 @@ func (l *loop) framesLocked(c *conn, data []byte) int {
 			}
 			length, hl = binary.BigEndian.Uint64(d[2:]), 10
 		}
-		if c.state == stClosing && op != ws.OpClose {
-			// Waiting for the client's close: skip whatever else comes, but
-			// still parse so the close frame is found.
+		if masked {
+			hl += 4
+		}
+		if len(d) < hl {
+			return used
+		}
+		discard := false
+		if c.state == stClosing {
+			// Waiting for the client's close: anything else is skipped.
+			discard = op != ws.OpClose || !masked || length > 125
 		} else if msg := l.checkHeader(c, fin, rsv, op, masked, length); msg != "" {
 			code := CloseProtocol
 			if msg == errTooBig {
 				code = CloseTooBig
 			}
 			s.closeWithLocked(c, code, msg)
-			return len(data)
+			discard = true
 		}
-		if !masked {
-			if c.state == stClosing {
-				s.closeNowLocked(c, -1)
+		if discard {
+			total := uint64(hl) + length
+			if total < length { // a length with its top bit set: skip until the close wait ends
+				total = ^uint64(0)
+			}
+			if uint64(len(d)) >= total {
+				used += int(total)
+				continue
+			}
+			if c.state != stClosed {
+				c.rs().skip = total - uint64(len(d))
 			}
 			return len(data)
 		}
-		hl += 4
 		if uint64(len(d)) < uint64(hl)+length {
-			if length > uint64(s.cfg.MaxMessageBytes) && c.state == stClosing {
-				s.closeNowLocked(c, -1)
-				return len(data)
-			}
 			return used
 		}
 		payload := d[hl : hl+int(length)]
@@ -216,6 +242,8 @@ func (l *loop) checkHeader(c *conn, fin bool, rsv byte, op ws.OpCode, masked boo
 	switch {
 	case !masked:
 		return "unmasked client frame"
+	case length > 1<<63-1:
+		return "payload length with its most significant bit set" // RFC 6455 section 5.2
 	case rsv != 0:
 		return "reserved bits set"
 	case op.IsControl():
@@ -417,16 +445,11 @@ func (l *loop) handshakeLocked(c *conn, data []byte) int {
 		l.reject(c, http.StatusTooManyRequests, "too many new connections from this address")
 		return used + len(data)
 	}
-	if kind, ok := streamPath(head); ok {
-		l.streamRequest(c, kind, head)
-	} else {
-		l.hs.upgradeLocked(c, head)
-	}
+	l.hs.serveLocked(c, head)
 	return used + len(head)
 }
 
 // reject answers a handshake with an HTTP error and closes.
 func (l *loop) reject(c *conn, status int, reason string) {
-	rawtcp.Write(int(c.fd), httpError(status, reason))
-	l.s.closeNowLocked(c, -1)
+	l.s.refuseLocked(c, &httphead.Error{Status: status, Reason: reason})
 }
