@@ -8,7 +8,6 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
-	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
 	"github.com/pushcluster/push/pkg/wheel"
@@ -40,6 +39,7 @@ type conn struct {
 	polled     bool  // registered with the loop's epoll
 	shutAfter  bool  // shut down writing once out drains (close frame queued)
 	proxied    bool  // the PROXY header (AcceptProxy) was read
+	peerDone   bool  // the client shut down its sending side (halfClosedLocked)
 	handedOff  bool  // its user's stream went to another edge: move it (cluster.go)
 	kind       uint8 // transport: kindWS, kindSSE or kindPoll
 	uid        string
@@ -149,7 +149,7 @@ func (s *Server) enqueueLocked(c *conn, a, b []byte, copyA bool) bool {
 	if !c.wantWrite {
 		c.wantWrite = true
 		if c.polled {
-			s.loops[c.loop].poll.Resume(int(c.fd), c.gen, poller.Read|poller.Write)
+			s.loops[c.loop].poll.Resume(int(c.fd), c.gen, c.interest(true))
 		}
 	}
 	return true

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/httphead"
+	"github.com/pushcluster/push/pkg/mailbox"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
 	"github.com/pushcluster/push/pkg/userid"
@@ -284,11 +285,26 @@ func (s *Server) attachLocked(c *conn, rp resumePoint) {
 				return
 			}
 		}
-		msgs, gap := u.Box.ResumeEpoch(nil, rp.epoch, rp.seq, rp.has, now)
+		msgs, gap := s.resumeInShard(u, rp, now)
 		s.replayLocked(c, gap, u.Box.Epoch, msgs)
 		detachInShard(u, c)
 	})
 	if later {
 		s.establishLater(c.uid)
 	}
+}
+
+// resumeInShard takes from the user's stream what a client resuming at rp
+// gets (mailbox.Box.ResumeEpoch). A client that keeps its own numbering
+// (last_seq without epoch) close enough to 2^53-1 that the stored messages
+// renumbered after it would pass it gets a new epoch instead, numbered
+// from 1 (docs/protocol.md: seq never exceeds 2^53-1), with what no
+// connection took. Called with the shard lock held, u.Box set.
+func (s *Server) resumeInShard(u *registry.User[*conn], rp resumePoint, now int64) ([]mailbox.Message, mailbox.Gap) {
+	if rp.has && rp.epoch == "" && u.Box.ResumePasses(rp.seq) {
+		u.Box.Rollover(s.newEpoch(), now)
+		s.m.epochsStarted.Inc()
+		return u.Box.Resume(nil, 0, false, now)
+	}
+	return u.Box.ResumeEpoch(nil, rp.epoch, rp.seq, rp.has, now)
 }

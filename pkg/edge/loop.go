@@ -79,16 +79,60 @@ func (l *loop) onEvent(fd int, gen uint32, ev poller.Event) {
 		l.readLocked(c)
 	}
 	if c.state != stClosed {
-		want := poller.Read
-		if c.out != nil && (c.shutAfter || s.serving()) {
-			want |= poller.Write
-		}
+		want := c.interest(c.out != nil && (c.shutAfter || s.serving()))
 		c.wantWrite = want&poller.Write != 0
 		if err := l.poll.Resume(fd, c.gen, want); err != nil {
 			s.closeNowLocked(c, -1)
 		}
 	}
 	s.release(c)
+}
+
+// interest is what c's one-shot registration asks for: input until the
+// client shut down its sending side (after that EPOLLIN would report the
+// end of stream again and again; the kernel still reports EPOLLHUP once
+// the edge has shut down its own side, and EPOLLERR on a reset), and
+// output when write is set.
+func (c *conn) interest(write bool) poller.Event {
+	var ev poller.Event
+	if !c.peerDone {
+		ev = poller.Read
+	}
+	if write {
+		ev |= poller.Write
+	}
+	return ev
+}
+
+// halfClosedLocked handles the end of the client's stream (a FIN, as
+// from shutdown(SHUT_WR)) and reports whether the connection stays open.
+// HTTP lets a client close its sending side once the request is out and
+// still read the answer (RFC 9112 section 9.6), so:
+//   - a held long-poll keeps waiting and gets the answer docs/protocol.md
+//     promises: the JSON array with the first message, or [] at
+//     PollTimeout;
+//   - an SSE stream has no more request to wait for: it ends with its
+//     close event (1000), like any stream the edge ends;
+//   - a connection that is already closing (a long-poll answered, a close
+//     frame or event queued) stays until its queued bytes are out; once
+//     the edge has shut down its side too the kernel reports EPOLLHUP and
+//     the next end of stream closes it.
+//
+// A WebSocket client that sends a FIN without a close frame is gone (RFC
+// 6455 section 7.1.5, 1006): closed at once.
+func (l *loop) halfClosedLocked(c *conn) bool {
+	first := !c.peerDone
+	c.peerDone = true
+	switch {
+	case c.state == stOpen && c.kind == kindPoll:
+		return true
+	case c.state == stOpen && c.kind == kindSSE:
+		l.s.closeWithLocked(c, CloseNormal, "the client closed its side")
+		return c.state != stClosed
+	case c.state == stClosing:
+		return first && c.out != nil
+	}
+	return false
 }
 
 // readLocked drains the socket (bounded per event, so one busy client does
@@ -108,6 +152,9 @@ func (l *loop) readLocked(c *conn) {
 				c.rs().pending = append([]byte(nil), l.buf[:off]...)
 			}
 			if err == unix.EAGAIN || err == unix.EINTR {
+				return
+			}
+			if n == 0 && err == nil && l.halfClosedLocked(c) {
 				return
 			}
 			// EOF or reset: the client is gone, no close frame to send.
@@ -390,12 +437,8 @@ func (l *loop) acceptBatch(ln *rawtcp.Listener) {
 		c.mu.Lock()
 		l.readLocked(c)
 		if c.state != stClosed {
-			ev := poller.Read
-			if c.out != nil {
-				ev |= poller.Write
-			}
 			c.wantWrite = c.out != nil
-			if err := l.poll.Start(fd, c.gen, ev); err != nil {
+			if err := l.poll.Start(fd, c.gen, c.interest(c.wantWrite)); err != nil {
 				s.log.Error("epoll add", "err", err)
 				s.closeNowLocked(c, -1)
 			} else {

@@ -1,11 +1,16 @@
 package edge_test
 
 import (
+	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/edge/edgetest"
@@ -187,5 +192,86 @@ func TestRequestHeads(t *testing.T) {
 	tok := token(t, "hc")
 	for _, tc := range edgetest.HeadCases() {
 		t.Run(tc.Name, func(t *testing.T) { edgetest.CheckHead(t, e.addr, e.addr, tok, tc) })
+	}
+}
+
+// Finding 4: a long-poll whose client shut down its sending side while
+// nothing was waiting still gets the answer docs/protocol.md promises: the
+// JSON array, with the first message or [] at --poll-timeout, then the end
+// of the body. An SSE stream ended that way ends with its close event.
+func TestHalfClosedPollAndSSE(t *testing.T) {
+	e := start(t, func(c *edge.Config) { c.PollTimeout = 500 * time.Millisecond })
+	edgetest.HalfClosedCases(t, e.addr, func(uid, data string) { e.publish(uid, data) }, e.srv.Presence, func(uid string) string { return token(t, uid) })
+}
+
+// Finding 5: no message ever carries a seq over 2^53-1, whatever position
+// a client resumes from: a stream that would pass it continues in a new
+// epoch from 1.
+func TestSeqNeverExceedsMaxSeq(t *testing.T) {
+	e := start(t, nil)
+	max := fmt.Sprint(uint64(edge.MaxSeq))
+	type wire struct {
+		Seq   uint64 `json:"seq"`
+		Epoch string `json:"epoch"`
+		Gap   bool   `json:"gap"`
+		From  uint64 `json:"from"`
+		To    uint64 `json:"to"`
+	}
+	readAll := func(t *testing.T, c interface {
+		Read(ctx context.Context) (websocket.MessageType, []byte, error)
+	}, n int) []wire {
+		var got []wire
+		for len(got) < n {
+			_, b, err := c.Read(ctx(t))
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			var w wire
+			if err := json.Unmarshal(b, &w); err != nil {
+				t.Fatalf("%q: %v", b, err)
+			}
+			if w.Seq > edge.MaxSeq || w.From > edge.MaxSeq || w.To > edge.MaxSeq {
+				t.Fatalf("%s went past 2^53-1", b)
+			}
+			got = append(got, w)
+		}
+		return got
+	}
+	for _, tc := range []struct {
+		name   string
+		stored int    // messages stored before the client connects
+		resume string // last_seq given
+	}{
+		{"at the end, nothing stored", 0, max},
+		{"at the end, two stored", 2, max},
+		{"one before the end, two stored", 2, fmt.Sprint(uint64(edge.MaxSeq - 1))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uid := fmt.Sprintf("max%d%s", tc.stored, tc.resume[len(tc.resume)-1:])
+			for i := 0; i < tc.stored; i++ {
+				e.publish(uid, fmt.Sprint(i))
+			}
+			c := e.dial(uid, "&last_seq="+tc.resume)
+			got := readAll(t, c, tc.stored)
+			for i := 0; i < 3; i++ {
+				if r := e.publish(uid, `"live"`); r.Seq > edge.MaxSeq {
+					t.Fatalf("publish answered seq %d", r.Seq)
+				}
+			}
+			got = append(got, readAll(t, c, 3)...)
+			// Within each epoch seq increases by one.
+			for i := 1; i < len(got); i++ {
+				if got[i].Epoch == got[i-1].Epoch && got[i].Seq != got[i-1].Seq+1 {
+					t.Fatalf("seq %d after %d in epoch %s", got[i].Seq, got[i-1].Seq, got[i].Epoch)
+				}
+			}
+			// The client can resume from what it saw last.
+			last := got[len(got)-1]
+			c2 := e.dial(uid, fmt.Sprintf("&last_seq=%d&epoch=%s", last.Seq, last.Epoch))
+			e.publish(uid, `"after"`)
+			if w := readAll(t, c2, 1)[0]; w.Seq != last.Seq+1 || w.Epoch != last.Epoch {
+				t.Fatalf("after resuming at %d/%s: %+v", last.Seq, last.Epoch, w)
+			}
+		})
 	}
 }

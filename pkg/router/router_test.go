@@ -85,7 +85,14 @@ type testEdge struct {
 
 func startEdge(t *testing.T, id uint32) *testEdge {
 	t.Helper()
-	ed := edgetest.Start(t, []byte(secret), edge.Config{ID: id, DrainPeriod: time.Millisecond, Loops: 1})
+	return startEdgeWith(t, edge.Config{ID: id, DrainPeriod: time.Millisecond, Loops: 1})
+}
+
+// startEdgeWith starts an edge with cfg (cfg.ID is its member id).
+func startEdgeWith(t *testing.T, cfg edge.Config) *testEdge {
+	t.Helper()
+	id := cfg.ID
+	ed := edgetest.Start(t, []byte(secret), cfg)
 	cc, err := grpc.NewClient(ed.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,9 @@ package edgetest
 
 import (
 	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -114,5 +117,69 @@ func CheckHead(t *testing.T, addr, host, tok string, tc HeadCase) {
 	}
 	if tc.Header != "" && resp.Header.Get(tc.Header) == "" {
 		t.Fatalf("%s: %d without %s", tc.Name, tc.Status, tc.Header)
+	}
+}
+
+// halfClosed sends a GET for path on a real socket, shuts down the
+// socket's sending side (shutdown(SHUT_WR)) and returns the reader of
+// the answer, positioned after the head.
+func halfClosed(t *testing.T, addr, path string) (*http.Response, *net.TCPConn) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := c.(*net.TCPConn)
+	t.Cleanup(func() { tc.Close() })
+	tc.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := fmt.Fprintf(tc, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s half-closed: %v %v", path, resp, err)
+	}
+	return resp, tc
+}
+
+// HalfClosedCases runs finding 4's cases against addr (an edge, or a
+// router in front of edges): publish sends data to uid's edge, presence
+// counts uid's connections there.
+func HalfClosedCases(t *testing.T, addr string, publish func(uid, data string), presence func(string) int, tok func(string) string) {
+	t.Helper()
+	// A message after the half-close answers the held poll.
+	resp, _ := halfClosed(t, addr, "/poll?uid=hp1&token="+tok("hp1")+"&last_seq=0")
+	waitFor(t, "the poll held", func() bool { return presence("hp1") == 1 })
+	publish("hp1", `{"n":1}`)
+	body, err := io.ReadAll(resp.Body)
+	var items []map[string]any
+	if err != nil || json.Unmarshal(body, &items) != nil || len(items) != 1 || items[0]["seq"] != float64(1) {
+		t.Fatalf("half-closed poll answered %q %v, want one message", body, err)
+	}
+	// Nothing at all: [] at the poll timeout.
+	resp, _ = halfClosed(t, addr, "/poll?uid=hp2&token="+tok("hp2"))
+	if body, err := io.ReadAll(resp.Body); err != nil || string(body) != "[]" {
+		t.Fatalf("half-closed idle poll answered %q %v, want []", body, err)
+	}
+	// SSE: the stream ends with its close event, then the connection.
+	resp, _ = halfClosed(t, addr, "/sse?uid=hs1&token="+tok("hs1"))
+	body, err = io.ReadAll(resp.Body)
+	if err != nil || !strings.Contains(string(body), "event: close\ndata: {\"close\":1000,") || !strings.HasSuffix(string(body), "\n\n") {
+		t.Fatalf("half-closed SSE stream: %q %v, want its close event", body, err)
+	}
+	waitFor(t, "nothing held", func() bool { return presence("hp1")+presence("hp2")+presence("hs1") == 0 })
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
