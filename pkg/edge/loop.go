@@ -40,6 +40,10 @@ func newLoop(s *Server, id int) (*loop, error) {
 	if need := 2 * s.cfg.MaxHeaderBytes; need > size {
 		size = need
 	}
+	if s.cfg.AcceptProxy {
+		// The longest PROXY header and a whole request head behind it.
+		size = max(size, proxyproto.MaxV2Len+s.cfg.MaxHeaderBytes+1)
+	}
 	l := &loop{id: id, s: s, poll: p, buf: make([]byte, size)}
 	l.hs.init(s)
 	return l, nil
@@ -463,7 +467,7 @@ func (l *loop) handshakeLocked(c *conn, data []byte) int {
 			return 0 // wait for the rest, bounded by the handshake deadline
 		case err != nil:
 			s.m.hsBadRequest.Inc()
-			l.reject(c, 400, "expected a PROXY protocol header")
+			l.reject(c, 400, "expected a PROXY protocol header: "+err.Error())
 			return len(data)
 		}
 		c.proxied = true

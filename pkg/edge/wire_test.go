@@ -1,12 +1,16 @@
 package edge_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +18,7 @@ import (
 
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/edge/edgetest"
+	"github.com/pushcluster/push/pkg/proxyproto"
 )
 
 // fakeClose is a masked close frame with an empty payload and a zero mask
@@ -271,6 +276,60 @@ func TestSeqNeverExceedsMaxSeq(t *testing.T) {
 			e.publish(uid, `"after"`)
 			if w := readAll(t, c2, 1)[0]; w.Seq != last.Seq+1 || w.Epoch != last.Epoch {
 				t.Fatalf("after resuming at %d/%s: %+v", last.Seq, last.Epoch, w)
+			}
+		})
+	}
+}
+
+// Finding 7 on the edge's socket: header kinds HAProxy accepts (LOCAL of
+// any family, TLVs, the longest v2 length) upgrade; the rest get a 400
+// naming the reason (the parser's own table is pkg/proxyproto's
+// TestReceiverTable).
+func TestProxyHeadersOnTheEdge(t *testing.T) {
+	e := start(t, func(c *edge.Config) { c.AcceptProxy = true })
+	sig := append([]byte{}, proxyproto.Signature[:]...)
+	v2 := func(verCmd, fam byte, body []byte) []byte {
+		b := append(append([]byte{}, sig...), verCmd, fam, byte(len(body)>>8), byte(len(body)))
+		return append(b, body...)
+	}
+	addrs := []byte{203, 0, 113, 7, 127, 0, 0, 1, 0x15, 0xb3, 0, 80}
+	bigTLV := append(append([]byte{}, addrs...), 0xe0, 0xff, 0xf0)
+	bigTLV = append(bigTLV, make([]byte, 0xfff0)...)
+	for _, tc := range []struct {
+		name   string
+		header []byte
+		status int
+		reason string
+	}{
+		{"v2 LOCAL unix", v2(0x20, 0x31, make([]byte, 216)), 101, ""},
+		{"v2 LOCAL unknown family", v2(0x20, 0xff, nil), 101, ""},
+		{"v2 PROXY with a NOOP TLV", v2(0x21, 0x11, append(append([]byte{}, addrs...), 0x04, 0, 1, 0)), 101, ""},
+		{"v2 PROXY, 64 KiB of TLV", v2(0x21, 0x11, bigTLV), 101, ""},
+		{"v1 UNKNOWN with addresses", []byte("PROXY UNKNOWN ::1 ::2 1 2\r\n"), 101, ""},
+		{"v2 PROXY unspec", v2(0x21, 0x00, nil), 400, "family and transport 0x00"},
+		{"v2 PROXY broken TLV", v2(0x21, 0x11, append(append([]byte{}, addrs...), 0x04, 0, 9)), 400, "value bytes"},
+		{"v1 port over 65535", []byte("PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n"), 400, "over 65535"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", e.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			uid := "pp" + fmt.Sprint(len(tc.name))
+			go func() {
+				c.Write(tc.header)
+				fmt.Fprintf(c, "GET /ws?uid=%s&token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+					"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", uid, token(t, uid))
+			}()
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || resp.StatusCode != tc.status {
+				t.Fatalf("%v %v, want %d", resp, err, tc.status)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if !strings.Contains(string(body), tc.reason) {
+				t.Fatalf("body %q, want it to mention %q", body, tc.reason)
 			}
 		})
 	}
