@@ -71,7 +71,8 @@ func ValidKey(key []byte) bool {
 }
 
 // AcceptKey is the Sec-WebSocket-Accept value for key (RFC 6455 section
-// 4.2.2 item 5.4): base64(SHA-1(key + the protocol's GUID)).
+// 4.2.2 item 5.4): base64(SHA-1(key + the protocol's GUID)). key is a
+// 24-byte key CheckUpgrade returned; a longer one is cut to 24 bytes.
 func AcceptKey(key []byte) [28]byte {
 	var in [24 + len(wsGUID)]byte
 	n := copy(in[:], key)

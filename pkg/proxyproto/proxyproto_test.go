@@ -171,14 +171,33 @@ func TestV2Errors(t *testing.T) {
 	}
 }
 
+// FuzzParse: Parse never panics, never claims more bytes than it was
+// given or than a header can hold, and what it accepts re-parses the same
+// way from exactly its own bytes. Seeded with every header of
+// TestReceiverTable (the kinds HAProxy accepts and refuses).
 func FuzzParse(f *testing.F) {
 	raw, _ := hex.DecodeString(specV2TCP4)
 	f.Add(raw)
-	f.Add([]byte("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"))
+	for _, tc := range receiverCases() {
+		f.Add(tc.hdr)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, n, err := Parse(b)
-		if err == nil && (n <= 0 || n > len(b) || n > MaxV2Len || (h.Version != 1 && h.Version != 2)) {
+		if err != nil {
+			if err != ErrIncomplete && err != ErrNotProxy && !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v wraps no sentinel", err)
+			}
+			return
+		}
+		if n <= 0 || n > len(b) || n > MaxV2Len || (h.Version == 1 && n > MaxV1Len) || (h.Version != 1 && h.Version != 2) {
 			t.Fatalf("n=%d len=%d h=%+v", n, len(b), h)
+		}
+		if h.HasAddrs() != (h.Command == Proxy && h.Source.IsValid() && h.Dest.IsValid()) {
+			t.Fatalf("addresses half set: %+v", h)
+		}
+		h2, n2, err := Parse(b[:n])
+		if err != nil || n2 != n || h2.Source != h.Source || h2.Dest != h.Dest || h2.Command != h.Command {
+			t.Fatalf("re-parse of its own %d bytes: %+v %d %v", n, h2, n2, err)
 		}
 	})
 }
