@@ -20,11 +20,12 @@ import (
 const MaxSeq = 1<<53 - 1
 
 // handshake is a loop's reusable request state: one parsed head whose
-// field table is kept between requests, so parsing a head allocates
-// nothing.
+// field table is kept between requests and the buffer the 101 answer is
+// written into, so parsing a head and answering it allocate nothing.
 type handshake struct {
 	s   *Server
 	req httphead.Request
+	out []byte
 }
 
 func (h *handshake) init(s *Server) { h.s = s }
@@ -188,7 +189,7 @@ func (h *handshake) serveLocked(c *conn, head []byte) {
 		s.refuseLocked(c, herr)
 		return
 	}
-	s.upgradeLocked(c, &rq)
+	h.upgradeLocked(c, &rq)
 }
 
 // refuseLocked answers a handshake with e (and the headers its status
@@ -223,13 +224,15 @@ func (s *Server) originAllowed(origin, host []byte) bool {
 
 // upgradeLocked answers an admitted /ws request with 101 (RFC 6455
 // section 4.2.2) and attaches the connection to its user.
-func (s *Server) upgradeLocked(c *conn, rq *request) {
+func (h *handshake) upgradeLocked(c *conn, rq *request) {
+	s := h.s
 	now := time.Now()
 	c.state = stOpen
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)
-	if !s.writeLocked(c, appendSwitching(nil, rq.wsKey), nil) {
+	h.out = appendSwitching(h.out[:0], rq.wsKey) // writeLocked copies what it queues
+	if !s.writeLocked(c, h.out, nil) {
 		return
 	}
 	s.m.hsOK.Inc()

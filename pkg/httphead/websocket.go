@@ -13,13 +13,12 @@ var (
 	ErrNotUpgrade = &Error{Status: 426, Reason: "this endpoint speaks WebSocket: send Upgrade: websocket (RFC 6455 section 4.1)"}
 	// ErrVersion13: Sec-WebSocket-Version is not exactly one "13"; RFC 6455
 	// section 4.4 answers 426 listing the versions served.
-	ErrVersion13     = &Error{Status: 426, Reason: "Sec-WebSocket-Version must be 13 (RFC 6455 section 4.4)", Header: UpgradeLine + "Sec-WebSocket-Version: 13\r\n"}
-	ErrHTTP11        = bad("a WebSocket handshake needs HTTP/1.1 or later (RFC 6455 section 4.1)")
-	ErrConnection    = bad("Connection does not list upgrade (RFC 6455 section 4.1)")
-	ErrKey           = bad("Sec-WebSocket-Key must be the base64 of 16 bytes (RFC 6455 section 4.1)")
-	ErrKeyRepeated   = bad("more than one Sec-WebSocket-Key (RFC 6455 section 11.3.1)")
-	ErrWSNotGET      = &Error{Status: 405, Reason: "a WebSocket handshake is a GET (RFC 6455 section 4.1)"}
-	errVersionAbsent = ErrVersion13
+	ErrVersion13   = &Error{Status: 426, Reason: "Sec-WebSocket-Version must be 13 (RFC 6455 section 4.4)", Header: UpgradeLine + "Sec-WebSocket-Version: 13\r\n"}
+	ErrHTTP11      = bad("a WebSocket handshake needs HTTP/1.1 or later (RFC 6455 section 4.1)")
+	ErrConnection  = bad("Connection does not list upgrade (RFC 6455 section 4.1)")
+	ErrKey         = bad("Sec-WebSocket-Key must be the base64 of 16 bytes (RFC 6455 section 4.1)")
+	ErrKeyRepeated = bad("more than one Sec-WebSocket-Key (RFC 6455 section 11.3.1)")
+	ErrWSNotGET    = &Error{Status: 405, Reason: "a WebSocket handshake is a GET (RFC 6455 section 4.1)"}
 )
 
 // CheckUpgrade applies RFC 6455 section 4.2.1 to a parsed request that
@@ -53,7 +52,7 @@ func CheckUpgrade(r *Request) ([]byte, *Error) {
 		return nil, ErrKey
 	}
 	if v, n := r.Get("Sec-WebSocket-Version"); n != 1 || string(v) != "13" {
-		return nil, errVersionAbsent
+		return nil, ErrVersion13
 	}
 	return key, nil
 }
