@@ -334,3 +334,9 @@ func TestProxyHeadersOnTheEdge(t *testing.T) {
 		})
 	}
 }
+
+// The same cases as through the router (pkg/router), on the edge.
+func TestRefusedFrameCases(t *testing.T) {
+	e := start(t, nil)
+	edgetest.RefusedFrameCases(t, e.addr, func(uid string) string { return token(t, uid) })
+}

@@ -46,3 +46,11 @@ func TestHalfClosedPollAndSSEThroughTheRouter(t *testing.T) {
 	presence := func(uid string) int { return owner(uid).srv.Presence(uid) }
 	edgetest.HalfClosedCases(t, r.Addr().String(), publish, presence, token)
 }
+
+// Findings 1 and 2 through the router: the refused frame's remainder is
+// discarded by the edge behind the router too, and the close handshake
+// completes end to end.
+func TestRefusedFramesThroughTheRouter(t *testing.T) {
+	r, _ := cluster(t, Config{})
+	edgetest.RefusedFrameCases(t, r.Addr().String(), token)
+}
