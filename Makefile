@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build run test test-short bench faults vet fmt proto deps clean
+.PHONY: all build run test test-short bench faults fuzz vet fmt proto deps clean
 
 all: build
 
@@ -41,6 +41,27 @@ bench: build deps
 faults: build
 	$(GO) build -o $(BIN)/ ./test/faults/etcdserver
 	$(BIN)/pushfault --scenario all --bin $(BIN) --out bench/results
+
+# Fuzzing: each target for FUZZTIME (go test -fuzz runs one target at a
+# time). `go test` alone runs every target's seeds and testdata/fuzz
+# corpus; a crasher found here is written to <pkg>/testdata/fuzz/<target>/
+# and then runs with the normal tests. The last line per target gives its
+# executions.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	pkg/httphead:FuzzParse \
+	pkg/edge:FuzzRequest \
+	pkg/edge:FuzzFrameReader \
+	pkg/router:FuzzExtractKey \
+	pkg/proxyproto:FuzzParse \
+	pkg/ring:FuzzParseDocument \
+	pkg/auth:FuzzVerify
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; fn=$${t##*:}; \
+	  out=$$($(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg 2>&1) || { echo "$$out"; echo "FAIL $$pkg $$fn"; exit 1; }; \
+	  echo "$$pkg $$fn: $$(echo "$$out" | grep -o 'elapsed: [^,]*, execs: [0-9]*' | tail -1)"; \
+	done
 
 vet:
 	$(GO) vet ./...

@@ -8,7 +8,6 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
-	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
 	"github.com/pushcluster/push/pkg/wheel"
@@ -40,6 +39,7 @@ type conn struct {
 	polled     bool  // registered with the loop's epoll
 	shutAfter  bool  // shut down writing once out drains (close frame queued)
 	proxied    bool  // the PROXY header (AcceptProxy) was read
+	peerDone   bool  // the client shut down its sending side (halfClosedLocked)
 	handedOff  bool  // its user's stream went to another edge: move it (cluster.go)
 	kind       uint8 // transport: kindWS, kindSSE or kindPoll
 	uid        string
@@ -63,7 +63,8 @@ type outQueue struct {
 // fragmented message in progress.
 type readState struct {
 	pending  []byte
-	frag     bool // inside a fragmented message
+	skip     uint64 // bytes of a refused frame still to discard (framesLocked)
+	frag     bool   // inside a fragmented message
 	fragText bool
 	fragLen  int
 	carry    []byte         // incomplete UTF-8 sequence at the end of the last fragment
@@ -79,7 +80,7 @@ func (c *conn) rs() *readState {
 }
 
 func (c *conn) dropReadState() {
-	if c.rd != nil && len(c.rd.pending) == 0 && !c.rd.frag && c.rd.origin == nil &&
+	if c.rd != nil && len(c.rd.pending) == 0 && c.rd.skip == 0 && !c.rd.frag && c.rd.origin == nil &&
 		(c.state != stHandshake || !c.rd.client.IsValid()) {
 		c.rd = nil
 	}
@@ -148,7 +149,7 @@ func (s *Server) enqueueLocked(c *conn, a, b []byte, copyA bool) bool {
 	if !c.wantWrite {
 		c.wantWrite = true
 		if c.polled {
-			s.loops[c.loop].poll.Resume(int(c.fd), c.gen, poller.Read|poller.Write)
+			s.loops[c.loop].poll.Resume(int(c.fd), c.gen, c.interest(true))
 		}
 	}
 	return true

@@ -134,10 +134,15 @@ func broadcastFrame(tail []byte) []byte {
 	return frame(ws.OpText, []byte(`{"seq":0,"broadcast":true`), tail)
 }
 
-// validCloseCode reports whether a client may send code (RFC 6455 7.4).
+// validCloseCode reports whether a client may send code: the codes RFC
+// 6455 section 7.4.1 defines for endpoints to send (1000-1003, 1007-1011),
+// the ones registered since in IANA's WebSocket Close Code Number Registry
+// (RFC 6455 section 11.7: 1012 service restart, 1013 try again later, 1014
+// bad gateway), and the ranges for libraries and applications (3000-4999).
+// 1004-1006 and 1015 are reserved and never sent in a frame.
 func validCloseCode(code int) bool {
 	switch {
-	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1011:
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
 		return true
 	case code >= 3000 && code <= 4999:
 		return true

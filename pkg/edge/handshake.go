@@ -2,15 +2,15 @@ package edge
 
 import (
 	"bytes"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/gobwas/ws"
-
 	"github.com/pushcluster/push/pkg/auth"
+	"github.com/pushcluster/push/pkg/httphead"
+	"github.com/pushcluster/push/pkg/mailbox"
+	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
 	"github.com/pushcluster/push/pkg/userid"
 )
@@ -19,125 +19,184 @@ import (
 // largest integer a JavaScript number holds exactly).
 const MaxSeq = 1<<53 - 1
 
-// handshake is a loop's reusable upgrade state: one ws.Upgrader whose
-// callbacks fill the fields below, so an upgrade allocates nothing for
-// closures or buffers.
+// handshake is a loop's reusable request state: one parsed head whose
+// field table is kept between requests and the buffer the 101 answer is
+// written into, so parsing a head and answering it allocate nothing.
 type handshake struct {
-	s      *Server
-	up     ws.Upgrader
-	in     bytes.Reader
-	out    bytes.Buffer
+	s   *Server
+	req httphead.Request
+	out []byte
+}
+
+func (h *handshake) init(s *Server) { h.s = s }
+
+// request is what any transport (/ws, /sse, /poll) takes from a head; the
+// slices alias the head.
+type request struct {
+	kind   uint8
 	uid    []byte
 	token  []byte
-	origin []byte
-	host   []byte
+	origin []byte // the one Origin field, nil without
+	host   []byte // the request's own host: the absolute-form authority, else Host
+	wsKey  []byte // Sec-WebSocket-Key (/ws only)
 	resume resumePoint
 }
 
-// Read and Write let the upgrader read the head from memory and write its
-// response into a buffer that is then written to the socket in one call.
-func (h *handshake) Read(p []byte) (int, error)  { return h.in.Read(p) }
-func (h *handshake) Write(p []byte) (int, error) { return h.out.Write(p) }
+// Refusals of the edge's own rules (the syntax ones are httphead's).
+var (
+	errNotFound  = &httphead.Error{Status: http.StatusNotFound, Reason: "not found: the endpoints are /ws, /sse and /poll"}
+	errMethod    = &httphead.Error{Status: http.StatusMethodNotAllowed, Reason: "only GET is served"}
+	errUID       = &httphead.Error{Status: http.StatusBadRequest, Reason: "uid missing or invalid (" + userid.Rule + ")"}
+	errLastSeq   = &httphead.Error{Status: http.StatusBadRequest, Reason: "last_seq must be an integer from 0 to 2^53-1"}
+	errEpoch     = &httphead.Error{Status: http.StatusBadRequest, Reason: epochRule}
+	errEpochSeq  = &httphead.Error{Status: http.StatusBadRequest, Reason: "epoch needs last_seq"}
+	errLastEvent = &httphead.Error{Status: http.StatusBadRequest, Reason: "Last-Event-ID must be <epoch>:<seq> or <seq>, seq from 0 to 2^53-1 (" + epochRule + ")"}
+	errOrigins   = &httphead.Error{Status: http.StatusBadRequest, Reason: "more than one Origin (RFC 6454 section 7.2)"}
+	errForbidden = &httphead.Error{Status: http.StatusForbidden, Reason: "origin not allowed"}
+	errBusy      = &httphead.Error{Status: http.StatusServiceUnavailable, Reason: "edge at capacity, draining or fenced"}
+)
 
-func (h *handshake) init(s *Server) {
-	h.s = s
-	h.up = ws.Upgrader{
-		ReadBufferSize: s.cfg.MaxHeaderBytes,
-		OnRequest:      h.onRequest,
-		OnHost: func(host []byte) error {
-			h.host = append(h.host[:0], host...)
-			return nil
-		},
-		OnHeader: func(key, value []byte) error {
-			if bytes.EqualFold(key, []byte("Origin")) {
-				h.origin = append(h.origin[:0], value...)
-			}
-			return nil
-		},
-		OnBeforeUpgrade: h.onBeforeUpgrade,
+// parse reads a complete request head into h.req and returns what the
+// transports need, or the refusal: httphead's syntax errors (400, 505),
+// 405 for a method other than GET, 404 for a path other than /ws, /sse and
+// /poll, 400 for a bad uid, last_seq, epoch, Last-Event-ID or two Origin
+// lines, and for /ws the handshake errors of httphead.CheckUpgrade (400,
+// 426). Parameters are read with httphead.QueryParam, the router's own
+// rule, so both see the same user.
+func (h *handshake) parse(head []byte) (request, *httphead.Error) {
+	var rq request
+	r := &h.req
+	if err := httphead.Parse(head, r); err != nil {
+		return rq, err.(*httphead.Error)
 	}
-}
-
-func reject(status int, reason string) error {
-	return ws.RejectConnectionError(ws.RejectionStatus(status), ws.RejectionReason(reason))
-}
-
-// onRequest checks the path and reads uid, token and last_seq from the raw
-// query (first occurrence of each wins, as in HAProxy's url_param).
-func (h *handshake) onRequest(uri []byte) error {
-	h.uid, h.token, h.origin, h.host = h.uid[:0], h.token[:0], h.origin[:0], h.host[:0]
-	h.resume = resumePoint{}
-	path, query, _ := bytes.Cut(uri, []byte("?"))
-	if string(path) != "/ws" {
-		h.s.m.hsNotFound.Inc()
-		return reject(http.StatusNotFound, "not found: the WebSocket endpoint is /ws")
+	switch string(r.Path) {
+	case "/ws":
+		rq.kind = kindWS
+	case "/sse":
+		rq.kind = kindSSE
+	case "/poll":
+		rq.kind = kindPoll
+	default:
+		return rq, errNotFound
 	}
-	var seenUID, seenToken, seenLast, seenEpoch bool
-	for len(query) > 0 {
-		var kv []byte
-		kv, query, _ = bytes.Cut(query, []byte("&"))
-		k, v, _ := bytes.Cut(kv, []byte("="))
-		switch string(k) {
-		case "uid":
-			if !seenUID {
-				seenUID = true
-				h.uid = append(h.uid[:0], v...)
+	if string(r.Method) != "GET" {
+		return rq, errMethod
+	}
+	var ok bool
+	if rq.uid, ok = r.Param("uid"); !ok || !userid.Valid(string(rq.uid)) {
+		return rq, errUID
+	}
+	rq.token, _ = r.Param("token")
+	if v, ok := r.Param("last_seq"); ok {
+		n, err := strconv.ParseUint(string(v), 10, 64)
+		if err != nil || n > MaxSeq {
+			return rq, errLastSeq
+		}
+		rq.resume.seq, rq.resume.has = n, true
+	}
+	if v, ok := r.Param("epoch"); ok {
+		e, ok := parseEpoch(v)
+		if !ok {
+			return rq, errEpoch
+		}
+		rq.resume.epoch = e
+	}
+	if rq.resume.epoch != "" && !rq.resume.has {
+		return rq, errEpochSeq
+	}
+	if rq.kind == kindSSE {
+		if v, n := r.Get("Last-Event-ID"); n > 0 {
+			// "E:N" (what the edge sends as the event id) or "N"; the
+			// header wins over the URL, which is where the page started.
+			rp, ok := parseLastEventID(v)
+			if !ok {
+				return rq, errLastEvent
 			}
-		case "token":
-			if !seenToken {
-				seenToken = true
-				h.token = append(h.token[:0], v...)
-			}
-		case "last_seq":
-			if !seenLast {
-				seenLast = true
-				n, err := strconv.ParseUint(string(v), 10, 64)
-				if err != nil || n > MaxSeq {
-					h.s.m.hsBadRequest.Inc()
-					return reject(http.StatusBadRequest, "last_seq must be an integer from 0 to 2^53-1")
-				}
-				h.resume.seq, h.resume.has = n, true
-			}
-		case "epoch":
-			if !seenEpoch {
-				seenEpoch = true
-				e, ok := parseEpoch(v)
-				if !ok {
-					h.s.m.hsBadRequest.Inc()
-					return reject(http.StatusBadRequest, epochRule)
-				}
-				h.resume.epoch = e
-			}
+			rq.resume = rp
 		}
 	}
-	if h.resume.epoch != "" && !h.resume.has {
-		h.s.m.hsBadRequest.Inc()
-		return reject(http.StatusBadRequest, "epoch needs last_seq")
+	var n int
+	if rq.origin, n = r.Get("Origin"); n > 1 {
+		return rq, errOrigins
 	}
-	if !seenUID || !userid.Valid(string(h.uid)) {
-		h.s.m.hsBadRequest.Inc()
-		return reject(http.StatusBadRequest, "uid missing or invalid ("+userid.Rule+")")
+	rq.host = r.Host
+	if r.Authority != nil {
+		rq.host = r.Authority // RFC 9112 section 3.2.2: the target's authority wins
+	}
+	if rq.kind == kindWS {
+		key, err := httphead.CheckUpgrade(r)
+		if err != nil {
+			return rq, err
+		}
+		rq.wsKey = key
+	}
+	return rq, nil
+}
+
+// parseLastEventID reads "E:N" or "N" (seq 0 to MaxSeq).
+func parseLastEventID(v []byte) (resumePoint, bool) {
+	ev, num := []byte(nil), v
+	if i := bytes.LastIndexByte(v, ':'); i >= 0 {
+		ev, num = v[:i], v[i+1:]
+	}
+	n, err := strconv.ParseUint(string(num), 10, 64)
+	e, eok := parseEpoch(ev)
+	if err != nil || n > MaxSeq || (ev != nil && !eok) {
+		return resumePoint{}, false
+	}
+	return resumePoint{epoch: e, seq: n, has: true}, true
+}
+
+// admitRequest applies the checks every transport shares once the head is
+// understood: Origin (403), capacity, draining and fencing (503), then the
+// token (401), so a forged token never costs a registry entry.
+func (s *Server) admitRequest(rq *request) *httphead.Error {
+	if len(rq.origin) > 0 && !s.originAllowed(rq.origin, rq.host) {
+		s.m.hsForbidden.Inc()
+		return errForbidden
+	}
+	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) || !s.serving() {
+		s.m.hsOverloaded.Inc()
+		return errBusy
+	}
+	if err := s.cfg.Verifier.Verify(string(rq.token), string(rq.uid)); err != nil {
+		s.m.hsUnauthorized.Inc()
+		return &httphead.Error{Status: http.StatusUnauthorized, Reason: auth.Reason(err),
+			Header: "WWW-Authenticate: Bearer realm=\"push\", error=\"invalid_token\"\r\n"}
 	}
 	return nil
 }
 
-// onBeforeUpgrade runs once the head is read: Origin, capacity, then the
-// token, so a forged token never costs a registry entry.
-func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
+// serveLocked answers a complete request head: a refusal, a WebSocket
+// upgrade, or the start of an SSE stream or long-poll.
+func (h *handshake) serveLocked(c *conn, head []byte) {
 	s := h.s
-	if len(h.origin) > 0 && !s.originAllowed(h.origin, h.host) {
-		s.m.hsForbidden.Inc()
-		return nil, reject(http.StatusForbidden, "origin not allowed")
+	rq, herr := h.parse(head)
+	if herr != nil {
+		if herr.Status == http.StatusNotFound {
+			s.m.hsNotFound.Inc()
+		} else {
+			s.m.hsBadRequest.Inc()
+		}
+		s.refuseLocked(c, herr)
+		return
 	}
-	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) || !s.serving() {
-		s.m.hsOverloaded.Inc()
-		return nil, reject(http.StatusServiceUnavailable, "edge at capacity, draining or fenced")
+	if rq.kind != kindWS {
+		s.streamRequest(c, &rq)
+		return
 	}
-	if err := s.cfg.Verifier.Verify(string(h.token), string(h.uid)); err != nil {
-		s.m.hsUnauthorized.Inc()
-		return nil, reject(http.StatusUnauthorized, auth.Reason(err))
+	if herr := s.admitRequest(&rq); herr != nil {
+		s.refuseLocked(c, herr)
+		return
 	}
-	return nil, nil
+	h.upgradeLocked(c, &rq)
+}
+
+// refuseLocked answers a handshake with e (and the headers its status
+// needs) and closes.
+func (s *Server) refuseLocked(c *conn, e *httphead.Error) {
+	rawtcp.Write(int(c.fd), e.Append(nil))
+	s.closeNowLocked(c, -1)
 }
 
 // originAllowed applies the allowlist; with none configured only an Origin
@@ -163,37 +222,32 @@ func (s *Server) originAllowed(origin, host []byte) bool {
 	return false
 }
 
-// upgradeLocked runs the upgrade on a complete head and, on success,
-// attaches the connection to its user.
-func (h *handshake) upgradeLocked(c *conn, head []byte) {
+// upgradeLocked answers an admitted /ws request with 101 (RFC 6455
+// section 4.2.2) and attaches the connection to its user.
+func (h *handshake) upgradeLocked(c *conn, rq *request) {
 	s := h.s
-	h.in.Reset(head)
-	h.out.Reset()
-	_, err := h.up.Upgrade(h)
-	if err != nil {
-		if _, ok := err.(*ws.ConnectionRejectedError); !ok {
-			s.m.hsBadRequest.Inc() // malformed request, missing upgrade headers...
-		}
-		if h.out.Len() == 0 {
-			h.out.Write(httpError(http.StatusBadRequest, err.Error()))
-		}
-		s.writeLocked(c, h.out.Bytes(), nil)
-		s.closeNowLocked(c, -1)
-		return
-	}
 	now := time.Now()
 	c.state = stOpen
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)
-	if !s.writeLocked(c, h.out.Bytes(), nil) {
+	h.out = appendSwitching(h.out[:0], rq.wsKey) // writeLocked copies what it queues
+	if !s.writeLocked(c, h.out, nil) {
 		return
 	}
 	s.m.hsOK.Inc()
-	c.uid = string(h.uid)
+	c.uid = string(rq.uid)
 	c.lastSeen = now.UnixNano()
 	s.schedule(c, now.Add(s.cfg.PingInterval))
-	s.attachLocked(c, h.resume)
+	s.attachLocked(c, rq.resume)
+}
+
+// appendSwitching appends the 101 answer to a handshake with key.
+func appendSwitching(b, key []byte) []byte {
+	accept := httphead.AcceptKey(key)
+	b = append(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
+	b = append(b, accept[:]...)
+	return append(b, "\r\n\r\n"...)
 }
 
 // attachLocked registers c under its user: older connections beyond
@@ -234,7 +288,7 @@ func (s *Server) attachLocked(c *conn, rp resumePoint) {
 				return
 			}
 		}
-		msgs, gap := u.Box.ResumeEpoch(nil, rp.epoch, rp.seq, rp.has, now)
+		msgs, gap := s.resumeInShard(u, rp, now)
 		s.replayLocked(c, gap, u.Box.Epoch, msgs)
 		detachInShard(u, c)
 	})
@@ -243,9 +297,17 @@ func (s *Server) attachLocked(c *conn, rp resumePoint) {
 	}
 }
 
-// httpError is a minimal HTTP error response for requests that never reach
-// the upgrader's own error writer.
-func httpError(status int, reason string) []byte {
-	return []byte(fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		status, http.StatusText(status), len(reason), reason))
+// resumeInShard takes from the user's stream what a client resuming at rp
+// gets (mailbox.Box.ResumeEpoch). A client that keeps its own numbering
+// (last_seq without epoch) close enough to 2^53-1 that the stored messages
+// renumbered after it would pass it gets a new epoch instead, numbered
+// from 1 (docs/protocol.md: seq never exceeds 2^53-1), with what no
+// connection took. Called with the shard lock held, u.Box set.
+func (s *Server) resumeInShard(u *registry.User[*conn], rp resumePoint, now int64) ([]mailbox.Message, mailbox.Gap) {
+	if rp.has && rp.epoch == "" && u.Box.ResumePasses(rp.seq) {
+		u.Box.Rollover(s.newEpoch(), now)
+		s.m.epochsStarted.Inc()
+		return u.Box.Resume(nil, 0, false, now)
+	}
+	return u.Box.ResumeEpoch(nil, rp.epoch, rp.seq, rp.has, now)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/pushcluster/push/pkg/httphead"
 	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/proxyproto"
 	"github.com/pushcluster/push/pkg/rawtcp"
@@ -38,6 +39,10 @@ func newLoop(s *Server, id int) (*loop, error) {
 	}
 	if need := 2 * s.cfg.MaxHeaderBytes; need > size {
 		size = need
+	}
+	if s.cfg.AcceptProxy {
+		// The longest PROXY header and a whole request head behind it.
+		size = max(size, proxyproto.MaxV2Len+s.cfg.MaxHeaderBytes+1)
 	}
 	l := &loop{id: id, s: s, poll: p, buf: make([]byte, size)}
 	l.hs.init(s)
@@ -78,16 +83,60 @@ func (l *loop) onEvent(fd int, gen uint32, ev poller.Event) {
 		l.readLocked(c)
 	}
 	if c.state != stClosed {
-		want := poller.Read
-		if c.out != nil && (c.shutAfter || s.serving()) {
-			want |= poller.Write
-		}
+		want := c.interest(c.out != nil && (c.shutAfter || s.serving()))
 		c.wantWrite = want&poller.Write != 0
 		if err := l.poll.Resume(fd, c.gen, want); err != nil {
 			s.closeNowLocked(c, -1)
 		}
 	}
 	s.release(c)
+}
+
+// interest is what c's one-shot registration asks for: input until the
+// client shut down its sending side (after that EPOLLIN would report the
+// end of stream again and again; the kernel still reports EPOLLHUP once
+// the edge has shut down its own side, and EPOLLERR on a reset), and
+// output when write is set.
+func (c *conn) interest(write bool) poller.Event {
+	var ev poller.Event
+	if !c.peerDone {
+		ev = poller.Read
+	}
+	if write {
+		ev |= poller.Write
+	}
+	return ev
+}
+
+// halfClosedLocked handles the end of the client's stream (a FIN, as
+// from shutdown(SHUT_WR)) and reports whether the connection stays open.
+// HTTP lets a client close its sending side once the request is out and
+// still read the answer (RFC 9112 section 9.6), so:
+//   - a held long-poll keeps waiting and gets the answer docs/protocol.md
+//     promises: the JSON array with the first message, or [] at
+//     PollTimeout;
+//   - an SSE stream has no more request to wait for: it ends with its
+//     close event (1000), like any stream the edge ends;
+//   - a connection that is already closing (a long-poll answered, a close
+//     frame or event queued) stays until its queued bytes are out; once
+//     the edge has shut down its side too the kernel reports EPOLLHUP and
+//     the next end of stream closes it.
+//
+// A WebSocket client that sends a FIN without a close frame is gone (RFC
+// 6455 section 7.1.5, 1006): closed at once.
+func (l *loop) halfClosedLocked(c *conn) bool {
+	first := !c.peerDone
+	c.peerDone = true
+	switch {
+	case c.state == stOpen && c.kind == kindPoll:
+		return true
+	case c.state == stOpen && c.kind == kindSSE:
+		l.s.closeWithLocked(c, CloseNormal, "the client closed its side")
+		return c.state != stClosed
+	case c.state == stClosing:
+		return first && c.out != nil
+	}
+	return false
 }
 
 // readLocked drains the socket (bounded per event, so one busy client does
@@ -107,6 +156,9 @@ func (l *loop) readLocked(c *conn) {
 				c.rs().pending = append([]byte(nil), l.buf[:off]...)
 			}
 			if err == unix.EAGAIN || err == unix.EINTR {
+				return
+			}
+			if n == 0 && err == nil && l.halfClosedLocked(c) {
 				return
 			}
 			// EOF or reset: the client is gone, no close frame to send.
@@ -149,9 +201,24 @@ func (l *loop) readLocked(c *conn) {
 
 // framesLocked parses and handles complete client frames in data and
 // returns how many bytes it consumed.
+//
+// A frame the edge refuses (a header that breaks RFC 6455: 1002; over
+// MaxMessageBytes: 1009) starts the closing handshake, and the rest of
+// that frame, exactly as long as its header announced, is discarded as it
+// arrives (readState.skip), never parsed: bytes inside a refused payload
+// that look like a frame (88 80 00 00 00 00, a close) must not end the
+// connection before the client has read the edge's close frame, or the
+// kernel resets it. While closing, every frame but the client's close is
+// discarded the same way, without buffering. Discarding ends when the
+// client's close arrives or at CloseTimeout, so it costs bounded time.
 func (l *loop) framesLocked(c *conn, data []byte) int {
 	s := l.s
 	used := 0
+	if c.rd != nil && c.rd.skip > 0 {
+		n := min(uint64(len(data)), c.rd.skip)
+		c.rd.skip -= n
+		used = int(n)
+	}
 	for c.state == stOpen || c.state == stClosing {
 		d := data[used:]
 		if len(d) < 2 {
@@ -174,29 +241,39 @@ func (l *loop) framesLocked(c *conn, data []byte) int {
 			}
 			length, hl = binary.BigEndian.Uint64(d[2:]), 10
 		}
-		if c.state == stClosing && op != ws.OpClose {
-			// Waiting for the client's close: skip whatever else comes, but
-			// still parse so the close frame is found.
+		if masked {
+			hl += 4
+		}
+		if len(d) < hl {
+			return used
+		}
+		discard := false
+		if c.state == stClosing {
+			// Waiting for the client's close: anything else is skipped.
+			discard = op != ws.OpClose || !masked || length > 125
 		} else if msg := l.checkHeader(c, fin, rsv, op, masked, length); msg != "" {
 			code := CloseProtocol
 			if msg == errTooBig {
 				code = CloseTooBig
 			}
 			s.closeWithLocked(c, code, msg)
-			return len(data)
+			discard = true
 		}
-		if !masked {
-			if c.state == stClosing {
-				s.closeNowLocked(c, -1)
+		if discard {
+			total := uint64(hl) + length
+			if total < length { // a length with its top bit set: skip until the close wait ends
+				total = ^uint64(0)
+			}
+			if uint64(len(d)) >= total {
+				used += int(total)
+				continue
+			}
+			if c.state != stClosed {
+				c.rs().skip = total - uint64(len(d))
 			}
 			return len(data)
 		}
-		hl += 4
 		if uint64(len(d)) < uint64(hl)+length {
-			if length > uint64(s.cfg.MaxMessageBytes) && c.state == stClosing {
-				s.closeNowLocked(c, -1)
-				return len(data)
-			}
 			return used
 		}
 		payload := d[hl : hl+int(length)]
@@ -216,6 +293,8 @@ func (l *loop) checkHeader(c *conn, fin bool, rsv byte, op ws.OpCode, masked boo
 	switch {
 	case !masked:
 		return "unmasked client frame"
+	case length > 1<<63-1:
+		return "payload length with its most significant bit set" // RFC 6455 section 5.2
 	case rsv != 0:
 		return "reserved bits set"
 	case op.IsControl():
@@ -362,12 +441,8 @@ func (l *loop) acceptBatch(ln *rawtcp.Listener) {
 		c.mu.Lock()
 		l.readLocked(c)
 		if c.state != stClosed {
-			ev := poller.Read
-			if c.out != nil {
-				ev |= poller.Write
-			}
 			c.wantWrite = c.out != nil
-			if err := l.poll.Start(fd, c.gen, ev); err != nil {
+			if err := l.poll.Start(fd, c.gen, c.interest(c.wantWrite)); err != nil {
 				s.log.Error("epoll add", "err", err)
 				s.closeNowLocked(c, -1)
 			} else {
@@ -392,7 +467,7 @@ func (l *loop) handshakeLocked(c *conn, data []byte) int {
 			return 0 // wait for the rest, bounded by the handshake deadline
 		case err != nil:
 			s.m.hsBadRequest.Inc()
-			l.reject(c, 400, "expected a PROXY protocol header")
+			l.reject(c, 400, "expected a PROXY protocol header: "+err.Error())
 			return len(data)
 		}
 		c.proxied = true
@@ -417,16 +492,11 @@ func (l *loop) handshakeLocked(c *conn, data []byte) int {
 		l.reject(c, http.StatusTooManyRequests, "too many new connections from this address")
 		return used + len(data)
 	}
-	if kind, ok := streamPath(head); ok {
-		l.streamRequest(c, kind, head)
-	} else {
-		l.hs.upgradeLocked(c, head)
-	}
+	l.hs.serveLocked(c, head)
 	return used + len(head)
 }
 
 // reject answers a handshake with an HTTP error and closes.
 func (l *loop) reject(c *conn, status int, reason string) {
-	rawtcp.Write(int(c.fd), httpError(status, reason))
-	l.s.closeNowLocked(c, -1)
+	l.s.refuseLocked(c, &httphead.Error{Status: status, Reason: reason})
 }

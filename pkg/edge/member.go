@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/pushcluster/push/pkg/owner"
-	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/registry"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
@@ -503,7 +502,7 @@ func (s *Server) resumeWrites() {
 			s.flushLocked(c)
 			if c.state != stClosed && c.out != nil && !c.wantWrite {
 				c.wantWrite = true
-				if err := s.loops[c.loop].poll.Resume(int(c.fd), c.gen, poller.Read|poller.Write); err != nil {
+				if err := s.loops[c.loop].poll.Resume(int(c.fd), c.gen, c.interest(true)); err != nil {
 					s.closeNowLocked(c, -1)
 				}
 			}

@@ -1,17 +1,13 @@
 package edge
 
 import (
-	"bytes"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/gobwas/ws"
 
-	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/mailbox"
-	"github.com/pushcluster/push/pkg/rawtcp"
-	"github.com/pushcluster/push/pkg/userid"
 )
 
 // Transports. A conn's kind decides how a message is written; everything
@@ -204,134 +200,33 @@ func (c *conn) streamHead(status int, ctype string, length int) []byte {
 	return append(b, "\r\n"...)
 }
 
-// streamRequest handles GET /sse and GET /poll: the same uid, token and
+// streamRequest starts GET /sse and GET /poll: the same uid, token and
 // last_seq as /ws (SSE also resumes from the Last-Event-ID header its
 // EventSource sends on reconnect), the same checks and answers (400, 401,
-// 403, 503), then the connection joins its user like a WebSocket.
-func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
-	s := l.s
-	q, hdrs := requestParts(head)
-	var uid, token []byte
-	var rp resumePoint
-	seen := [4]bool{}
-	for len(q) > 0 {
-		var kv []byte
-		kv, q, _ = bytes.Cut(q, []byte("&"))
-		k, v, _ := bytes.Cut(kv, []byte("="))
-		switch string(k) {
-		case "uid":
-			if !seen[0] {
-				seen[0], uid = true, v
-			}
-		case "token":
-			if !seen[1] {
-				seen[1], token = true, v
-			}
-		case "last_seq":
-			if !seen[2] {
-				seen[2] = true
-				n, err := strconv.ParseUint(string(v), 10, 64)
-				if err != nil || n > MaxSeq {
-					s.m.hsBadRequest.Inc()
-					l.reject(c, http.StatusBadRequest, "last_seq must be an integer from 0 to 2^53-1")
-					return
-				}
-				rp.seq, rp.has = n, true
-			}
-		case "epoch":
-			if !seen[3] {
-				seen[3] = true
-				e, ok := parseEpoch(v)
-				if !ok {
-					s.m.hsBadRequest.Inc()
-					l.reject(c, http.StatusBadRequest, epochRule)
-					return
-				}
-				rp.epoch = e
-			}
+// 403, 503), then the connection joins its user like a WebSocket. Once the
+// Origin is allowed every answer carries CORS, or the page's script could
+// not see a 401 and would retry instead of asking for a new token.
+func (s *Server) streamRequest(c *conn, rq *request) {
+	if herr := s.admitRequest(rq); herr != nil {
+		if herr.Status != http.StatusForbidden && len(rq.origin) > 0 {
+			e := *herr
+			e.Header += corsLines(rq.origin)
+			herr = &e
 		}
-	}
-	var origin, host []byte
-	for len(hdrs) > 0 {
-		var line []byte
-		line, hdrs, _ = bytes.Cut(hdrs, []byte("\r\n"))
-		k, v, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
-			continue
-		}
-		v = bytes.TrimSpace(v)
-		switch {
-		case bytes.EqualFold(k, []byte("Origin")):
-			origin = v
-		case bytes.EqualFold(k, []byte("Host")):
-			host = v
-		case kind == kindSSE && bytes.EqualFold(k, []byte("Last-Event-ID")):
-			// "E:N" (what the edge sends as the event id) or "N"; the
-			// header wins over the URL, which is where the page started.
-			ev, num := []byte(nil), v
-			if i := bytes.LastIndexByte(v, ':'); i >= 0 {
-				ev, num = v[:i], v[i+1:]
-			}
-			n, err := strconv.ParseUint(string(num), 10, 64)
-			e, eok := parseEpoch(ev)
-			if err != nil || n > MaxSeq || (ev != nil && !eok) {
-				s.m.hsBadRequest.Inc()
-				l.reject(c, http.StatusBadRequest, "Last-Event-ID must be <epoch>:<seq> or <seq>, seq from 0 to 2^53-1 ("+epochRule+")")
-				return
-			}
-			rp = resumePoint{epoch: e, seq: n, has: true}
-		}
-	}
-	if !seen[0] || !userid.Valid(string(uid)) {
-		s.m.hsBadRequest.Inc()
-		l.reject(c, http.StatusBadRequest, "uid missing or invalid ("+userid.Rule+")")
-		return
-	}
-	if rp.epoch != "" && !rp.has {
-		s.m.hsBadRequest.Inc()
-		l.reject(c, http.StatusBadRequest, "epoch needs last_seq")
-		return
-	}
-	if len(origin) > 0 && !s.originAllowed(origin, host) {
-		s.m.hsForbidden.Inc()
-		l.reject(c, http.StatusForbidden, "origin not allowed")
-		return
-	}
-	// From here on the Origin is allowed: answers carry CORS, or the page's
-	// script could not see a 401 and would retry instead of asking for a
-	// new token.
-	reject := func(status int, reason string) {
-		if len(origin) > 0 {
-			c.rs().origin = append([]byte(nil), origin...)
-		}
-		head := c.streamHead(status, "text/plain; charset=utf-8", len(reason))
-		rawtcp.Write(int(c.fd), append(head, reason...))
-		s.closeNowLocked(c, -1)
-	}
-	if s.draining.Load() || s.open.Load() >= int64(s.cfg.MaxConns) || !s.serving() {
-		s.m.hsOverloaded.Inc()
-		reject(http.StatusServiceUnavailable, "edge at capacity, draining or fenced")
-		return
-	}
-	if err := s.cfg.Verifier.Verify(string(token), string(uid)); err != nil {
-		s.m.hsUnauthorized.Inc()
-		reject(http.StatusUnauthorized, auth.Reason(err))
+		s.refuseLocked(c, herr)
 		return
 	}
 	now := time.Now()
-	c.kind = kindSSE
-	if kind == kindPoll {
-		c.kind = kindPoll
-	}
-	if len(origin) > 0 {
-		c.rs().origin = append([]byte(nil), origin...) // for the CORS header of a later answer
+	c.kind = rq.kind
+	if len(rq.origin) > 0 {
+		c.rs().origin = append([]byte(nil), rq.origin...) // for the CORS header of a later answer
 	}
 	c.state = stOpen
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)
 	ctype := "text/event-stream"
-	if kind == kindPoll {
+	if rq.kind == kindPoll {
 		ctype = "application/json" // the array follows when there is something to say
 	}
 	if !s.writeLocked(c, c.streamHead(http.StatusOK, ctype, -1), nil) {
@@ -341,32 +236,18 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 		c.rd.origin = nil
 	}
 	s.m.hsOK.Inc()
-	c.uid = string(uid)
+	c.uid = string(rq.uid)
 	c.lastSeen = now.UnixNano()
 	next := s.cfg.PingInterval
-	if kind == kindPoll {
+	if rq.kind == kindPoll {
 		next = s.cfg.PollTimeout
 	}
 	s.schedule(c, now.Add(next))
-	s.attachLocked(c, rp)
+	s.attachLocked(c, rq.resume)
 }
 
-// requestParts splits a request head into its raw query and header lines.
-func requestParts(head []byte) (query, headers []byte) {
-	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
-	_, target, _ := bytes.Cut(line, []byte(" "))
-	target, _, _ = bytes.Cut(target, []byte(" "))
-	_, query, _ = bytes.Cut(target, []byte("?"))
-	return query, rest
-}
-
-// streamPath reports which non-WebSocket endpoint a request head asks for.
-func streamPath(head []byte) (uint8, bool) {
-	switch {
-	case bytes.HasPrefix(head, []byte("GET /sse?")), bytes.HasPrefix(head, []byte("GET /sse ")):
-		return kindSSE, true
-	case bytes.HasPrefix(head, []byte("GET /poll?")), bytes.HasPrefix(head, []byte("GET /poll ")):
-		return kindPoll, true
-	}
-	return kindWS, false
+// corsLines are the header lines that let a page from origin read an
+// answer.
+func corsLines(origin []byte) string {
+	return "Access-Control-Allow-Origin: " + string(origin) + "\r\nVary: Origin\r\n"
 }

@@ -351,7 +351,7 @@ func (s *Server) attachWaitingInShard(u *registry.User[*conn], now int64) {
 		if c.resume != nil && c.state == stOpen {
 			rp := *c.resume
 			c.resume = nil
-			msgs, gap := u.Box.ResumeEpoch(nil, rp.epoch, rp.seq, rp.has, now)
+			msgs, gap := s.resumeInShard(u, rp, now)
 			s.replayLocked(c, gap, u.Box.Epoch, msgs)
 		}
 		if c.registered && c.state >= stClosing {

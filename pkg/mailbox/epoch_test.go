@@ -143,3 +143,29 @@ func TestAdoptTwiceMergesOnce(t *testing.T) {
 		t.Fatal("a stream adopted into itself")
 	}
 }
+
+// ResumePasses is true exactly when Resume would number past MaxSeq.
+func TestResumePassesMatchesResume(t *testing.T) {
+	for _, tc := range []struct {
+		stored int
+		sent   bool
+		last   uint64
+	}{
+		{0, false, MaxSeq}, {2, false, MaxSeq}, {2, false, MaxSeq - 1}, {2, false, MaxSeq - 2},
+		{2, true, MaxSeq}, {1, false, MaxSeq - 1}, {3, false, 0}, {0, false, 0},
+	} {
+		b := New(8, "A")
+		for i := 0; i < tc.stored; i++ {
+			b.Push([]byte("x"), far, tc.sent)
+		}
+		passes := b.ResumePasses(tc.last)
+		msgs, gap := b.Resume(nil, tc.last, true, 0)
+		over := b.Last() > MaxSeq || gap.To > MaxSeq
+		for _, m := range msgs {
+			over = over || m.Seq > MaxSeq
+		}
+		if passes != over {
+			t.Errorf("%+v: ResumePasses %v, Resume went past MaxSeq: %v", tc, passes, over)
+		}
+	}
+}

@@ -323,6 +323,42 @@ func (b *Box) Resume(dst []Message, lastSeq uint64, hasLast bool, now int64) ([]
 	return dst, gap
 }
 
+// ResumePasses reports whether Resume(lastSeq, hasLast true) would number
+// a message (or a gap) past MaxSeq: a client that keeps its own numbering
+// (no epoch) from near MaxSeq while messages no connection took are stored,
+// or were lost, here. The caller then starts a new epoch (Rollover) and
+// resumes the client as a fresh one instead.
+func (b *Box) ResumePasses(lastSeq uint64) bool {
+	if lastSeq > MaxSeq {
+		return true
+	}
+	last, base := b.last, lastSeq
+	if lastSeq > b.last {
+		lost := b.lostUnsent()
+		if lost > MaxSeq-lastSeq {
+			return true
+		}
+		last = lastSeq + lost
+		base = last
+	}
+	var maxSent, unsent uint64
+	overlap := false
+	for i := 0; i < b.n; i++ {
+		m := b.at(i)
+		if m.Sent {
+			maxSent = max(maxSent, m.Seq)
+		} else {
+			unsent++
+			overlap = overlap || m.Seq <= lastSeq
+		}
+	}
+	if overlap { // renumberUnsent's rule
+		base = max(base, lastSeq, maxSent)
+		last = base + unsent
+	}
+	return last > MaxSeq
+}
+
 // ResumeEpoch prepares delivery to a connection whose client last saw seq
 // lastSeq of epoch (hasLast false: a fresh client, as Resume).
 //

@@ -6,6 +6,31 @@
 // meant for a peeked prefix of a stream: it says how many bytes the header
 // occupies (so the caller consumes exactly those), asks for more with
 // ErrIncomplete, and bounds its work by MaxV1Len and MaxV2Len.
+//
+// What Parse accepts is what HAProxy's own receiver (conn_recv_proxy in
+// src/connection.c, checked against HAProxy 2.6 in TestAgainstHAProxy)
+// accepts, within the specification:
+//
+//   - v1: "PROXY TCP4 <a.b.c.d> <a.b.c.d> <port> <port>\r\n", the same with
+//     TCP6 and IPv6 addresses (IPv4-mapped ones included, no zone), single
+//     spaces, CRLF, ports 0-65535 (leading zeros allowed, as HAProxy reads
+//     them), at most 107 bytes; "PROXY UNKNOWN" with anything up to CRLF.
+//   - v2: signature, version 2, then LOCAL with any family, transport,
+//     length and TLVs (the block is ignored, section 2.2); PROXY with TCP
+//     over IPv4 (0x11, at least 12 address bytes) or IPv6 (0x21, at least
+//     36) and well-formed TLVs: each fits, they end exactly at the header's
+//     end, CRC32C (0x03) is 4 bytes and matches, AUTHORITY (0x02) is at
+//     most 255 bytes, UNIQUE_ID (0x05) at most 128.
+//
+// Refused with ErrInvalid and the reason: everything else. Deliberate
+// differences from HAProxy 2.6, each a header outside the specification or
+// one the specification orders accepted: HAProxy also takes v1 ports over
+// 65535 or empty, IPv4 octets over 255 or fewer than four (it then uses a
+// wrong address), and a fifth TCP6 field; it refuses "PROXY UNKNOWN"
+// followed by addresses, which section 2.1 says a receiver must accept.
+// PROXY with UNSPEC, UDP or unix families is refused like HAProxy does
+// (section 2.2 lets a receiver refuse them; they carry no address the
+// cluster could use).
 package proxyproto
 
 import (
@@ -13,6 +38,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"net/netip"
 	"strconv"
 )
@@ -24,11 +50,11 @@ const (
 	// MaxV1Len is the longest version 1 line, CRLF included (the spec's
 	// worst case "PROXY UNKNOWN ffff:...").
 	MaxV1Len = 107
-	// MaxV2Len is the longest version 2 header Parse accepts (16-byte
-	// fixed part plus addresses and TLVs). The spec allows 65,551 bytes;
-	// a front balancer sends a few dozen, so a longer one is refused rather
-	// than buffered.
-	MaxV2Len = 1024
+	// MaxV2Len is the longest version 2 header: the 16-byte fixed part
+	// plus the most its 16-bit length can announce. Every length is
+	// accepted (HAProxy's own limit is its buffer, 16 KiB by default), so
+	// a caller that peeks must be able to hold this much.
+	MaxV2Len = v2FixedLen + 0xffff
 	// v2FixedLen is the signature, version/command, family and length.
 	v2FixedLen = 16
 )
@@ -64,7 +90,8 @@ type Header struct {
 	// connected to. Both are invalid for LOCAL, UNKNOWN and non-IP families.
 	Source, Dest netip.AddrPort
 	// TLVs are the raw version 2 type-length-value bytes after the
-	// addresses (aliases the input).
+	// addresses of a PROXY command (aliases the input; checked as the
+	// package comment says); nil for LOCAL and version 1.
 	TLVs []byte
 }
 
@@ -162,22 +189,28 @@ func parseV1(b []byte) (Header, int, error) {
 		return Header{}, 0, ErrIncomplete
 	}
 	line := lim[len(v1Prefix):end]
+	if bytes.IndexByte(line, '\n') >= 0 {
+		return Header{}, 0, invalid("v1 line ends with LF without CR")
+	}
 	n := end + 2
 	h := Header{Version: 1, Command: Proxy}
-	f := bytes.Split(line, []byte(" "))
-	switch string(f[0]) {
-	case "UNKNOWN":
-		// The receiver must ignore whatever follows UNKNOWN.
+	if bytes.HasPrefix(line, []byte("UNKNOWN")) && (len(line) == 7 || line[7] == ' ') {
+		// Section 2.1: the receiver must ignore whatever follows UNKNOWN.
 		h.Command = Local
 		return h, n, nil
-	case "TCP4", "TCP6":
+	}
+	f := bytes.Split(line, []byte(" "))
+	var v6 bool
+	switch string(f[0]) {
+	case "TCP4":
+	case "TCP6":
+		v6 = true
 	default:
 		return Header{}, 0, invalid("v1 protocol %q is not TCP4, TCP6 or UNKNOWN", f[0])
 	}
 	if len(f) != 5 {
 		return Header{}, 0, invalid("v1 %s line has %d fields, want 5 separated by single spaces", f[0], len(f))
 	}
-	v6 := string(f[0]) == "TCP6"
 	src, err := v1Addr(f[1], v6)
 	if err != nil {
 		return Header{}, 0, invalid("v1 source address: %v", err)
@@ -198,7 +231,34 @@ func parseV1(b []byte) (Header, int, error) {
 	return h, n, nil
 }
 
+// v1Addr reads a TCP4 address as four decimal octets (leading zeros are
+// decimal, as HAProxy's inetaddr_host_lim_ret reads them, not octal) or a
+// TCP6 address as inet_pton(AF_INET6) does (no zone).
 func v1Addr(s []byte, v6 bool) (netip.Addr, error) {
+	if !v6 {
+		var a [4]byte
+		parts := bytes.Split(s, []byte("."))
+		if len(parts) != 4 {
+			return netip.Addr{}, fmt.Errorf("%q is not four dotted decimal octets", s)
+		}
+		for i, p := range parts {
+			if len(p) == 0 || len(p) > 3 {
+				return netip.Addr{}, fmt.Errorf("%q is not four dotted decimal octets", s)
+			}
+			v := 0
+			for _, c := range p {
+				if c < '0' || c > '9' {
+					return netip.Addr{}, fmt.Errorf("%q is not four dotted decimal octets", s)
+				}
+				v = v*10 + int(c-'0')
+			}
+			if v > 255 {
+				return netip.Addr{}, fmt.Errorf("%q has an octet over 255", s)
+			}
+			a[i] = byte(v)
+		}
+		return netip.AddrFrom4(a), nil
+	}
 	a, err := netip.ParseAddr(string(s))
 	if err != nil {
 		return a, err
@@ -206,28 +266,37 @@ func v1Addr(s []byte, v6 bool) (netip.Addr, error) {
 	if a.Zone() != "" {
 		return netip.Addr{}, fmt.Errorf("%q has a zone", s)
 	}
-	if v6 != a.Is6() {
-		return netip.Addr{}, fmt.Errorf("%q does not match the protocol family", s)
+	if !a.Is6() {
+		return netip.Addr{}, fmt.Errorf("%q is not an IPv6 address", s)
 	}
 	return a, nil
 }
 
+// v1Port reads a decimal port from 0 to 65535; leading zeros are accepted
+// as HAProxy's read_uint accepts them.
 func v1Port(s []byte) (uint16, error) {
-	if len(s) == 0 || len(s) > 5 || (len(s) > 1 && s[0] == '0') {
-		return 0, fmt.Errorf("%q is not a port number without leading zeros", s)
+	if len(s) == 0 {
+		return 0, fmt.Errorf("empty")
 	}
 	n := 0
 	for _, c := range s {
 		if c < '0' || c > '9' {
 			return 0, fmt.Errorf("%q is not a decimal number", s)
 		}
-		n = n*10 + int(c-'0')
-	}
-	if n > 65535 {
-		return 0, fmt.Errorf("%d is over 65535", n)
+		if n = n*10 + int(c-'0'); n > 65535 {
+			return 0, fmt.Errorf("%q is over 65535", s)
+		}
 	}
 	return uint16(n), nil
 }
+
+// TLV types that HAProxy's receiver checks (proxy-protocol.txt section
+// 2.2.x).
+const (
+	tlvAuthority = 0x02 // at most 255 bytes (HAProxy's HA_PP2_AUTHORITY_MAX)
+	tlvCRC32C    = 0x03 // 4 bytes: CRC-32C of the header with this field zero
+	tlvUniqueID  = 0x05 // at most 128 bytes (section 2.2.5)
+)
 
 func parseV2(b []byte) (Header, int, error) {
 	if n := min(len(b), len(Signature)); !bytes.Equal(b[:n], Signature[:n]) {
@@ -242,49 +311,79 @@ func parseV2(b []byte) (Header, int, error) {
 	}
 	cmd := Command(verCmd & 0x0f)
 	if cmd > Proxy {
-		return Header{}, 0, invalid("v2 command %d is neither LOCAL nor PROXY", cmd)
+		return Header{}, 0, invalid("v2 command %d is neither LOCAL (0) nor PROXY (1)", cmd)
 	}
-	length := int(binary.BigEndian.Uint16(b[14:16]))
-	total := v2FixedLen + length
-	if total > MaxV2Len {
-		return Header{}, 0, invalid("v2 header of %d bytes exceeds the %d-byte limit", total, MaxV2Len)
-	}
+	total := v2FixedLen + int(binary.BigEndian.Uint16(b[14:16]))
 	if len(b) < total {
 		return Header{}, 0, ErrIncomplete
 	}
-	body := b[v2FixedLen:total]
 	h := Header{Version: 2, Command: cmd}
-	var alen int
-	switch fam >> 4 {
-	case 0: // AF_UNSPEC
-	case 1:
-		alen = 12
-	case 2:
-		alen = 36
-	case 3:
-		alen = 216
-	default:
-		return Header{}, 0, invalid("v2 address family %d unknown", fam>>4)
-	}
-	if tr := fam & 0x0f; tr > 2 {
-		return Header{}, 0, invalid("v2 transport protocol %d unknown", tr)
-	}
-	if len(body) < alen {
-		return Header{}, 0, invalid("v2 length %d is shorter than the %d address bytes of family 0x%02x", length, alen, fam)
-	}
-	h.TLVs = body[alen:]
 	if cmd == Local {
-		return h, total, nil // addresses, if any, are to be ignored
+		// Section 2.2: the receiver uses the real connection endpoints and
+		// discards the protocol block, family included.
+		return h, total, nil
 	}
+	body := b[v2FixedLen:total]
 	switch fam {
 	case 0x11: // TCP over IPv4
+		if len(body) < 12 {
+			return Header{}, 0, invalid("v2 TCP over IPv4 with %d address bytes, want at least 12", len(body))
+		}
 		h.Source = netip.AddrPortFrom(netip.AddrFrom4([4]byte(body[0:4])), binary.BigEndian.Uint16(body[8:10]))
 		h.Dest = netip.AddrPortFrom(netip.AddrFrom4([4]byte(body[4:8])), binary.BigEndian.Uint16(body[10:12]))
+		h.TLVs = body[12:]
 	case 0x21: // TCP over IPv6
+		if len(body) < 36 {
+			return Header{}, 0, invalid("v2 TCP over IPv6 with %d address bytes, want at least 36", len(body))
+		}
 		h.Source = netip.AddrPortFrom(netip.AddrFrom16([16]byte(body[0:16])), binary.BigEndian.Uint16(body[32:34]))
 		h.Dest = netip.AddrPortFrom(netip.AddrFrom16([16]byte(body[16:32])), binary.BigEndian.Uint16(body[34:36]))
+		h.TLVs = body[36:]
+	default:
+		return Header{}, 0, invalid("v2 PROXY command with family and transport 0x%02x: only TCP over IPv4 (0x11) or IPv6 (0x21) carries an address the connection can use", fam)
 	}
-	// Other families (UNSPEC, UDP, unix sockets) are accepted without
-	// addresses: the receiver falls back to the socket's own.
+	if err := checkTLVs(b[:total], len(b[:total])-len(h.TLVs)); err != nil {
+		return Header{}, 0, err
+	}
 	return h, total, nil
 }
+
+// checkTLVs validates the TLVs of hdr, a whole v2 header, from offset off
+// as HAProxy's receiver does.
+func checkTLVs(hdr []byte, off int) error {
+	for off < len(hdr) {
+		if off+3 > len(hdr) {
+			return invalid("v2 TLV at byte %d: %d bytes left, a TLV header needs 3", off, len(hdr)-off)
+		}
+		typ, n := hdr[off], int(binary.BigEndian.Uint16(hdr[off+1:off+3]))
+		val := off + 3
+		if val+n > len(hdr) {
+			return invalid("v2 TLV 0x%02x at byte %d: %d value bytes, %d left", typ, off, n, len(hdr)-val)
+		}
+		switch typ {
+		case tlvAuthority:
+			if n > 255 {
+				return invalid("v2 AUTHORITY TLV of %d bytes, at most 255", n)
+			}
+		case tlvUniqueID:
+			if n > 128 {
+				return invalid("v2 UNIQUE_ID TLV of %d bytes, at most 128", n)
+			}
+		case tlvCRC32C:
+			if n != 4 {
+				return invalid("v2 CRC32C TLV of %d bytes, want 4", n)
+			}
+			want := binary.BigEndian.Uint32(hdr[val:])
+			c := crc32.Update(0, castagnoli, hdr[:val])
+			c = crc32.Update(c, castagnoli, []byte{0, 0, 0, 0})
+			c = crc32.Update(c, castagnoli, hdr[val+4:])
+			if c != want {
+				return invalid("v2 CRC32C TLV is %08x, the header's checksum is %08x", want, c)
+			}
+		}
+		off = val + n
+	}
+	return nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)

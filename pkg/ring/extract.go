@@ -1,6 +1,10 @@
 package ring
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/pushcluster/push/pkg/httphead"
+)
 
 // URLParam returns the value of the first name= parameter of a raw request
 // URI, like HAProxy's "balance url_param <name>": parameters start after
@@ -8,28 +12,15 @@ import "bytes"
 // case-sensitively, and the value is raw (not URL-decoded) and may be
 // empty. ok is false when there is no such parameter (HAProxy then falls
 // back to round robin).
+//
+// It is httphead.QueryParam on the part after the first '?': the one rule
+// the router hashes with and the edge admits with.
 func URLParam(requestURI []byte, name string) (value []byte, ok bool) {
 	q := bytes.IndexByte(requestURI, '?')
 	if q < 0 {
 		return nil, false
 	}
-	params := requestURI[q+1:]
-	n := len(name)
-	for len(params) > n {
-		if params[n] == '=' && string(params[:n]) == name {
-			value = params[n+1:]
-			if amp := bytes.IndexByte(value, '&'); amp >= 0 {
-				value = value[:amp]
-			}
-			return value, true
-		}
-		amp := bytes.IndexByte(params, '&')
-		if amp < 0 {
-			break
-		}
-		params = params[amp+1:]
-	}
-	return nil, false
+	return httphead.QueryParam(requestURI[q+1:], name)
 }
 
 // FirstHeaderElement returns the first comma-separated element of a header

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pushcluster/push/pkg/httphead"
 	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/proxyproto"
 	"github.com/pushcluster/push/pkg/rawtcp"
@@ -100,8 +101,9 @@ type loop struct {
 	id      int
 	r       *Router
 	poll    *poller.Poller
-	buf     []byte // scratch, owned by this loop's goroutine
-	discard []byte // where a consumed PROXY header goes
+	buf     []byte           // scratch, owned by this loop's goroutine
+	req     httphead.Request // the head being routed, reused (owned like buf)
+	discard []byte           // where a consumed PROXY header goes
 }
 
 // copyMax is the largest transfer that goes through the scratch buffer:
@@ -289,7 +291,7 @@ func (l *loop) headLocked(s *session, ev poller.Event) {
 	if end < 0 {
 		switch {
 		case len(data) >= r.cfg.MaxHeadBytes:
-			r.rejectLocked(s, http.StatusRequestHeaderFieldsTooLarge, rejTooLarge)
+			r.rejectLocked(s, rejTooLarge, refusal(http.StatusRequestHeaderFieldsTooLarge, rejTooLarge))
 		case ev&poller.Hup != 0:
 			// The client shut down writing before finishing its head.
 			r.m.rejected.WithLabelValues(rejEOF).Inc()
@@ -299,13 +301,13 @@ func (l *loop) headLocked(s *session, ev poller.Event) {
 		}
 		return
 	}
-	key, status, reason := r.extractKey(data[:end+4])
-	if status != 0 {
-		r.rejectLocked(s, status, reason)
+	key, label, refuse := r.extractKey(data[:end+4], &l.req)
+	if refuse != nil {
+		r.rejectLocked(s, label, refuse)
 		return
 	}
 	if r.draining.Load() {
-		r.rejectLocked(s, http.StatusServiceUnavailable, rejDraining)
+		r.rejectLocked(s, rejDraining, refusal(http.StatusServiceUnavailable, rejDraining))
 		return
 	}
 	s.su().key = string(key)
@@ -334,46 +336,37 @@ func (l *loop) waitHead(s *session, queued int) {
 	}
 }
 
-// extractKey finds the user key in a complete head; a non-zero status is
-// the answer when there is none.
-func (r *Router) extractKey(head []byte) (key []byte, status int, reason string) {
-	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
-	method, after, ok1 := bytes.Cut(line, []byte(" "))
-	uri, version, ok2 := bytes.Cut(after, []byte(" "))
-	if !ok1 || !ok2 || len(method) == 0 || len(uri) == 0 || !bytes.HasPrefix(version, []byte("HTTP/1.")) {
-		return nil, http.StatusBadRequest, rejBadRequest
+// extractKey parses a complete head with httphead (the edge's own parser,
+// so a head the edge would refuse for its syntax is refused here with the
+// same status) into req and finds the user key in it. On failure it
+// returns the rejection label and answer.
+func (r *Router) extractKey(head []byte, req *httphead.Request) (key []byte, label string, refuse *httphead.Error) {
+	if err := httphead.Parse(head, req); err != nil {
+		return nil, rejBadRequest, err.(*httphead.Error)
 	}
 	switch r.key.kind {
 	case "url_param":
 		// Like HAProxy, an empty value is a key (the edge refuses it).
-		if v, ok := ring.URLParam(uri, r.key.name); ok {
-			return v, 0, ""
+		if v, ok := req.Param(r.key.name); ok {
+			return v, "", nil
 		}
 	case "hdr":
-		for len(rest) > 0 {
-			var h []byte
-			h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
-			name, value, ok := bytes.Cut(h, []byte(":"))
-			if ok && bytes.EqualFold(name, []byte(r.key.name)) {
-				if v := ring.FirstHeaderElement(value); len(v) > 0 {
-					return v, 0, ""
-				}
-				break // only the first line of that name counts, as in HAProxy
+		// Only the first line of that name counts, as in HAProxy.
+		if v, n := req.Get(r.key.name); n > 0 {
+			if v := ring.FirstHeaderElement(v); len(v) > 0 {
+				return v, "", nil
 			}
 		}
 	case "cookie":
-		for len(rest) > 0 {
-			var h []byte
-			h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
-			name, value, ok := bytes.Cut(h, []byte(":"))
-			if ok && bytes.EqualFold(name, []byte("Cookie")) {
-				if v, ok := ring.CookieValue(value, r.key.name); ok && len(v) > 0 {
-					return v, 0, ""
+		for _, f := range req.Fields {
+			if bytes.EqualFold(f.Name, []byte("Cookie")) {
+				if v, ok := ring.CookieValue(f.Value, r.key.name); ok && len(v) > 0 {
+					return v, "", nil
 				}
 			}
 		}
 	}
-	return nil, http.StatusBadRequest, rejNoKey
+	return nil, rejNoKey, refusal(http.StatusBadRequest, rejNoKey)
 }
 
 // dialNextLocked starts a connection to the owner of the session's key
@@ -385,7 +378,7 @@ func (r *Router) dialNextLocked(l *loop, s *session) {
 	if reason := r.dispatch(st.key, &st.tries, func(m *member, to netip.AddrPort, src netip.Addr) (int, error) {
 		return r.connectLocked(l, s, m, to, src)
 	}); reason != "" {
-		r.rejectLocked(s, http.StatusServiceUnavailable, reason)
+		r.rejectLocked(s, reason, refusal(http.StatusServiceUnavailable, reason))
 	}
 }
 
@@ -565,14 +558,18 @@ var reasons = map[string]string{
 	rejHeadTimeout: "head timeout",
 }
 
-// rejectLocked answers with an HTTP error and closes. The peeked head is
-// read off first: closing a socket with unread bytes sends a reset that
-// can destroy the answer before the client reads it.
-func (r *Router) rejectLocked(s *session, status int, reason string) {
-	r.m.rejected.WithLabelValues(reason).Inc()
-	body := reasons[reason]
-	resp := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		status, http.StatusText(status), len(body), body)
+// refusal is the answer for a rejection label.
+func refusal(status int, label string) *httphead.Error {
+	return &httphead.Error{Status: status, Reason: reasons[label]}
+}
+
+// rejectLocked counts a rejection under label, answers with e (and the
+// headers its status needs, see httphead.Error.Append) and closes. The
+// peeked head is read off first: closing a socket with unread bytes sends
+// a reset that can destroy the answer before the client reads it.
+func (r *Router) rejectLocked(s *session, label string, e *httphead.Error) {
+	r.m.rejected.WithLabelValues(label).Inc()
+	resp := e.Append(nil)
 	fd := int(s.cfd)
 	var b [4096]byte
 	for i := 0; i < 32; i++ {

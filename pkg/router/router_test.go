@@ -85,7 +85,14 @@ type testEdge struct {
 
 func startEdge(t *testing.T, id uint32) *testEdge {
 	t.Helper()
-	ed := edgetest.Start(t, []byte(secret), edge.Config{ID: id, DrainPeriod: time.Millisecond, Loops: 1})
+	return startEdgeWith(t, edge.Config{ID: id, DrainPeriod: time.Millisecond, Loops: 1})
+}
+
+// startEdgeWith starts an edge with cfg (cfg.ID is its member id).
+func startEdgeWith(t *testing.T, cfg edge.Config) *testEdge {
+	t.Helper()
+	id := cfg.ID
+	ed := edgetest.Start(t, []byte(secret), cfg)
 	cc, err := grpc.NewClient(ed.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -445,7 +452,7 @@ func TestRedispatchOnFailedDial(t *testing.T) {
 	}
 	// With no member left, a 503.
 	r.SetRing(newRing(t, 2, m2))
-	if got := rawRequest(t, r.Addr().String(), []byte("GET /ws?uid=x HTTP/1.1\r\n\r\n")); !strings.HasPrefix(got, "HTTP/1.1 503 ") {
+	if got := rawRequest(t, r.Addr().String(), []byte("GET /ws?uid=x HTTP/1.1\r\nHost: x\r\n\r\n")); !strings.HasPrefix(got, "HTTP/1.1 503 ") {
 		t.Fatalf("all dials failed: %q", got)
 	}
 }
@@ -512,7 +519,7 @@ func TestHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	req := "GET /ws?uid=h HTTP/1.1\r\n\r\nhello"
+	req := "GET /ws?uid=h HTTP/1.1\r\nHost: x\r\n\r\nhello"
 	c.Write([]byte(req))
 	c.(*net.TCPConn).CloseWrite()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
@@ -554,7 +561,7 @@ func TestBulkRelayWithBackPressure(t *testing.T) {
 		payload[i] = byte(i * 7)
 	}
 	go func() {
-		c.Write([]byte("GET /ws?uid=bulk HTTP/1.1\r\n\r\n"))
+		c.Write([]byte("GET /ws?uid=bulk HTTP/1.1\r\nHost: x\r\n\r\n"))
 		c.Write(payload)
 		c.(*net.TCPConn).CloseWrite()
 	}()
@@ -644,7 +651,7 @@ func TestPortExhaustion(t *testing.T) {
 	m := rawBackend(t, func(c net.Conn) {})
 	r := startRouter(t, Config{Check: CheckNone, SourceAddrs: []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")}},
 		newRing(t, 1, m))
-	if got := rawRequest(t, r.Addr().String(), []byte("GET /ws?uid=p HTTP/1.1\r\n\r\n")); !strings.HasPrefix(got, "HTTP/1.1 503 ") || !strings.Contains(got, "out of ports") {
+	if got := rawRequest(t, r.Addr().String(), []byte("GET /ws?uid=p HTTP/1.1\r\nHost: x\r\n\r\n")); !strings.HasPrefix(got, "HTTP/1.1 503 ") || !strings.Contains(got, "out of ports") {
 		t.Fatalf("got %q", got)
 	}
 	if value(r.m.ports) != 1 {
@@ -720,7 +727,7 @@ func TestShutdownKeepsRelayedConnectionsUntilTheDrainPeriod(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	c.Write([]byte("GET /ws?uid=d HTTP/1.1\r\n\r\n"))
+	c.Write([]byte("GET /ws?uid=d HTTP/1.1\r\nHost: x\r\n\r\n"))
 	waitFor(t, "relayed", func() bool { return value(r.m.active) == 1 })
 	done := make(chan error)
 	go func() { done <- r.Shutdown(context.Background()) }()
@@ -774,7 +781,7 @@ func TestTLSTermination(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tc.Close()
-	tc.Write([]byte("GET /ws HTTP/1.1\r\n\r\n"))
+	tc.Write([]byte("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"))
 	tc.SetDeadline(time.Now().Add(20 * time.Second))
 	b, _ := io.ReadAll(tc)
 	if !strings.HasPrefix(string(b), "HTTP/1.1 400 ") {
@@ -871,7 +878,7 @@ func TestEdgePortSpan(t *testing.T) {
 	m := ring.Member{ID: 1, Name: "span", WS: lns[0].Addr().String(), GRPC: lns[0].Addr().String(), Weight: 1}
 	r := startRouter(t, Config{Check: CheckNone, EdgePortSpan: 2}, newRing(t, 1, m))
 	for i := 0; i < 10; i++ {
-		rawRequest(t, r.Addr().String(), []byte("GET /ws?uid=s HTTP/1.1\r\n\r\n"))
+		rawRequest(t, r.Addr().String(), []byte("GET /ws?uid=s HTTP/1.1\r\nHost: x\r\n\r\n"))
 	}
 	waitFor(t, "both ports used", func() bool { return hits[0].Load()+hits[1].Load() == 10 })
 	if hits[0].Load() != 5 || hits[1].Load() != 5 {

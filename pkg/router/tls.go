@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pushcluster/push/pkg/httphead"
 	"github.com/pushcluster/push/pkg/proxyproto"
 )
 
@@ -87,11 +87,9 @@ func (r *Router) serveTLS() {
 	}
 }
 
-func (r *Router) tlsReject(c net.Conn, status int, reason string) {
-	r.m.rejected.WithLabelValues(reason).Inc()
-	body := reasons[reason]
-	fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		status, http.StatusText(status), len(body), body)
+func (r *Router) tlsReject(c net.Conn, label string, e *httphead.Error) {
+	r.m.rejected.WithLabelValues(label).Inc()
+	c.Write(e.Append(nil))
 }
 
 func (r *Router) serveTLSConn(raw net.Conn) {
@@ -114,7 +112,7 @@ func (r *Router) serveTLSConn(raw net.Conn) {
 	n, end := 0, -1
 	for end < 0 {
 		if n == len(b) {
-			r.tlsReject(tc, http.StatusRequestHeaderFieldsTooLarge, rejTooLarge)
+			r.tlsReject(tc, rejTooLarge, refusal(http.StatusRequestHeaderFieldsTooLarge, rejTooLarge))
 			return
 		}
 		m, err := tc.Read(b[n:])
@@ -131,18 +129,19 @@ func (r *Router) serveTLSConn(raw net.Conn) {
 			return
 		}
 	}
-	key, status, reason := r.extractKey(b[:end+4])
-	if status != 0 {
-		r.tlsReject(tc, status, reason)
+	var req httphead.Request
+	key, label, refuse := r.extractKey(b[:end+4], &req)
+	if refuse != nil {
+		r.tlsReject(tc, label, refuse)
 		return
 	}
 	if r.draining.Load() {
-		r.tlsReject(tc, http.StatusServiceUnavailable, rejDraining)
+		r.tlsReject(tc, rejDraining, refusal(http.StatusServiceUnavailable, rejDraining))
 		return
 	}
 	ec, m, reason := r.dialTLSBackend(key)
 	if ec == nil {
-		r.tlsReject(tc, http.StatusServiceUnavailable, reason)
+		r.tlsReject(tc, reason, refusal(http.StatusServiceUnavailable, reason))
 		return
 	}
 	r.trackTLS(ec, true)
