@@ -159,6 +159,12 @@ func New(cfg Config) (*Router, error) {
 		// setsockopt per client.
 		setKeepAlive(ln.FD, int(max(cfg.KeepAlive/time.Second, 1)))
 	}
+	// Accepted sockets inherit the listener's buffer sizes (and the
+	// window scale chosen from them at the SYN): no setsockopt per client.
+	if err := setBuffers(ln.FD, cfg.RelayBuffer); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: socket buffers: %w", cfg.Listen, err)
+	}
 	r.ln = ln
 	for i := 0; i < cfg.Loops; i++ {
 		l, err := newLoop(r, i)

@@ -20,6 +20,7 @@ var scenarios = []struct {
 	name, help string
 	run        func(args []string) error
 }{
+	{"backpressure", "clients that never read, directly and through the router: bytes counted as delivered before the edge's 1008, bytes the router holds per client (kernel buffers included)", runBackpressure},
 	{"baseline", "the edge against gorilla/websocket with a goroutine per connection (bench/baseline), same load: bytes per connection, fan-out CPU, p99 as ratios", runBaseline},
 	{"conns", "N idle connections through SO_REUSEPORT routers to edges over many processes: upgrades/s, bytes per connection (slopes), kernel memory, CPU at rest", runConns},
 	{"edge", "one edge: bytes and fds per idle connection, CPU per upgrade, broadcast and unicast latency", runEdge},
