@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gobwas/httphead"
 	"github.com/gobwas/ws"
 
 	"github.com/pushcluster/push/pkg/auth"
@@ -32,6 +33,8 @@ type handshake struct {
 	origin []byte
 	host   []byte
 	resume resumePoint
+	// deflate: an offer of permessage-deflate was accepted.
+	deflate bool
 }
 
 // Read and Write let the upgrader read the head from memory and write its
@@ -55,7 +58,19 @@ func (h *handshake) init(s *Server) {
 			return nil
 		},
 		OnBeforeUpgrade: h.onBeforeUpgrade,
+		Negotiate:       h.negotiate,
 	}
+}
+
+// negotiate answers each offer of the Sec-WebSocket-Extensions header
+// (acceptDeflate); the first accepted permessage-deflate offer wins.
+func (h *handshake) negotiate(offer httphead.Option) (httphead.Option, error) {
+	if h.deflate || h.s.cfg.NoCompression {
+		return httphead.Option{}, nil
+	}
+	accept, ok := acceptDeflate(offer)
+	h.deflate = ok
+	return accept, nil
 }
 
 func reject(status int, reason string) error {
@@ -67,6 +82,7 @@ func reject(status int, reason string) error {
 func (h *handshake) onRequest(uri []byte) error {
 	h.uid, h.token, h.origin, h.host = h.uid[:0], h.token[:0], h.origin[:0], h.host[:0]
 	h.resume = resumePoint{}
+	h.deflate = false
 	path, query, _ := bytes.Cut(uri, []byte("?"))
 	if string(path) != "/ws" {
 		h.s.m.hsNotFound.Inc()
@@ -191,6 +207,9 @@ func (h *handshake) upgradeLocked(c *conn, head []byte) {
 	}
 	s.m.hsOK.Inc()
 	c.uid = string(h.uid)
+	if c.deflate = h.deflate; c.deflate {
+		s.m.deflateConns.Inc()
+	}
 	c.lastSeen = now.UnixNano()
 	s.schedule(c, now.Add(s.cfg.PingInterval))
 	s.attachLocked(c, h.resume)
