@@ -80,7 +80,9 @@ type Config struct {
 	// send queue, at most one in-flight transfer (a 64 KiB pipe or copy)
 	// and the edge socket's receive queue. Beyond that the edge's own
 	// socket fills and its slow-consumer rule (1008) applies as to a
-	// direct client. The kernel doubles the value for its bookkeeping.
+	// direct client. The TLS path's sockets get the same sizes (its
+	// goroutines' copy buffers are 4 KiB). The kernel doubles the value
+	// for its bookkeeping.
 	// Default 32 KiB; -1 leaves the kernel's autotuning (up to
 	// net.ipv4.tcp_wmem/tcp_rmem, megabytes per socket).
 	RelayBuffer int

@@ -2,6 +2,7 @@ package router
 
 import (
 	"net/netip"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -80,4 +81,13 @@ func setBuffers(fd, n int) error {
 		return err
 	}
 	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+}
+
+// rawBuffers is setBuffers for a socket that net creates (the TLS path).
+func rawBuffers(c syscall.RawConn, n int) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) { serr = setBuffers(int(fd), n) }); err != nil {
+		return err
+	}
+	return serr
 }
