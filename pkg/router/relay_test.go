@@ -202,6 +202,21 @@ func findPeerOf(t *testing.T, port int) (tcpQueue, bool) {
 	return tcpQueue{}, false
 }
 
+// wmemMax is the largest send buffer the kernel autotunes a socket to.
+func wmemMax(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_wmem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	n, err := strconv.Atoi(f[len(f)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func edgeCloses(reg *prometheus.Registry, code string) float64 {
 	mfs, _ := reg.Gather()
 	for _, mf := range mfs {
@@ -255,6 +270,12 @@ func TestStalledClientIsCutThroughRouter(t *testing.T) {
 	// net.ipv4.tcp_wmem's maximum, alike with and without the router.)
 	if routed.delivered > direct.delivered+(256<<10)+(512<<10) {
 		t.Errorf("through the router the edge counted %d B delivered before 1008, directly %d B: the router holds too much", routed.delivered, direct.delivered)
+	}
+	// In absolute terms: the edge's socket buffer (autotuned up to the
+	// host's tcp_wmem maximum), its queue (256 KiB), the router's share
+	// (256 KiB) and the client's receive buffer (64 KiB, doubled).
+	if bound := wmemMax(t) + 256<<10 + 256<<10 + 128<<10 + 64<<10; routed.delivered > bound {
+		t.Errorf("through the router the edge counted %d B delivered before 1008, over %d B", routed.delivered, bound)
 	}
 	// Whatever reached the client is a prefix of what was published: the
 	// queue the edge dropped at 1008 never arrives.
