@@ -26,9 +26,9 @@ import (
 
 // Ports of the backpressure scenario (apart from the other scenarios').
 const (
-	bpEdgeWS, bpEdgeGRPC, bpEdgeAdmin = "127.0.0.1:38080", "127.0.0.1:38090", "127.0.0.1:38100"
-	bpRouterWS, bpRouterAdmin         = "127.0.0.1:38000", "127.0.0.1:38002"
-	bpRouterGRPC                      = "127.0.0.1:38001"
+	bpEdgeWS, bpEdgeGRPC, bpEdgeAdmin = "127.0.0.1:24080", "127.0.0.1:24090", "127.0.0.1:24100"
+	bpRouterWS, bpRouterAdmin         = "127.0.0.1:24000", "127.0.0.1:24002"
+	bpRouterGRPC                      = "127.0.0.1:24001"
 )
 
 // runBackpressure measures what a client that never reads costs on its

@@ -24,7 +24,7 @@ import (
 )
 
 // Ports of the compress scenario (apart from the other scenarios').
-const czWS, czGRPC, czAdmin = "127.0.0.1:38180", "127.0.0.1:38190", "127.0.0.1:38200"
+const czWS, czGRPC, czAdmin = "127.0.0.1:24180", "127.0.0.1:24190", "127.0.0.1:24200"
 
 // jsonItems is the bulk of a realistic ~1 KB JSON message: a list of
 // records with repeated keys, as pushed application events are.
