@@ -94,7 +94,8 @@ func deflate(parts ...[]byte) []byte {
 	if err == nil {
 		err = w.Flush()
 	}
-	w.Reset(io.Discard) // the pool keeps no reference to buf
+	// The pooled writer keeps pointing at buf (one message's output)
+	// until its next use, which Resets it first: one Reset per message.
 	deflaters.Put(w)
 	b := buf.Bytes()
 	if err != nil || !bytes.HasSuffix(b, syncTail) || len(b)-len(syncTail) >= n {
