@@ -7,12 +7,15 @@ package loadgen
 
 import (
 	"bytes"
+	"compress/flate"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,6 +66,9 @@ type Config struct {
 	// delay below RetryJitter, until the pool closes: browsers after an
 	// edge restart.
 	RetryJitter time.Duration
+	// Deflate offers permessage-deflate (as browsers do) and inflates the
+	// compressed messages it gets.
+	Deflate bool
 }
 
 // Pool is a set of clients on one epoll loop.
@@ -82,9 +88,13 @@ type Pool struct {
 	Received atomic.Int64
 	LastErr  atomic.Value // string
 
-	Stats   *Stats
-	done    chan struct{}
-	closing atomic.Bool
+	Stats *Stats
+	// Compressed counts compressed messages received (Config.Deflate);
+	// inf inflates them (used only by the loop goroutine).
+	Compressed atomic.Int64
+	inf        io.ReadCloser
+	done       chan struct{}
+	closing    atomic.Bool
 }
 
 // NewPool starts the event loop.
@@ -158,8 +168,12 @@ func (p *Pool) open(addr unix.Sockaddr, host, uid string, n int, last uint64) er
 	if last > 0 {
 		resume = "&last_seq=" + strconv.FormatUint(last, 10)
 	}
+	ext := ""
+	if p.cfg.Deflate {
+		ext = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+	}
 	req := fmt.Sprintf("GET %s?uid=%s&token=%s%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", p.cfg.Path, uid, p.cfg.Token(uid), resume, host)
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n", p.cfg.Path, uid, p.cfg.Token(uid), resume, host, ext)
 	p.mu.Lock()
 	p.gen++
 	c := &client{fd: fd, gen: p.gen, uid: uid, n: n, last: last, req: []byte(req)}
@@ -355,6 +369,14 @@ func (p *Pool) input(c *client, data []byte) {
 		switch op {
 		case 0x1:
 			p.Received.Add(1)
+			if data[0]&0x40 != 0 {
+				p.Compressed.Add(1)
+				var err error
+				if payload, err = p.inflate(payload); err != nil {
+					p.drop(c, err)
+					return
+				}
+			}
 			if seq, ok := field(payload, "seq"); ok && uint64(seq) > c.last {
 				c.last = uint64(seq)
 			}
@@ -378,6 +400,25 @@ func (p *Pool) input(c *client, data []byte) {
 	if len(data) > 0 {
 		c.part = append([]byte(nil), data...)
 	}
+}
+
+// deflateEnd completes a permessage-deflate message for a DEFLATE reader
+// (RFC 7692 §7.2.2) and ends the stream.
+const deflateEnd = "\x00\x00\xff\xff\x01\x00\x00\xff\xff"
+
+// inflate decompresses one message with the pool's reusable reader.
+func (p *Pool) inflate(z []byte) ([]byte, error) {
+	in := io.MultiReader(bytes.NewReader(z), strings.NewReader(deflateEnd))
+	if p.inf == nil {
+		p.inf = flate.NewReader(in)
+	} else if err := p.inf.(flate.Resetter).Reset(in, nil); err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(p.inf)
+	if err != nil {
+		return nil, fmt.Errorf("inflate: %w", err)
+	}
+	return b, nil
 }
 
 // control sends a masked control frame (clients must mask).

@@ -13,15 +13,17 @@ import (
 
 // Event is one line a worker prints on stdout.
 type Event struct {
-	Type     string             `json:"type"` // progress, opened, report, error
-	Open     int64              `json:"open"`
-	Moved    int64              `json:"moved"`
-	Failed   int64              `json:"failed"`
-	Closed   int64              `json:"closed"`
-	Received int64              `json:"received"`
-	Err      string             `json:"err,omitempty"`
-	Hist     *Hist              `json:"hist,omitempty"`
-	Bcast    map[int64]*Arrival `json:"bcast,omitempty"`
+	Type     string `json:"type"` // progress, opened, report, error
+	Open     int64  `json:"open"`
+	Moved    int64  `json:"moved"`
+	Failed   int64  `json:"failed"`
+	Closed   int64  `json:"closed"`
+	Received int64  `json:"received"`
+	// Compressed counts the received messages that were compressed.
+	Compressed int64              `json:"compressed,omitempty"`
+	Err        string             `json:"err,omitempty"`
+	Hist       *Hist              `json:"hist,omitempty"`
+	Bcast      map[int64]*Arrival `json:"bcast,omitempty"`
 }
 
 // RunWorker serves a runner over stdin/stdout: "open K R" opens the next K
@@ -81,7 +83,7 @@ func RunWorker(cfg Config, prefix string, first int, in io.Reader, out io.Writer
 		case "report":
 			h, b := pool.Stats.Take()
 			e := Event{Type: "report", Open: pool.Count(), Failed: pool.Failed.Load(), Closed: pool.Closed.Load(),
-				Received: pool.Received.Load(), Hist: &h, Bcast: b}
+				Received: pool.Received.Load(), Compressed: pool.Compressed.Load(), Hist: &h, Bcast: b}
 			enc.Encode(e)
 		default:
 			fmt.Fprintf(os.Stderr, "worker: unknown command %q\n", f[0])

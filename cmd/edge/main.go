@@ -60,6 +60,8 @@ func run(args []string) error {
 	fs.DurationVar(&c.PollTimeout, "poll-timeout", 25*time.Second, "how long a long-poll request (GET /poll) is held when nothing is waiting")
 	fs.IntVar(&c.MaxMessageBytes, "max-message-bytes", 4096, "largest message a client may send (1009 beyond)")
 	fs.IntVar(&c.MaxPayloadBytes, "max-payload-bytes", 65536, "largest published payload (InvalidArgument beyond)")
+	compression := fs.Bool("compression", true, "accept permessage-deflate (RFC 7692) from clients that offer it, always without context takeover (no compressor state per connection); false declines every offer")
+	fs.IntVar(&c.CompressMinBytes, "compress-min-bytes", 256, "messages whose data is shorter than this go uncompressed even to connections that negotiated compression")
 	fs.IntVar(&c.MaxQueueBytes, "max-queue-bytes", 256<<10, "outbound bytes one connection may owe before it is closed as a slow consumer")
 	fs.IntVar(&c.MailboxSize, "mailbox-size", 64, "recent messages kept per user for resume")
 	fs.DurationVar(&c.MailboxTTL, "mailbox-ttl", 2*time.Minute, "how long a message waits for its user and stays replayable")
@@ -100,6 +102,7 @@ func run(args []string) error {
 		}
 	}
 	c.Logger = log
+	c.NoCompression = !*compression
 	if *origins != "" {
 		c.AllowedOrigins = strings.Split(*origins, ",")
 	}

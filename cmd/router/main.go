@@ -52,6 +52,7 @@ func run(args []string) error {
 	fs.IntVar(&c.MaxHeadBytes, "max-head-bytes", 8192, "request head size cap (431 beyond)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", 3*time.Second, "one connection attempt to an edge; then the next owner is tried")
 	fs.DurationVar(&c.FinTimeout, "fin-timeout", 30*time.Second, "close a relayed connection this long after one direction ended")
+	fs.IntVar(&c.RelayBuffer, "relay-buffer", router.DefaultRelayBuffer, "SO_SNDBUF and SO_RCVBUF of both sockets of a relayed connection (the kernel doubles it): bounds what the router holds for a client that stops reading, so the edge's slow-consumer rule (1008) applies as to a direct client; -1: the kernel's autotuning (megabytes per socket)")
 	fs.DurationVar(&c.KeepAlive, "keepalive", 0, "TCP keepalive idle time on relayed sockets (0: off; the edge's WebSocket pings find dead clients)")
 	fs.BoolVar(&c.SendProxyV2, "send-proxy-v2", false, "send a PROXY v2 header with the client's address to the edge")
 	fs.BoolVar(&c.AcceptProxy, "accept-proxy", false, "require a PROXY v1/v2 header from an upstream L4 balancer")

@@ -74,6 +74,14 @@ type Config struct {
 	MaxMessageBytes int
 	// MaxPayloadBytes caps a published payload (default 65536).
 	MaxPayloadBytes int
+	// NoCompression declines permessage-deflate (RFC 7692); by default a
+	// client that offers it gets it, with no context takeover either way.
+	NoCompression bool
+	// CompressMinBytes is the smallest message (its "data" field as sent)
+	// that is compressed for connections that negotiated compression;
+	// smaller ones go uncompressed, as deflating them costs CPU and saves
+	// a few bytes at most (default 256).
+	CompressMinBytes int
 	// MaxQueueBytes caps what may wait for one slow connection before it is
 	// closed with 1008 (default 262144).
 	MaxQueueBytes int
@@ -156,6 +164,7 @@ func (c *Config) setDefaults() {
 	def(&c.MaxMessageBytes, 4096)
 	def(&c.MaxPayloadBytes, 65536)
 	def(&c.MaxQueueBytes, 256<<10)
+	def(&c.CompressMinBytes, 256)
 	def(&c.MailboxSize, 64)
 	defD(&c.MailboxTTL, 2*time.Minute)
 	defD(&c.DrainPeriod, 10*time.Second)
@@ -197,6 +206,8 @@ func (c *Config) validate() error {
 		return bad("max-payload-bytes %d outside 1..16777216", c.MaxPayloadBytes)
 	case c.MaxQueueBytes < 2*c.MaxPayloadBytes:
 		return bad("max-queue-bytes %d must hold two payloads (>= %d)", c.MaxQueueBytes, 2*c.MaxPayloadBytes)
+	case c.CompressMinBytes < 1:
+		return bad("compress-min-bytes %d below 1", c.CompressMinBytes)
 	case c.Tick <= 0 || c.Tick > time.Second:
 		return bad("tick %v outside (0, 1s]", c.Tick)
 	case c.PingInterval < c.Tick, c.HandshakeTimeout < c.Tick, c.CloseTimeout < c.Tick, c.PollTimeout < c.Tick:

@@ -41,6 +41,7 @@ type conn struct {
 	proxied    bool  // the PROXY header (AcceptProxy) was read
 	peerDone   bool  // the client shut down its sending side (halfClosedLocked)
 	handedOff  bool  // its user's stream went to another edge: move it (cluster.go)
+	deflate    bool  // permessage-deflate was negotiated (deflate.go)
 	kind       uint8 // transport: kindWS, kindSSE or kindPoll
 	uid        string
 	lastSeen   int64 // Unix ns of the last frame from the client
@@ -67,6 +68,8 @@ type readState struct {
 	frag     bool   // inside a fragmented message
 	fragText bool
 	fragLen  int
+	fragZ    bool           // the fragmented message is compressed: its fragments wait in zbuf
+	zbuf     []byte         // compressed fragments so far (at most MaxMessageBytes)
 	carry    []byte         // incomplete UTF-8 sequence at the end of the last fragment
 	origin   []byte         // SSE/long-poll: the allowed Origin, echoed in the answer's CORS header
 	client   netip.AddrPort // the browser's address from the PROXY header, during the handshake

@@ -129,9 +129,12 @@ func seqPrefix(b []byte, seq uint64, epoch string, tailLen int) int {
 	return n
 }
 
+// broadcastHead starts every broadcast's envelope; its tail follows.
+var broadcastHead = []byte(`{"seq":0,"broadcast":true`)
+
 // broadcastFrame is the one frame every connection gets for a broadcast.
 func broadcastFrame(tail []byte) []byte {
-	return frame(ws.OpText, []byte(`{"seq":0,"broadcast":true`), tail)
+	return frame(ws.OpText, broadcastHead, tail)
 }
 
 // validCloseCode reports whether a client may send code: the codes RFC

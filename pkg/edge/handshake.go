@@ -40,6 +40,9 @@ type request struct {
 	host   []byte // the request's own host: the absolute-form authority, else Host
 	wsKey  []byte // Sec-WebSocket-Key (/ws only)
 	resume resumePoint
+	// deflate is the Sec-WebSocket-Extensions answer when an offer of
+	// permessage-deflate was accepted (/ws only), nil otherwise.
+	deflate []byte
 }
 
 // Refusals of the edge's own rules (the syntax ones are httphead's).
@@ -129,6 +132,9 @@ func (h *handshake) parse(head []byte) (request, *httphead.Error) {
 			return rq, err
 		}
 		rq.wsKey = key
+		if v, n := r.Get("Sec-WebSocket-Extensions"); n > 0 && !h.s.cfg.NoCompression {
+			rq.deflate = negotiateDeflate(v)
+		}
 	}
 	return rq, nil
 }
@@ -231,22 +237,30 @@ func (h *handshake) upgradeLocked(c *conn, rq *request) {
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)
-	h.out = appendSwitching(h.out[:0], rq.wsKey) // writeLocked copies what it queues
+	h.out = appendSwitching(h.out[:0], rq.wsKey, rq.deflate) // writeLocked copies what it queues
 	if !s.writeLocked(c, h.out, nil) {
 		return
 	}
 	s.m.hsOK.Inc()
 	c.uid = string(rq.uid)
+	if c.deflate = rq.deflate != nil; c.deflate {
+		s.m.deflateConns.Inc()
+	}
 	c.lastSeen = now.UnixNano()
 	s.schedule(c, now.Add(s.cfg.PingInterval))
 	s.attachLocked(c, rq.resume)
 }
 
-// appendSwitching appends the 101 answer to a handshake with key.
-func appendSwitching(b, key []byte) []byte {
+// appendSwitching appends the 101 answer to a handshake with key, with
+// the Sec-WebSocket-Extensions answer ext when it is not nil.
+func appendSwitching(b, key, ext []byte) []byte {
 	accept := httphead.AcceptKey(key)
 	b = append(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	b = append(b, accept[:]...)
+	if ext != nil {
+		b = append(b, "\r\nSec-WebSocket-Extensions: "...)
+		b = append(b, ext...)
+	}
 	return append(b, "\r\n\r\n"...)
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net/http"
 	"time"
 	"unicode/utf8"
@@ -26,6 +27,11 @@ type loop struct {
 	poll *poller.Poller
 	buf  []byte // read scratch, owned by this goroutine
 	hs   handshake
+	// Inflating compressed client messages (deflate.go): one
+	// decompressor and output buffer per loop, made on first use.
+	inf  io.ReadCloser
+	zin  *inflateInput
+	zout []byte
 }
 
 func newLoop(s *Server, id int) (*loop, error) {
@@ -280,7 +286,7 @@ func (l *loop) framesLocked(c *conn, data []byte) int {
 		ws.Cipher(payload, [4]byte(d[hl-4:hl]), 0)
 		used += hl + int(length)
 		s.m.msgsIn.Inc()
-		l.handleFrame(c, fin, op, payload)
+		l.handleFrame(c, fin, rsv&rsv1 != 0, op, payload)
 	}
 	return len(data)
 }
@@ -295,7 +301,9 @@ func (l *loop) checkHeader(c *conn, fin bool, rsv byte, op ws.OpCode, masked boo
 		return "unmasked client frame"
 	case length > 1<<63-1:
 		return "payload length with its most significant bit set" // RFC 6455 section 5.2
-	case rsv != 0:
+	case rsv != 0 && (rsv != rsv1 || !c.deflate || (op != ws.OpText && op != ws.OpBinary)):
+		// With permessage-deflate, RSV1 marks the first frame of a
+		// compressed message, and only that frame.
 		return "reserved bits set"
 	case op.IsControl():
 		switch {
@@ -327,7 +335,9 @@ func (l *loop) checkHeader(c *conn, fin bool, rsv byte, op ws.OpCode, masked boo
 	return ""
 }
 
-func (l *loop) handleFrame(c *conn, fin bool, op ws.OpCode, p []byte) {
+// handleFrame acts on one complete client frame; compressed: its RSV1 bit
+// (the first frame of a compressed message, see checkHeader).
+func (l *loop) handleFrame(c *conn, fin, compressed bool, op ws.OpCode, p []byte) {
 	s := l.s
 	switch op {
 	case ws.OpPing:
@@ -345,16 +355,31 @@ func (l *loop) handleFrame(c *conn, fin bool, op ws.OpCode, p []byte) {
 		text := op == ws.OpText || (op == ws.OpContinuation && c.rd.fragText)
 		if op != ws.OpContinuation {
 			if fin {
+				if compressed {
+					l.inflatedMessage(c, text, p)
+					return
+				}
 				if text && !utf8.Valid(p) {
 					s.closeWithLocked(c, CloseInvalidData, "invalid UTF-8")
 				}
 				return // a whole client message: the push protocol ignores its content
 			}
 			r := c.rs()
-			r.frag, r.fragText, r.fragLen = true, text, 0
+			r.frag, r.fragText, r.fragLen, r.fragZ = true, text, 0, compressed
 		}
 		r := c.rd
 		r.fragLen += len(p)
+		if r.fragZ {
+			// Compressed fragments are kept (within MaxMessageBytes, as
+			// checkHeader enforces on their total) and inflated whole.
+			r.zbuf = append(r.zbuf, p...)
+			if fin {
+				z := r.zbuf
+				r.frag, r.fragZ, r.zbuf = false, false, nil
+				l.inflatedMessage(c, r.fragText, z)
+			}
+			return
+		}
 		if text {
 			carry, ok := utf8Tail(r.carry, p, fin)
 			if !ok {
@@ -366,6 +391,22 @@ func (l *loop) handleFrame(c *conn, fin bool, op ws.OpCode, p []byte) {
 		if fin {
 			r.frag, r.carry = false, nil
 		}
+	}
+}
+
+// inflatedMessage checks a whole compressed client message: it must
+// inflate within MaxMessageBytes (1009) to valid DEFLATE (1007) and, as
+// text, to valid UTF-8 (1007). Its content is then ignored like any other.
+func (l *loop) inflatedMessage(c *conn, text bool, z []byte) {
+	s := l.s
+	p, reason := l.inflate(z)
+	switch {
+	case reason == errTooBig:
+		s.closeWithLocked(c, CloseTooBig, reason)
+	case reason != "":
+		s.closeWithLocked(c, CloseInvalidData, reason)
+	case text && !utf8.Valid(p):
+		s.closeWithLocked(c, CloseInvalidData, "invalid UTF-8")
 	}
 }
 

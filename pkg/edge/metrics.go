@@ -18,6 +18,8 @@ type metrics struct {
 	msgsIn       prometheus.Counter
 	bytesIn      prometheus.Counter
 	queueDrops   prometheus.Counter
+	compressions prometheus.Counter
+	deflateConns prometheus.Counter
 	stored       prometheus.Counter
 	expired      prometheus.Counter
 	publishes    *prometheus.CounterVec
@@ -63,6 +65,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "push_edge_bytes_in_total", Help: "Bytes read from client sockets after the handshake."}),
 		queueDrops: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_edge_queue_drops_total", Help: "Connections closed because their outbound queue was full (slow consumers)."}),
+		compressions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_compressions_total", Help: "Messages and broadcasts compressed (once each, for every connection that negotiated permessage-deflate)."}),
+		deflateConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_deflate_upgrades_total", Help: "Upgrades that negotiated permessage-deflate."}),
 		stored: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_edge_mailbox_stored_total", Help: "Messages stored for users who were not connected."}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
@@ -119,7 +125,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.pubDuplicate = m.publishes.WithLabelValues("duplicate")
 	if reg != nil {
 		reg.MustRegister(m.conns, m.handshaking, m.handshakes, m.closes, m.msgsOut, m.bytesOut,
-			m.msgsIn, m.bytesIn, m.queueDrops, m.stored, m.expired, m.publishes, m.broadcasts,
+			m.msgsIn, m.bytesIn, m.queueDrops, m.compressions, m.deflateConns, m.stored, m.expired, m.publishes, m.broadcasts,
 			m.latency, m.acceptErrors, m.moved, m.ringVersion,
 			m.moveLimited, m.gapNotices, m.takeFailed, m.streamsTaken, m.streamsGiven, m.epochsStarted,
 			m.fences, m.fencedGauge, m.guests, m.outage)

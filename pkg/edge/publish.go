@@ -116,7 +116,7 @@ func (s *Server) PublishKey(ctx context.Context, uid string, data []byte, ttl ti
 		return Result{}, err
 	}
 	start := time.Now()
-	r, err := s.publishTail(ctx, uid, messageTail(data), start.UnixNano()+int64(s.ttl(ttl)), key, false)
+	r, err := s.publishTail(ctx, uid, newBody(messageTail(data)), start.UnixNano()+int64(s.ttl(ttl)), key, false)
 	s.m.latency.Observe(time.Since(start).Seconds())
 	return r, err
 }
@@ -135,7 +135,7 @@ func (s *Server) publishNow(uid string, data []byte, ttl time.Duration, key stri
 		return Result{}, err
 	}
 	start := time.Now()
-	r, err := s.publishTail(context.Background(), uid, messageTail(data), start.UnixNano()+int64(s.ttl(ttl)), key, true)
+	r, err := s.publishTail(context.Background(), uid, newBody(messageTail(data)), start.UnixNano()+int64(s.ttl(ttl)), key, true)
 	if err == nil {
 		s.m.latency.Observe(time.Since(start).Seconds())
 	}
@@ -146,7 +146,8 @@ func (s *Server) publishNow(uid string, data []byte, ttl time.Duration, key stri
 var ErrBadKey = errors.New("invalid idempotency key")
 
 // PublishMulti sends the same data to several users; the message body is
-// encoded once and shared by every frame and mailbox. A user another edge
+// encoded once (and compressed once, for connections that negotiated
+// permessage-deflate) and shared by every frame and mailbox. A user another edge
 // owns gets a NotOwner result naming it (the call is not applied for them).
 func (s *Server) PublishMulti(uids []string, data []byte, ttl time.Duration) ([]Result, error) {
 	return s.PublishMultiKey(context.Background(), uids, data, ttl, "")
@@ -162,11 +163,11 @@ func (s *Server) PublishMultiKey(ctx context.Context, uids []string, data []byte
 		return nil, err
 	}
 	start := time.Now()
-	tail := messageTail(data)
+	b := newBody(messageTail(data))
 	expires := start.UnixNano() + int64(s.ttl(ttl))
 	out := make([]Result, len(uids))
 	for i, uid := range uids {
-		r, err := s.publishTail(ctx, uid, tail, expires, key, false)
+		r, err := s.publishTail(ctx, uid, b, expires, key, false)
 		var no *NotOwnerError
 		switch {
 		case errors.As(err, &no):
@@ -182,7 +183,7 @@ func (s *Server) PublishMultiKey(ctx context.Context, uids []string, data []byte
 
 // publishTail applies one message to uid's stream (see PublishKey).
 // With noWait it returns errWouldWait rather than establish the stream.
-func (s *Server) publishTail(ctx context.Context, uid string, tail []byte, expires int64, key string, noWait bool) (Result, error) {
+func (s *Server) publishTail(ctx context.Context, uid string, b *body, expires int64, key string, noWait bool) (Result, error) {
 	for attempt := 0; ; attempt++ {
 		var r Result
 		var to uint32
@@ -213,7 +214,7 @@ func (s *Server) publishTail(ctx context.Context, uid string, tail []byte, expir
 				state = redirect
 				return
 			}
-			r = s.applyInShard(u, tail, expires, key)
+			r = s.applyInShard(u, b, expires, key)
 		})
 		switch state {
 		case redirect:
@@ -254,7 +255,7 @@ func (s *Server) publishTail(ctx context.Context, uid string, tail []byte, expir
 // applyInShard numbers the message in the user's stream and writes it to
 // every open connection of the user. Called with the shard lock held and
 // u.Box set.
-func (s *Server) applyInShard(u *registry.User[*conn], tail []byte, expires int64, key string) Result {
+func (s *Server) applyInShard(u *registry.User[*conn], b *body, expires int64, key string) Result {
 	var r Result
 	if key != "" {
 		if rec, ok := u.Box.Key(key); ok {
@@ -268,12 +269,12 @@ func (s *Server) applyInShard(u *registry.User[*conn], tail []byte, expires int6
 	}
 	// Unsent until a connection took it: a connection closing under
 	// this write must leave the message to be resumed or handed off.
-	r.Seq = u.Box.Push(tail, expires, false)
+	r.Seq = u.Box.Push(b.tail, expires, false)
 	r.Epoch = u.Box.Epoch
 	for i := 0; i < len(u.Conns); i++ {
 		c := u.Conns[i]
 		c.mu.Lock()
-		if c.state == stOpen && c.resume == nil && s.sendMessage(c, r.Epoch, r.Seq, tail) {
+		if c.state == stOpen && c.resume == nil && s.sendMessage(c, r.Epoch, r.Seq, b) {
 			r.Conns++
 		}
 		if c.registered && c.state >= stClosing {
@@ -287,7 +288,7 @@ func (s *Server) applyInShard(u *registry.User[*conn], tail []byte, expires int6
 		u.Box.MarkSent(r.Seq)
 		r.Outcome = Delivered
 		s.m.msgsOut.Add(float64(r.Conns))
-		s.m.bytesOut.Add(float64(r.Conns * (maxHeader + 16 + len(r.Epoch) + len(tail))))
+		s.m.bytesOut.Add(float64(r.Conns * (maxHeader + 16 + len(r.Epoch) + len(b.tail))))
 		s.m.pubDelivered.Inc()
 	} else {
 		r.Outcome = Stored
@@ -301,7 +302,8 @@ func (s *Server) applyInShard(u *registry.User[*conn], tail []byte, expires int6
 }
 
 // Broadcast writes one frame, encoded once, to every open connection on
-// this edge, from one writer per CPU. Broadcasts are not stored and carry
+// this edge, from one writer per CPU; connections that negotiated
+// permessage-deflate get one compressed frame, compressed once. Broadcasts are not stored and carry
 // seq 0. It returns the number of connections written or queued to.
 func (s *Server) Broadcast(data []byte) (int, error) {
 	if err := s.checkPayload(data); err != nil {
@@ -314,7 +316,7 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 		return 0, ErrFenced
 	}
 	tail := messageTail(data)
-	f := broadcastFrame(tail)
+	f := &broadcastFrames{plain: broadcastFrame(tail), tail: tail}
 	// SSE and long-poll connections get the same envelope in their framing.
 	sse := append(append([]byte("data: {\"seq\":0,\"broadcast\":true"), tail...), "\n\n"...)
 	poll := append([]byte("{\"seq\":0,\"broadcast\":true"), tail...)
@@ -343,7 +345,13 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 					case kindPoll:
 						ok = s.pollAnswer(c, poll)
 					default:
-						ok = s.writeLocked(c, f, nil)
+						fr := f.plain
+						if c.deflate {
+							if z := s.zBroadcast(f); z != nil {
+								fr = z
+							}
+						}
+						ok = s.writeLocked(c, fr, nil)
 					}
 					if ok {
 						n++
@@ -358,7 +366,7 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 	n := int(total.Load())
 	s.m.broadcasts.Inc()
 	s.m.msgsOut.Add(float64(n))
-	s.m.bytesOut.Add(float64(n * len(f)))
+	s.m.bytesOut.Add(float64(n * len(f.plain)))
 	return n, nil
 }
 

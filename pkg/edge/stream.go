@@ -19,13 +19,16 @@ const (
 	kindPoll              // one JSON array, then the response ends
 )
 
-// sendMessage writes one message (epoch, seq, shared tail) in c's
+// sendMessage writes one message (epoch, seq, shared body) in c's
 // transport, unless the edge is fenced (it writes nothing then). A long-poll
-// answers with it and ends; the next poll resumes after it.
-func (s *Server) sendMessage(c *conn, epoch string, seq uint64, tail []byte) bool {
+// answers with it and ends; the next poll resumes after it. A WebSocket
+// that negotiated permessage-deflate gets the body's tail compressed (once
+// for every connection it goes to) behind its own small prefix.
+func (s *Server) sendMessage(c *conn, epoch string, seq uint64, m *body) bool {
 	if !s.serving() {
 		return false
 	}
+	tail := m.tail
 	switch c.kind {
 	case kindSSE:
 		var b []byte
@@ -43,7 +46,13 @@ func (s *Server) sendMessage(c *conn, epoch string, seq uint64, tail []byte) boo
 	case kindPoll:
 		return s.pollAnswer(c, pollBody(nil, epoch, seq, tail))
 	}
-	var pre [maxHeader + 48 + maxEpochLen]byte
+	var pre [maxHeader + 5 + 48 + maxEpochLen]byte
+	if c.deflate {
+		if z := s.zTail(m); z != nil {
+			n := deflatedPrefix(pre[:], seq, epoch, len(z))
+			return s.writeLocked(c, pre[:n], z)
+		}
+	}
 	n := seqPrefix(pre[:], seq, epoch, len(tail))
 	return s.writeLocked(c, pre[:n], tail)
 }
@@ -102,7 +111,9 @@ func (s *Server) replayLocked(c *conn, gap mailbox.Gap, epoch string, msgs []mai
 		}
 	}
 	for _, m := range msgs {
-		if !s.sendMessage(c, epoch, m.Seq, m.Body) {
+		// A replay is for this connection alone: its messages are
+		// compressed (if at all) for it.
+		if !s.sendMessage(c, epoch, m.Seq, newBody(m.Body)) {
 			break
 		}
 		s.m.msgsOut.Inc()

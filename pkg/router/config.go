@@ -73,6 +73,19 @@ type Config struct {
 	// FinTimeout closes a relayed connection this long after one direction
 	// ended if the other has not (HAProxy's timeout client-fin; default 30s).
 	FinTimeout time.Duration
+	// RelayBuffer is SO_SNDBUF and SO_RCVBUF of both sockets of a relayed
+	// connection (set on the listener, which accepted sockets inherit, and
+	// on each edge socket before its connect), so that what a client that
+	// stops reading leaves in the router is bounded: the client socket's
+	// send queue, at most one in-flight transfer (a 64 KiB pipe or copy)
+	// and the edge socket's receive queue. Beyond that the edge's own
+	// socket fills and its slow-consumer rule (1008) applies as to a
+	// direct client. The TLS path's sockets get the same sizes (its
+	// goroutines' copy buffers are 4 KiB). The kernel doubles the value
+	// for its bookkeeping.
+	// Default 32 KiB; -1 leaves the kernel's autotuning (up to
+	// net.ipv4.tcp_wmem/tcp_rmem, megabytes per socket).
+	RelayBuffer int
 	// KeepAlive, when > 0, turns TCP keepalive on with this idle time on
 	// both sockets of a relayed connection. Off by default: the edge's
 	// WebSocket pings already detect dead clients end to end, and the
@@ -148,6 +161,9 @@ func (c *Config) setDefaults() {
 	}
 	def(&c.ConnectTimeout, 3*time.Second)
 	def(&c.FinTimeout, 30*time.Second)
+	if c.RelayBuffer == 0 {
+		c.RelayBuffer = DefaultRelayBuffer
+	}
 	if c.EdgePortSpan == 0 {
 		c.EdgePortSpan = 1
 	}
@@ -174,6 +190,9 @@ func (c *Config) setDefaults() {
 		c.Logger = slog.Default()
 	}
 }
+
+// DefaultRelayBuffer is Config.RelayBuffer's default.
+const DefaultRelayBuffer = 32 << 10
 
 // DefaultLoops is GOMAXPROCS (see Config.Loops).
 func DefaultLoops() int { return runtime.GOMAXPROCS(0) }
@@ -209,6 +228,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("%w: check %q: want grpc, tcp or none", ErrConfig, c.Check)
 	case c.Rise < 1 || c.Fall < 1:
 		return fmt.Errorf("%w: rise %d and fall %d must be >= 1", ErrConfig, c.Rise, c.Fall)
+	case c.RelayBuffer != -1 && (c.RelayBuffer < 2*c.MaxHeadBytes || c.RelayBuffer > 64<<20):
+		// The head is peeked in the client socket's receive queue, so
+		// it must fit there.
+		return fmt.Errorf("%w: relay buffer %d: want -1 or 2×max head bytes (%d) to 64 MiB", ErrConfig, c.RelayBuffer, 2*c.MaxHeadBytes)
 	case c.Loops < 1 || c.Loops > 255:
 		return fmt.Errorf("%w: loops %d outside 1..255", ErrConfig, c.Loops)
 	case c.Tick <= 0 || c.HeadTimeout <= 0 || c.ConnectTimeout <= 0 || c.FinTimeout <= 0:

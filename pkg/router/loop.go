@@ -108,7 +108,7 @@ type loop struct {
 
 // copyMax is the largest transfer that goes through the scratch buffer:
 // a read that fills it means a bulk flow, which continues with splice(2)
-// through a 1 MiB pipe. BenchmarkRelay (loopback, this 2-core machine):
+// through a 64 KiB pipe. BenchmarkRelay (loopback, this 2-core machine):
 // read+write costs 18 µs for a 1 KiB message against 20 µs spliced, breaks
 // even around 64 KiB, and loses at 256 KiB (104 µs against 87-99 µs).
 // Push traffic is small frames, so nearly everything takes the copy path.
@@ -392,6 +392,11 @@ func (r *Router) connectLocked(l *loop, s *session, m *member, to netip.AddrPort
 		return dialLocal, fmt.Errorf("socket: %w", err)
 	}
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	// Before connect, so the window scale offered in the SYN fits it.
+	if err := setBuffers(fd, r.cfg.RelayBuffer); err != nil {
+		unix.Close(fd)
+		return dialLocal, fmt.Errorf("socket buffers: %w", err)
+	}
 	if r.cfg.KeepAlive > 0 {
 		setKeepAlive(fd, int(max(r.cfg.KeepAlive/time.Second, 1)))
 	}
@@ -595,8 +600,11 @@ func (r *Router) closeLocked(s *session) {
 	unix.Close(int(s.cfd))
 	r.closeEdgeLocked(s)
 	for d, f := range s.fl {
-		if f != nil && f.p != nil {
-			r.pipes.discard(f.p) // holds bytes nobody will read
+		if f != nil {
+			r.m.inflight.Sub(float64(f.n + len(f.buf)))
+			if f.p != nil {
+				r.pipes.discard(f.p) // holds bytes nobody will read
+			}
 		}
 		s.fl[d] = nil
 	}

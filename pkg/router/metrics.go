@@ -37,6 +37,7 @@ type metrics struct {
 	ports        prometheus.Counter
 	acceptErrors prometheus.Counter
 	splices      prometheus.Counter
+	inflight     prometheus.Gauge
 	tlsActive    prometheus.Gauge
 }
 
@@ -77,6 +78,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "push_router_accept_errors_total", Help: "accept(2) failures (e.g. out of descriptors)."}),
 		splices: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_router_splices_total", Help: "Transfers that switched from the scratch buffer to a pooled pipe and splice(2)."}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "push_router_inflight_bytes", Help: "Bytes read from one side and not yet taken by the other (pipes and copies held while a destination is full), over all connections."}),
 		tlsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "push_router_tls_connections", Help: "TLS-terminated connections relayed now."}),
 	}
@@ -90,7 +93,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.accepted, m.routed, m.rejected, m.active, m.bytes, m.dial, m.dialErrors,
-			m.redispatch, m.edgeUp, m.ringVersion, m.viewGen, m.liveMembers, m.headTimeouts, m.ports, m.acceptErrors, m.splices, m.tlsActive)
+			m.redispatch, m.edgeUp, m.ringVersion, m.viewGen, m.liveMembers, m.headTimeouts, m.ports, m.acceptErrors, m.splices, m.inflight, m.tlsActive)
 	}
 	return m
 }

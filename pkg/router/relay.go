@@ -106,6 +106,7 @@ func (l *loop) moveLocked(s *session, d int) {
 		}
 		w = max(w, 0)
 		s.fl[d] = &inflight{buf: append([]byte(nil), l.buf[w:n]...)}
+		r.m.inflight.Add(float64(n - w))
 		return
 	}
 	if n == copyMax {
@@ -114,9 +115,13 @@ func (l *loop) moveLocked(s *session, d int) {
 }
 
 // pipeSize is the capacity asked of pooled pipes, spliceMax bounds one
-// splice(2) call and spliceRounds the pipe loads moved per event.
+// splice(2) call and spliceRounds the pipe loads moved per event. A pipe
+// stuck behind a client that stopped reading is part of what the router
+// holds for it (Config.RelayBuffer), so it stays at the kernel's default
+// 64 KiB rather than 1 MiB: bulk moves take more splices, push frames are
+// small and take the copy path anyway (copyMax).
 const (
-	pipeSize     = 1 << 20
+	pipeSize     = 64 << 10
 	spliceMax    = pipeSize
 	spliceRounds = 4
 )
@@ -154,6 +159,7 @@ func (l *loop) spliceLocked(s *session, d int) {
 					return
 				}
 				s.fl[d] = &inflight{p: p, n: left}
+				r.m.inflight.Add(float64(left))
 				return
 			}
 			left -= m
@@ -179,6 +185,7 @@ func (l *loop) flushLocked(s *session, d int) {
 				return
 			}
 			f.n -= m
+			r.m.inflight.Sub(float64(m))
 		}
 		r.pipes.put(f.p)
 	} else {
@@ -191,6 +198,7 @@ func (l *loop) flushLocked(s *session, d int) {
 				return
 			}
 			f.buf = f.buf[w:]
+			r.m.inflight.Sub(float64(w))
 		}
 	}
 	s.fl[d] = nil
@@ -236,10 +244,13 @@ func (pp *pipePool) get() (*pipe, error) {
 	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
 		return nil, err
 	}
-	// 1 MiB moves a 256 KiB burst in two splices instead of eight; the
-	// pages exist only while bytes are in the pipe. Best effort: the
-	// default 64 KiB works too (fs.pipe-max-size may forbid more).
-	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize)
+	// Explicit, so a host whose default differs still bounds what a
+	// pipe can hold; spliceMax never asks for more than this.
+	if _, err := unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, pipeSize); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, err
+	}
 	return &pipe{r: fds[0], w: fds[1]}, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -159,6 +160,12 @@ func New(cfg Config) (*Router, error) {
 		// setsockopt per client.
 		setKeepAlive(ln.FD, int(max(cfg.KeepAlive/time.Second, 1)))
 	}
+	// Accepted sockets inherit the listener's buffer sizes (and the
+	// window scale chosen from them at the SYN): no setsockopt per client.
+	if err := setBuffers(ln.FD, cfg.RelayBuffer); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("listen %s: socket buffers: %w", cfg.Listen, err)
+	}
 	r.ln = ln
 	for i := 0; i < cfg.Loops; i++ {
 		l, err := newLoop(r, i)
@@ -170,10 +177,17 @@ func New(cfg Config) (*Router, error) {
 		r.loops = append(r.loops, l)
 	}
 	if cfg.TLSListen != "" {
-		lc := net.ListenConfig{}
-		if cfg.ReusePort {
-			lc.Control = reusePortControl
-		}
+		// Accepted TLS sockets inherit the listener's buffer sizes too,
+		// so Config.RelayBuffer bounds that path as well (its copy
+		// buffers are tlsCopyBuf).
+		lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+			if cfg.ReusePort {
+				if err := reusePortControl(network, address, c); err != nil {
+					return err
+				}
+			}
+			return rawBuffers(c, cfg.RelayBuffer)
+		}}
 		tl, err := lc.Listen(context.Background(), "tcp", cfg.TLSListen)
 		if err != nil {
 			r.closeLoops()

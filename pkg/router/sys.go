@@ -2,6 +2,7 @@ package router
 
 import (
 	"net/netip"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -68,4 +69,25 @@ func setKeepAlive(fd int, idleSec int) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, idleSec)
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(idleSec/3, 1))
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, 3)
+}
+
+// setBuffers sets SO_SNDBUF and SO_RCVBUF (Config.RelayBuffer; n < 0
+// leaves the kernel's autotuning).
+func setBuffers(fd, n int) error {
+	if n < 0 {
+		return nil
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, n); err != nil {
+		return err
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+}
+
+// rawBuffers is setBuffers for a socket that net creates (the TLS path).
+func rawBuffers(c syscall.RawConn, n int) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) { serr = setBuffers(int(fd), n) }); err != nil {
+		return err
+	}
+	return serr
 }

@@ -214,11 +214,14 @@ func (r *Router) dialTLSBackend(key []byte) (net.Conn, *member, string) {
 		}
 		if src.IsValid() {
 			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-			d.Control = func(_, _ string, c syscall.RawConn) error {
-				return c.Control(func(fd uintptr) {
+		}
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			if src.IsValid() {
+				c.Control(func(fd uintptr) {
 					unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
 				})
 			}
+			return rawBuffers(c, r.cfg.RelayBuffer)
 		}
 		start := time.Now()
 		c, err := d.Dial("tcp", to.String())

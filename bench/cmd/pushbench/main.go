@@ -20,7 +20,9 @@ var scenarios = []struct {
 	name, help string
 	run        func(args []string) error
 }{
+	{"backpressure", "clients that never read, directly and through the router: bytes counted as delivered before the edge's 1008, bytes the router holds per client (kernel buffers included)", runBackpressure},
 	{"baseline", "the edge against gorilla/websocket with a goroutine per connection (bench/baseline), same load: bytes per connection, fan-out CPU, p99 as ratios", runBaseline},
+	{"compress", "permessage-deflate on one edge: wire bytes of a 1 KB JSON message with and without, idle bytes per connection that negotiated it, CPU per compressed broadcast delivery", runCompress},
 	{"conns", "N idle connections through SO_REUSEPORT routers to edges over many processes: upgrades/s, bytes per connection (slopes), kernel memory, CPU at rest", runConns},
 	{"edge", "one edge: bytes and fds per idle connection, CPU per upgrade, broadcast and unicast latency", runEdge},
 	{"storm", "N clients of one edge reconnect at once after the edge restarts: time until all are back, failed handshakes, peak CPU", runStorm},
@@ -96,6 +98,7 @@ func runWorker(args []string) error {
 	split := fs.Duration("ping-split", 0, "send each ping frame in two segments this far apart")
 	reconnect := fs.String("reconnect", "", "host:port a client closed with 4003 or 1001 reconnects to, resuming with last_seq")
 	retry := fs.Duration("retry-jitter", 0, "with --reconnect: a client whose connection ends for any reason (EOF, reset, refused) reconnects after a random delay below this")
+	deflate := fs.Bool("deflate", false, "offer permessage-deflate, as browsers do, and inflate compressed messages")
 	pollEvery := fs.Duration("poll-every", 200*time.Microsecond, "client loops poll this often instead of sleeping in epoll_wait (0: sleep in epoll_wait)")
 	if _, err := flagenv.Parse(fs, "PUSHBENCH", args, nil); err != nil {
 		return err
@@ -109,7 +112,7 @@ func runWorker(args []string) error {
 		return err
 	}
 	now := time.Now()
-	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping, PingSplit: *split, PollEvery: *pollEvery, Reconnect: *reconnect, RetryJitter: *retry,
+	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping, PingSplit: *split, PollEvery: *pollEvery, Reconnect: *reconnect, RetryJitter: *retry, Deflate: *deflate,
 		Token: func(uid string) string { t, _ := auth.Mint(secret, uid, 24*time.Hour, now); return t }}
 	return loadgen.RunWorker(cfg, *prefix, *first, os.Stdin, os.Stdout)
 }

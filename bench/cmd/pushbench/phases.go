@@ -35,14 +35,18 @@ type rig struct {
 	sdk               *client.Client // publishers go through the Go SDK, as backends do
 	st                store.Store
 	dir               string
+	// pad is appended to every broadcast's JSON payload (after its "b" and
+	// "t" fields), to measure larger messages.
+	pad string
 }
 
-// newRig starts workers (each --first i*stride) against ws and dials grpc.
-func newRig(d *daemon, ws, grpcAddr, admin, prefix, sources string, workers, n int) (*rig, error) {
+// newRig starts workers (each --first i*stride, plus wargs) against ws and
+// dials grpc.
+func newRig(d *daemon, ws, grpcAddr, admin, prefix, sources string, workers, n int, wargs ...string) (*rig, error) {
 	g := &rig{d: d, metricsURL: "http://" + admin + "/metrics", gcURL: "http://" + admin + "/debug/pprof/heap?gc=1",
 		prefix: prefix, stride: n, held: make([]int, workers)}
 	for i := 0; i < workers; i++ {
-		w, err := startWorker([]string{"--target", ws, "--prefix", prefix, "--first", fmt.Sprint(i * g.stride), "--sources", sources})
+		w, err := startWorker(append([]string{"--target", ws, "--prefix", prefix, "--first", fmt.Sprint(i * g.stride), "--sources", sources}, wargs...))
 		if err != nil {
 			g.close()
 			return nil, err
@@ -256,6 +260,7 @@ type fanoutResult struct {
 	userPer, sysPer        float64 // µs of server CPU per delivery
 	deliveriesPerS         []float64
 	deliveredPerSecondMean float64
+	compressed             int64 // messages the clients got compressed (over the whole run so far)
 }
 
 // fanout broadcasts rounds times to everybody connected; each round's
@@ -269,7 +274,7 @@ func (g *rig) fanout(rounds int) (fanoutResult, error) {
 	for i := 1; i <= rounds; i++ {
 		time.Sleep(time.Second) // let the previous round's clients finish reading
 		b0, _ := sample.Read(g.d.pid(), "", "")
-		payload := fmt.Sprintf(`{"b":%d,"t":%d}`, i, time.Now().UnixNano())
+		payload := fmt.Sprintf(`{"b":%d,"t":%d%s}`, i, time.Now().UnixNano(), g.pad)
 		resp, err := g.sdk.Broadcast(context.Background(), []byte(payload))
 		if err != nil {
 			return res, fmt.Errorf("broadcast: %w", err)
@@ -288,6 +293,7 @@ func (g *rig) fanout(rounds int) (fanoutResult, error) {
 	}
 	arrivals := map[int64]*loadgen.Arrival{}
 	for _, ev := range evs {
+		res.compressed += ev.Compressed
 		for id, a := range ev.Bcast {
 			x := arrivals[id]
 			if x == nil {
