@@ -71,26 +71,35 @@ func (a *App) Main(args []string) int {
 	for _, c := range commands {
 		if c.name == args[0] {
 			err := c.run(a, args[1:])
+			code := ExitFailure
 			switch {
-			case err == nil:
-				return ExitOK
-			case errors.Is(err, flag.ErrHelp):
+			case err == nil, errors.Is(err, flag.ErrHelp):
 				return ExitOK
 			case errors.As(err, new(conflictError)):
-				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
-				return ExitConflict
+				code = ExitConflict
 			case errors.As(err, new(usageError)):
-				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
-				return ExitUsage
-			default:
-				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
-				return ExitFailure
+				code = ExitUsage
 			}
+			fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", commandName(c.name, args[1:]), err)
+			return code
 		}
 	}
 	fmt.Fprintf(a.Stderr, "pushctl: unknown command %q\n\n", args[0])
 	a.usage(a.Stderr)
 	return ExitUsage
+}
+
+// commandName names the command in error messages: "ring add" for a ring
+// subcommand, so that the message reads "pushctl ring add: …".
+func commandName(name string, args []string) string {
+	if name == "ring" && len(args) > 0 {
+		for _, s := range ringSubcommands {
+			if s.name == args[0] {
+				return name + " " + s.name
+			}
+		}
+	}
+	return name
 }
 
 func (a *App) usage(w io.Writer) {
