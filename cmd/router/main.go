@@ -90,7 +90,9 @@ func run(args []string) error {
 // serve runs the router until a signal, then drains it.
 func serve(o *router.Options, rt *router.Router, sdk *client.Client, reg *prometheus.Registry, log *slog.Logger) error {
 	c := &o.Config
-	g, err := daemon.NewGRPC(o.GRPC, 1<<20+64<<10)
+	// Room for the largest payload an edge can be set to accept (its
+	// --max-payload-bytes, at most 16 MiB): the edge decides.
+	g, err := daemon.NewGRPC(o.GRPC, 16<<20+64<<10)
 	if err != nil {
 		return err
 	}

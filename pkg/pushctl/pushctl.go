@@ -30,12 +30,18 @@ const (
 	ExitConflict = 3 // version conflict: the ring changed under a change; re-run it
 )
 
+// MaxPayloadBytes is the largest payload any edge can be set to accept
+// (--max-payload-bytes at most 16 MiB): publish reads no more.
+const MaxPayloadBytes = 16 << 20
+
 // App runs commands; Stdout and Stderr are where they print, Env is looked
 // up for PUSH_* variables (os.LookupEnv when nil).
 type App struct {
 	Stdout, Stderr io.Writer
 	Env            func(string) (string, bool)
-	Stdin          io.Reader // where "ring lookup" reads user ids when given none (os.Stdin when nil)
+	Stdin          io.Reader // where "ring lookup" reads user ids and "publish --data -" the payload (os.Stdin when nil)
+	// Context stops "listen" when it ends (default: SIGINT or SIGTERM).
+	Context context.Context
 }
 
 type command struct {
@@ -48,7 +54,8 @@ var commands []command
 func init() {
 	commands = []command{
 		{"token", "--user U [--ttl 1h]", "mint a dev token (HS256) from $PUSH_JWT_SECRET or --jwt-secret-file", (*App).token},
-		{"publish", "--user U --data JSON [--ttl 30s]", "publish a message to a user", (*App).publish},
+		{"publish", "--user U --data JSON|@FILE|- [--ttl 30s]", "publish a message to a user", (*App).publish},
+		{"listen", "--user U [--last-seq N] [--epoch E]", "connect as a user through the router and print each message", (*App).listen},
 		{"broadcast", "--data JSON", "send a message to every connection", (*App).broadcast},
 		{"kick", "[--reason R] U...", "close every connection of the users (4004)", (*App).kick},
 		{"presence", "U...", "show whether users are connected", (*App).presence},
@@ -183,9 +190,9 @@ func (a *App) loadSecret(path string) ([]byte, error) {
 }
 
 func (a *App) publish(args []string) error {
-	fs, addr, timeout := a.flags("publish", "--user U --data JSON")
+	fs, addr, timeout := a.flags("publish", "--user U --data JSON|@FILE|-")
 	user := fs.String("user", "", "user id")
-	data := fs.String("data", "", "payload (JSON is embedded as-is, anything else is sent as a JSON string)")
+	data := fs.String("data", "", "payload (JSON is embedded as-is, anything else is sent as a JSON string); @FILE reads it from a file, - from stdin (one trailing newline dropped); up to 16 MiB, the most an edge can be set to accept (--max-payload-bytes, 64 KiB by default)")
 	ttl := fs.Duration("ttl", 0, "how long to keep it for a user who is not connected (0: the edge's default)")
 	if _, err := a.parse(fs, args); err != nil {
 		return err
@@ -196,6 +203,10 @@ func (a *App) publish(args []string) error {
 	if *ttl < 0 {
 		return usageError{fmt.Errorf("--ttl %v must not be negative", *ttl)}
 	}
+	payload, err := a.readData(*data, MaxPayloadBytes)
+	if err != nil {
+		return err
+	}
 	// Round up: 500ms must not become 0, which means the edge's default.
 	ttlSeconds := uint32((*ttl + time.Second - 1) / time.Second)
 	c, ctx, done, err := a.dial(*addr, *timeout)
@@ -203,7 +214,7 @@ func (a *App) publish(args []string) error {
 		return err
 	}
 	defer done()
-	r, err := c.Publish(ctx, &pushv1.PublishRequest{UserId: *user, Data: []byte(*data), TtlSeconds: ttlSeconds})
+	r, err := c.Publish(ctx, &pushv1.PublishRequest{UserId: *user, Data: payload, TtlSeconds: ttlSeconds})
 	if err != nil {
 		return rpcError(err)
 	}
