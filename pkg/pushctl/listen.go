@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -209,7 +210,7 @@ func (l *listener) session(ctx context.Context) (code int, reason string, opened
 		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
 			return 0, "", false, fmt.Errorf("%s refused the token for %s (HTTP 401): check --token, or that the secret is the cluster's", l.url, l.user)
 		}
-		fmt.Fprintf(l.a.Stderr, "# connect %s: %v\n", l.url, err)
+		fmt.Fprintf(l.a.Stderr, "# connect %s: %v\n", l.url, dialError(err, resp))
 		return -1, "", false, nil
 	}
 	defer c.CloseNow()
@@ -234,6 +235,19 @@ func (l *listener) session(ctx context.Context) (code int, reason string, opened
 		}
 		l.print(b)
 	}
+}
+
+// dialError is the part of a failed dial worth a line: the HTTP status,
+// or the network error (the request URL, token included, is left out).
+func dialError(err error, resp *http.Response) string {
+	if resp != nil {
+		return "HTTP " + resp.Status
+	}
+	var op *net.OpError
+	if errors.As(err, &op) {
+		return op.Error()
+	}
+	return err.Error()
 }
 
 // print writes one frame and advances the stream position.
