@@ -151,6 +151,15 @@ var defaults = Config{
 	Tick:             100 * time.Millisecond,
 }
 
+// The edge daemon's own defaults (Options, cmd/edge), beside Config's.
+const (
+	DefaultListen    = "127.0.0.1:8080"
+	DefaultGRPC      = "127.0.0.1:9090"
+	DefaultAdmin     = "127.0.0.1:9100"
+	DefaultJWTReload = 10 * time.Second
+	DefaultGOGC      = 400
+)
+
 // idleTimeout is IdleTimeout's default for a ping interval.
 func idleTimeout(ping time.Duration) time.Duration { return ping * 5 / 2 }
 

@@ -10,15 +10,6 @@ import (
 	"github.com/pushcluster/push/pkg/store"
 )
 
-// The edge daemon's own defaults, beside Config's (defaults in config.go).
-const (
-	DefaultListen    = "127.0.0.1:8080"
-	DefaultGRPC      = "127.0.0.1:9090"
-	DefaultAdmin     = "127.0.0.1:9100"
-	DefaultJWTReload = 10 * time.Second
-	DefaultGOGC      = 400
-)
-
 // Options are the edge daemon's settings (cmd/edge): a Config bound to its
 // flags, and what the daemon wires around the Server (gRPC and admin
 // listeners, the ring store, keys, logs).

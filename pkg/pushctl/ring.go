@@ -110,13 +110,23 @@ func (a *App) loadRing(url string, timeout time.Duration) (*ring.Ring, error) {
 		return nil, fmt.Errorf("no ring document in %s", url)
 	}
 	if err != nil {
-		return nil, err
+		return nil, unreachable(url, timeout, err)
 	}
 	r, err := ring.New(d)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", url, err)
 	}
 	return r, nil
+}
+
+// unreachable words a store read that timed out: the store did not
+// answer (an etcd that is down or cut off), which the store's own error
+// ("context deadline exceeded") does not say.
+func unreachable(url string, timeout time.Duration, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("the ring store %s did not answer within %v (is it running and reachable?): %w", url, timeout, err)
+	}
+	return err
 }
 
 // readLeases reads the members' leases from the store (nil, nil for a

@@ -152,7 +152,7 @@ func (a *App) editRing(url string, timeout time.Duration, keys int, change edit)
 		return fmt.Errorf("no ring document in %s (create one with 'pushctl ring init')", url)
 	}
 	if err != nil {
-		return err
+		return unreachable(url, timeout, err)
 	}
 	next := *prev
 	next.Version++
@@ -301,7 +301,9 @@ func (a *App) ringInit(args []string) error {
 		}
 		return usageError{fmt.Errorf("%s already holds a ring document (%s): change it with 'pushctl ring add|drain|weight|remove'", *url, v)}
 	}
-	if _, err := st.Load(ctx); !errors.Is(err, store.ErrNotFound) {
+	if _, err := st.Load(ctx); errors.Is(err, context.DeadlineExceeded) {
+		return unreachable(*url, *timeout, err)
+	} else if !errors.Is(err, store.ErrNotFound) {
 		return exists()
 	}
 	if err := st.CompareAndSwap(ctx, 0, d, false); err != nil {

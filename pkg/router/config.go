@@ -149,6 +149,14 @@ var defaults = Config{
 	Tick:           100 * time.Millisecond,
 }
 
+// The router daemon's own defaults (Options, cmd/router), beside Config's.
+const (
+	DefaultGRPC     = "127.0.0.1:9000"
+	DefaultAdmin    = "127.0.0.1:9001"
+	DefaultRing     = "file:./ring.json"
+	DefaultRingWait = 30 * time.Second
+)
+
 func (c *Config) setDefaults() {
 	defD := func(p *time.Duration, v time.Duration) {
 		if *p == 0 {

@@ -13,14 +13,6 @@ import (
 	"github.com/pushcluster/push/pkg/store"
 )
 
-// The router daemon's own defaults, beside Config's (defaults in config.go).
-const (
-	DefaultGRPC     = "127.0.0.1:9000"
-	DefaultAdmin    = "127.0.0.1:9001"
-	DefaultRing     = "file:./ring.json"
-	DefaultRingWait = 30 * time.Second
-)
-
 // Options are the router daemon's settings (cmd/router): a Config bound to
 // its flags and what the daemon wires around the Router.
 type Options struct {
