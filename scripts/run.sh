@@ -99,9 +99,10 @@ sleeper=
 stop() {
   [ -n "$stopping" ] && return
   stopping=1
-  trap '' INT TERM
-  echo
-  echo "stopping: draining the edges, then the router..."
+  trap '' INT TERM HUP
+  # (echo may fail once the terminal is gone: stopping goes on)
+  echo || true
+  echo "stopping: draining the edges, then the router..." || true
   for n in edge-1 edge-2 edge-3; do
     if alive "$n"; then kill -TERM "$(cat "$RUN_DIR/$n.pid")" 2>/dev/null || true; fi
   done
@@ -114,9 +115,9 @@ stop() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   if [ -n "$sleeper" ]; then kill "$sleeper" 2>/dev/null || true; fi
   rm -f "$RUN_DIR"/*.pid
-  echo "stopped"
+  echo "stopped" || true
 }
-trap 'stop; exit 0' INT TERM
+trap 'stop; exit 0' INT TERM HUP
 trap 'stop' EXIT
 
 # start NAME CMD...: a daemon in a session of its own, so a Ctrl-C in the
