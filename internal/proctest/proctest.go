@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -93,6 +94,7 @@ type Proc struct {
 	Cmd    *exec.Cmd
 	stdout syncBuffer
 	stderr syncBuffer
+	both   syncBuffer // stdout and stderr in the order written, as a terminal shows them
 	done   chan struct{}
 	err    error
 }
@@ -104,8 +106,8 @@ func Start(t testing.TB, dir string, env []string, bin string, args ...string) *
 	p := &Proc{Cmd: exec.Command(bin, args...), done: make(chan struct{})}
 	p.Cmd.Dir = dir
 	p.Cmd.Env = append(os.Environ(), env...)
-	p.Cmd.Stdout = &p.stdout
-	p.Cmd.Stderr = &p.stderr
+	p.Cmd.Stdout = io.MultiWriter(&p.stdout, &p.both)
+	p.Cmd.Stderr = io.MultiWriter(&p.stderr, &p.both)
 	p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.Cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -150,6 +152,9 @@ func (p *Proc) Wait(t testing.TB, d time.Duration) int {
 // Stdout and Stderr are what the process printed so far.
 func (p *Proc) Stdout() string { return p.stdout.String() }
 func (p *Proc) Stderr() string { return p.stderr.String() }
+
+// Output is stdout and stderr interleaved as they were written.
+func (p *Proc) Output() string { return p.both.String() }
 
 // WaitFor polls cond every 50ms until it is true, the process exits, or
 // d passes (then the test fails with what is printed).

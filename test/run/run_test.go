@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -233,9 +234,9 @@ func TestWalkthrough(t *testing.T) {
 	if code := term3.Wait(t, 120*time.Second); code != 0 {
 		t.Fatalf("terminal 3: exit %d\n%s%s", code, term3.Stdout(), term3.Stderr())
 	}
-	t.Logf("terminal 3\n%s", term3.Stdout())
+	t.Logf("terminal 3\n%s", term3.Output())
 	listen.WaitFor(t, 30*time.Second, "alice's second message", func() bool { return strings.Contains(listen.Stdout(), `data={"hi":2}`) })
-	t.Logf("terminal 2 $ bin/pushctl listen --user alice\n%s%s", listen.Stderr(), listen.Stdout())
+	t.Logf("terminal 2 $ bin/pushctl listen --user alice\n%s", listen.Output())
 
 	lines := strings.Split(strings.TrimSpace(listen.Stdout()), "\n")
 	if len(lines) != 2 {
@@ -253,6 +254,11 @@ func TestWalkthrough(t *testing.T) {
 	}
 	if !strings.Contains(term3.Stdout(), "changed    member 1 (edge-1) weight 1 -> 3") {
 		t.Errorf("terminal 3 did not resize:\n%s", term3.Stdout())
+	}
+	// What the README says happened: the resize gave alice to edge 1 and
+	// she moved there (the ring is deterministic: same names, same weights).
+	if !strings.Contains(listen.Stderr(), "# moved (close 4003): reconnecting") || !regexp.MustCompile(`(?m)^(delivered|stored) seq=2 .* edge=1$`).MatchString(term3.Stdout()) {
+		t.Errorf("the README says the resize moves alice to edge 1; it did not (update the README):\n%s\n%s", term3.Output(), listen.Output())
 	}
 	listen.Signal(syscall.SIGINT)
 	if code := listen.Wait(t, 30*time.Second); code != 0 {
