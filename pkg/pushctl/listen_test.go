@@ -80,6 +80,21 @@ func TestListenAndPublish(t *testing.T) {
 	bob := listen("--user", "bob", "--last-seq", "7", "--epoch", "gone")
 	bob.WaitFor(t, 30*time.Second, "gap and messages", p(bob, `(?s)gap epoch=gone from=8 to=end.*\nseq=1 epoch=\S+ data="one"\nseq=2 epoch=\S+ data="two"\n`))
 
+	// --token: a token for the user is used as given; one for somebody
+	// else is refused before the upgrade, and listen says so (exit 1).
+	carolTok := strings.TrimSpace(c.MustPushctl(t, "token", "--user", "carol"))
+	carol := listen("--user", "carol", "--token", carolTok)
+	publish("--user", "carol", "--data", `"hi carol"`)
+	carol.WaitFor(t, 30*time.Second, "carol's message", p(carol, `(?m)^seq=1 epoch=\S+ data="hi carol"$`))
+	carol.Signal(syscall.SIGINT)
+	if code := carol.Wait(t, 30*time.Second); code != 0 {
+		t.Errorf("carol's listen after SIGINT: exit %d", code)
+	}
+	if code, _, errOut := c.Pushctl(t, "listen", "--ws-url", wsURL, "--user", "dave", "--token", carolTok); code != pushctl.ExitFailure ||
+		!strings.Contains(errOut, "pushctl listen: "+wsURL+" refused the token for dave (HTTP 401)") {
+		t.Errorf("listen with another user's token: exit %d %q", code, errOut)
+	}
+
 	// kick ends bob's listener (1); SIGINT ends alice's (0).
 	c.MustPushctl(t, "kick", "--grpc", c.RouterGRPC, "bob")
 	if code := bob.Wait(t, 30*time.Second); code != 1 || !strings.Contains(bob.Stderr(), "kicked (close 4004") {
