@@ -338,12 +338,16 @@ func TestCtrlCDrains(t *testing.T) {
 	}
 
 	ctrlC(t, c.make)
+	codes := map[websocket.StatusCode]int{}
+	defer func() { t.Logf("close codes the %d clients saw: %v", len(conns), codes) }()
 	for i, ws := range conns {
 		_, b, err := ws.Read(ctx)
 		for err == nil && strings.Contains(string(b), `"hb":true`) {
 			_, b, err = ws.Read(ctx)
 		}
-		switch code := websocket.CloseStatus(err); code {
+		code := websocket.CloseStatus(err)
+		codes[code]++
+		switch code {
 		case websocket.StatusGoingAway, 4003:
 		default:
 			t.Errorf("user-%d: %v (close status %d), want a close frame 1001 or 4003", i, err, code)
