@@ -101,8 +101,8 @@ type Config struct {
 	// own (a router sent it here because the owner refused its dial) is
 	// kept before it is moved to the owner: long enough for a dead
 	// owner's lease to run out everywhere, so nobody bounces the user
-	// toward a member that is down (default 10s; Join sets twice the
-	// lease TTL plus a second).
+	// toward a member that is down (default 10s; Options.Resolve, the
+	// edge daemon's, sets twice --lease-ttl plus a second).
 	GuestGrace time.Duration
 	// MoveLimit is how many times within MoveWindow this edge moves one
 	// user for a change of owner; beyond it the user is left in place and
