@@ -96,15 +96,18 @@ func TestStartChecks(t *testing.T) {
 		refused(t, bin, daemon.ExitRefused, "at grpc "+a1.grpc+" (this edge: "+other.grpc+")", args...)
 	})
 
-	first := startEdge(t, bin, a1.args("1", "--ring", url, "--lease-ttl", "2s")...)
+	// A long lease: the restart below comes well within it, however
+	// slow the machine.
+	first := startEdge(t, bin, a1.args("1", "--ring", url, "--lease-ttl", "20s")...)
 	t.Run("an edge with this id is live", func(t *testing.T) {
 		args := edgeAddrs{a1.ws, a1.grpc, other.admin}.args("1", "--ring", url)
 		refused(t, bin, daemon.ExitRefused, "another edge with this id is live: member 1 (edge-1) holds a live lease", args...)
 	})
 	t.Run("an id outside the ring is live", func(t *testing.T) {
 		a9, b9 := newAddrs(t), newAddrs(t)
-		startEdge(t, bin, a9.args("9", "--ring", url, "--lease-ttl", "1s")...)
-		refused(t, bin, daemon.ExitRefused, "id 9 is not in ring version 1 but holds a lease", b9.args("9", "--ring", url, "--lease-ttl", "1s")...)
+		// A lease that stays valid through a starved second or two.
+		startEdge(t, bin, a9.args("9", "--ring", url, "--lease-ttl", "3s")...)
+		refused(t, bin, daemon.ExitRefused, "id 9 is not in ring version 1 but holds a lease", b9.args("9", "--ring", url, "--lease-ttl", "3s")...)
 	})
 
 	// The refused edges touched nothing: the first still serves, and a
@@ -115,7 +118,7 @@ func TestStartChecks(t *testing.T) {
 	}
 	first.Cmd.Process.Kill()
 	first.Wait(t, 30*time.Second)
-	again := startEdge(t, bin, a1.args("1", "--ring", url, "--lease-ttl", "2s")...)
+	again := startEdge(t, bin, a1.args("1", "--ring", url, "--lease-ttl", "20s")...)
 	if !strings.Contains(again.Stderr(), "taking over the lease of this id's previous life") {
 		t.Fatalf("restart within the lease TTL did not take the old lease over:\n%s", again.Stderr())
 	}
