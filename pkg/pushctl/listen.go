@@ -80,7 +80,7 @@ func (a *App) listen(args []string) error {
 			"Connection events go to stderr. It follows moves (close 4003) and every other close by reconnecting with "+
 			"last_seq and epoch, as the web client does, and stops on Ctrl-C (exit 0), or when the user is kicked (4004) or "+
 			"replaced by a newer connection (4002) (exit 1).")
-	if _, err := a.parse(fs, args); err != nil {
+	if err := a.parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *user == "" {

@@ -136,6 +136,24 @@ func (a *App) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	return rest, err
 }
 
+// parseFlagsOnly is parse for commands that take no positional argument:
+// a stray word would end the flags silently ("publish x --user a" would
+// read no --user), so it is a usage error naming the word.
+func (a *App) parseFlagsOnly(fs *flag.FlagSet, args []string) error {
+	rest, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		msg := fmt.Sprintf("unexpected argument %q: %s takes flags only", rest[0], fs.Name())
+		if len(rest) > 1 {
+			msg += fmt.Sprintf("; nothing after it was read (%q)", strings.Join(rest[1:], " "))
+		}
+		return usageError{errors.New(msg)}
+	}
+	return nil
+}
+
 func (a *App) dial(addr string, timeout time.Duration) (pushv1.PushClient, context.Context, func(), error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -160,7 +178,7 @@ func (a *App) token(args []string) error {
 	ttl := fs.Duration("ttl", time.Hour, "validity")
 	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret (default: $PUSH_JWT_SECRET)")
 	flagenv.SetUsage(fs, "PUSH", "pushctl token --user U [--ttl 1h]", "Prints a token for development; production tokens come from your login service.")
-	if _, err := a.parse(fs, args); err != nil {
+	if err := a.parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *user == "" {
@@ -194,7 +212,7 @@ func (a *App) publish(args []string) error {
 	user := fs.String("user", "", "user id")
 	data := fs.String("data", "", "payload (JSON is embedded as-is, anything else is sent as a JSON string); @FILE reads it from a file, - from stdin (one trailing newline dropped); up to 16 MiB, the most an edge can be set to accept (--max-payload-bytes, 64 KiB by default)")
 	ttl := fs.Duration("ttl", 0, "how long to keep it for a user who is not connected (0: the edge's default)")
-	if _, err := a.parse(fs, args); err != nil {
+	if err := a.parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *user == "" || *data == "" {
@@ -233,7 +251,7 @@ func (a *App) publish(args []string) error {
 func (a *App) broadcast(args []string) error {
 	fs, addr, timeout := a.flags("broadcast", "--data JSON")
 	data := fs.String("data", "", "payload")
-	if _, err := a.parse(fs, args); err != nil {
+	if err := a.parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *data == "" {
