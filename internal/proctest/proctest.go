@@ -102,12 +102,27 @@ type Proc struct {
 // Start starts bin with args and env (added to the test's environment) in
 // its own process group; the test's end kills what is still running.
 func Start(t testing.TB, dir string, env []string, bin string, args ...string) *Proc {
+	return start(t, false, dir, env, bin, args...)
+}
+
+// StartTerminal is Start with stdout and stderr on one pipe, in the order
+// the process wrote them, as a terminal shows them: Output has both,
+// Stdout and Stderr stay empty.
+func StartTerminal(t testing.TB, dir string, env []string, bin string, args ...string) *Proc {
+	return start(t, true, dir, env, bin, args...)
+}
+
+func start(t testing.TB, onePipe bool, dir string, env []string, bin string, args ...string) *Proc {
 	t.Helper()
 	p := &Proc{Cmd: exec.Command(bin, args...), done: make(chan struct{})}
 	p.Cmd.Dir = dir
 	p.Cmd.Env = append(os.Environ(), env...)
-	p.Cmd.Stdout = io.MultiWriter(&p.stdout, &p.both)
-	p.Cmd.Stderr = io.MultiWriter(&p.stderr, &p.both)
+	if onePipe {
+		p.Cmd.Stdout, p.Cmd.Stderr = &p.both, &p.both // one writer: os/exec gives both one pipe
+	} else {
+		p.Cmd.Stdout = io.MultiWriter(&p.stdout, &p.both)
+		p.Cmd.Stderr = io.MultiWriter(&p.stderr, &p.both)
+	}
 	p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.Cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -185,9 +200,9 @@ func Ready(url string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// Contains is a condition: the process's stdout (or stderr) contains s.
+// Contains is a condition: the process's output contains s.
 func (p *Proc) Contains(s string) func() bool {
-	return func() bool { return strings.Contains(p.Stdout(), s) || strings.Contains(p.Stderr(), s) }
+	return func() bool { return strings.Contains(p.Output(), s) }
 }
 
 type syncBuffer struct {

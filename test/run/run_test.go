@@ -223,24 +223,30 @@ func TestWalkthrough(t *testing.T) {
 	t.Logf("terminal 1 $ make run\n%s", c.make.Stdout())
 	env := append(c.env(), "PUSH_GRPC="+c.port(9090), "PUSH_WS_URL=ws://"+c.port(8080)+"/ws")
 
-	listen := proctest.Start(t, c.work, env, "bash", "-c", "set -e\n"+blocks[1])
+	listen := proctest.StartTerminal(t, c.work, env, "bash", "-c", "set -e\n"+blocks[1])
 	listen.WaitFor(t, 30*time.Second, "alice connected", listen.Contains("# connected to ws://"+c.port(8080)+"/ws as alice"))
 
 	script := "set -e\n"
 	for line := range strings.Lines(blocks[2]) {
 		script += fmt.Sprintf("echo %q\n%s", "$ "+strings.TrimSpace(line), line)
 	}
-	term3 := proctest.Start(t, c.work, env, "bash", "-c", script)
+	term3 := proctest.StartTerminal(t, c.work, env, "bash", "-c", script)
 	if code := term3.Wait(t, 120*time.Second); code != 0 {
-		t.Fatalf("terminal 3: exit %d\n%s%s", code, term3.Stdout(), term3.Stderr())
+		t.Fatalf("terminal 3: exit %d\n%s", code, term3.Output())
 	}
 	t.Logf("terminal 3\n%s", term3.Output())
-	listen.WaitFor(t, 30*time.Second, "alice's second message", func() bool { return strings.Contains(listen.Stdout(), `data={"hi":2}`) })
+	listen.WaitFor(t, 30*time.Second, "alice's second message", listen.Contains(`data={"hi":2}`))
 	t.Logf("terminal 2 $ bin/pushctl listen --user alice\n%s", listen.Output())
 
-	lines := strings.Split(strings.TrimSpace(listen.Stdout()), "\n")
+	// Messages are the lines that are not connection events ("# …").
+	var lines []string
+	for l := range strings.Lines(listen.Output()) {
+		if !strings.HasPrefix(l, "#") {
+			lines = append(lines, strings.TrimSuffix(l, "\n"))
+		}
+	}
 	if len(lines) != 2 {
-		t.Fatalf("alice printed %d lines, want 2:\n%s", len(lines), listen.Stdout())
+		t.Fatalf("alice printed %d messages, want 2:\n%s", len(lines), listen.Output())
 	}
 	var epoch1, epoch2 string
 	if _, err := fmt.Sscanf(lines[0], "seq=1 epoch=%s data={\"hi\":1}", &epoch1); err != nil || !strings.HasSuffix(lines[0], ` data={"hi":1}`) {
@@ -252,12 +258,12 @@ func TestWalkthrough(t *testing.T) {
 	if epoch1 != epoch2 {
 		t.Errorf("the resize started a new stream (%s, then %s)", epoch1, epoch2)
 	}
-	if !strings.Contains(term3.Stdout(), "changed    member 1 (edge-1) weight 1 -> 3") {
-		t.Errorf("terminal 3 did not resize:\n%s", term3.Stdout())
+	if !strings.Contains(term3.Output(), "changed    member 1 (edge-1) weight 1 -> 3") {
+		t.Errorf("terminal 3 did not resize:\n%s", term3.Output())
 	}
 	// What the README says happened: the resize gave alice to edge 1 and
 	// she moved there (the ring is deterministic: same names, same weights).
-	if !strings.Contains(listen.Stderr(), "# moved (close 4003): reconnecting") || !regexp.MustCompile(`(?m)^(delivered|stored) seq=2 .* edge=1$`).MatchString(term3.Stdout()) {
+	if !strings.Contains(listen.Output(), "# moved (close 4003): reconnecting") || !regexp.MustCompile(`(?m)^(delivered|stored) seq=2 .* edge=1$`).MatchString(term3.Output()) {
 		t.Errorf("the README says the resize moves alice to edge 1; it did not (update the README):\n%s\n%s", term3.Output(), listen.Output())
 	}
 	listen.Signal(syscall.SIGINT)
