@@ -11,8 +11,10 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ ./cmd/... ./bench/cmd/...
 
+# Ports and state directory: see scripts/run.sh (PUSH_RUN_PORT_OFFSET,
+# PUSH_RUN_DIR); a second run beside a running cluster refuses.
 run: build
-	./scripts/run.sh
+	PUSH_RUN_BIN=$(BIN) ./scripts/run.sh
 
 # The README's test command; .ci/run calls it.
 test: deps

@@ -1,80 +1,197 @@
 #!/usr/bin/env bash
 # Brings the push cluster up on this machine with embedded defaults — one
 # router, three edges, a ring in a file store and the demo page — and stops
-# it cleanly on Ctrl-C. State (dev secret, ring, logs)
-# lives in .run/.
+# it cleanly on Ctrl-C: each daemon gets one SIGTERM and drains (its clients
+# get a close frame, 1001 or 4003), then the script exits 0.
+#
+# State (dev secret, ring, leases, logs, pid files) lives in $PUSH_RUN_DIR
+# (default .run/). A second run while a cluster of this state directory is
+# running, or while one of its ports is taken, refuses before it touches
+# anything (exit 1).
+#
+# Environment:
+#   PUSH_RUN_DIR          state directory (default .run)
+#   PUSH_RUN_BIN          where the binaries are (default bin)
+#   PUSH_RUN_PORT_OFFSET  added to every port below (default 0), to run a
+#                         second cluster beside the first
+# Ports (plus the offset): router ws 8080, gRPC 9090, admin 9200; edges ws
+# 8081-8083, gRPC 9091-9093, admin 9101-9103; demo page 8000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .run
-if [ ! -s .run/secret ]; then
-  head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' > .run/secret
-  chmod 600 .run/secret
-fi
-export PUSH_JWT_SECRET_FILE="$PWD/.run/secret"
-export PUSH_RING="file:$PWD/.run/ring.json"
+RUN_DIR=${PUSH_RUN_DIR:-.run}
+BIN=${PUSH_RUN_BIN:-bin}
+OFF=${PUSH_RUN_PORT_OFFSET:-0}
+case $OFF in ''|*[!0-9]*) echo "run.sh: PUSH_RUN_PORT_OFFSET=$OFF: want a number" >&2; exit 2 ;; esac
+if [ $((9200 + OFF)) -gt 65535 ]; then echo "run.sh: PUSH_RUN_PORT_OFFSET=$OFF: ports beyond 65535" >&2; exit 2; fi
+port() { echo $(($1 + OFF)); }
+H=127.0.0.1
+ROUTER_WS=$H:$(port 8080) ROUTER_GRPC=$H:$(port 9090) ROUTER_ADMIN=$H:$(port 9200) DEMO=$H:$(port 8000)
+edge_ws() { echo "$H:$(port $((8080 + $1)))"; }
+edge_grpc() { echo "$H:$(port $((9090 + $1)))"; }
+edge_admin() { echo "$H:$(port $((9100 + $1)))"; }
+DAEMONS="edge-1 edge-2 edge-3 router demo"
 
-# A fresh ring each run: ids 1-3, WebSocket ports 8081-8083, gRPC 9091-9093.
-rm -f .run/ring.json .run/ring.json.lock
-bin/pushctl ring init --id 1 --name edge-1 --ws 127.0.0.1:8081 --grpc 127.0.0.1:9091 >/dev/null
+mkdir -p "$RUN_DIR"
+RUN_DIR=$(cd "$RUN_DIR" && pwd)
+
+# --- Is a cluster already running? Nothing is written before this. -----
+refuse() {
+  echo "run.sh: $1" >&2
+  echo "Nothing was started or changed: the running cluster's ring and logs in $RUN_DIR are untouched." >&2
+  exit 1
+}
+# alive NAME: the pid in NAME.pid if that process lives and runs the binary
+# the file names (pids are reused).
+alive() {
+  local f="$RUN_DIR/$1.pid" pid exe
+  [ -s "$f" ] || return 1
+  pid=$(cat "$f")
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  case $1 in
+    run) [ "$(basename "$exe")" = bash ] || [ "$(basename "$exe")" = sh ] ;;
+    *) [ "$(basename "$exe")" = "${1%-[0-9]}" ] ;;
+  esac
+}
+running=()
+for n in run $DAEMONS; do
+  if alive "$n"; then running+=("$n (pid $(cat "$RUN_DIR/$n.pid"))"); fi
+done
+# The lock is held by this script and every daemon it starts (they inherit
+# it), so it is busy exactly while any of them lives.
+exec 9>>"$RUN_DIR/run.lock"
+if ! flock -n 9 || [ ${#running[@]} -gt 0 ]; then
+  if [ ${#running[@]} -eq 0 ]; then running=("a run.sh starting right now"); fi
+  msg="a push cluster is already running from $RUN_DIR: ${running[*]}."
+  if alive run; then
+    msg+=" Stop it with Ctrl-C in its terminal (or: kill -INT $(cat "$RUN_DIR/run.pid")), or use it as it is."
+  else
+    msg+=" Its run.sh is gone; stop the daemons with: kill -TERM $(for n in $DAEMONS; do alive "$n" && cat "$RUN_DIR/$n.pid"; done | tr '\n' ' ')"
+  fi
+  refuse "$msg To run a second cluster beside it: PUSH_RUN_DIR=.run2 PUSH_RUN_PORT_OFFSET=100 make run"
+fi
+for a in "$ROUTER_WS" "$ROUTER_GRPC" "$ROUTER_ADMIN" "$DEMO" $(for i in 1 2 3; do edge_ws $i; edge_grpc $i; edge_admin $i; done); do
+  if (exec 3<>"/dev/tcp/${a%:*}/${a##*:}") 2>/dev/null; then
+    refuse "port $a is taken (a cluster of another checkout or state directory, or another program): set PUSH_RUN_PORT_OFFSET to use other ports."
+  fi
+done
+echo $$ > "$RUN_DIR/run.pid"
+
+if [ ! -s "$RUN_DIR/secret" ]; then
+  head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$RUN_DIR/secret"
+  chmod 600 "$RUN_DIR/secret"
+fi
+export PUSH_JWT_SECRET_FILE="$RUN_DIR/secret"
+export PUSH_RING="file:$RUN_DIR/ring.json"
+
+# A fresh ring each run: ids 1-3.
+rm -rf "$RUN_DIR/ring.json" "$RUN_DIR/ring.json.lock" "$RUN_DIR/ring.json.live"
+"$BIN/pushctl" ring init --id 1 --name edge-1 --ws "$(edge_ws 1)" --grpc "$(edge_grpc 1)" >/dev/null
 for i in 2 3; do
-  bin/pushctl ring add --force --keys 0 --id "$i" --name "edge-$i" --ws "127.0.0.1:808$i" --grpc "127.0.0.1:909$i" >/dev/null
+  "$BIN/pushctl" ring add --force --keys 0 --id "$i" --name "edge-$i" --ws "$(edge_ws $i)" --grpc "$(edge_grpc $i)" >/dev/null
 done
 
 pids=()
+stopping=
+sleeper=
+# stop sends each daemon one SIGTERM and waits for it: the edges first
+# (their 1001 and 4003 closes go out through the router), then the router
+# and the demo page.
 stop() {
-  trap - INT TERM EXIT
-  echo
-  echo "stopping..."
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  echo "stopped"
+  [ -n "$stopping" ] && return
+  stopping=1
+  trap '' INT TERM HUP
+  # (echo may fail once the terminal is gone: stopping goes on)
+  echo || true
+  echo "stopping: draining the edges, then the router..." || true
+  for n in edge-1 edge-2 edge-3; do
+    if alive "$n"; then kill -TERM "$(cat "$RUN_DIR/$n.pid")" 2>/dev/null || true; fi
+  done
+  for n in edge-1 edge-2 edge-3; do
+    if alive "$n"; then wait "$(cat "$RUN_DIR/$n.pid")" 2>/dev/null || true; fi
+  done
+  for n in router demo; do
+    if alive "$n"; then kill -TERM "$(cat "$RUN_DIR/$n.pid")" 2>/dev/null || true; fi
+  done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "$sleeper" ]; then kill "$sleeper" 2>/dev/null || true; fi
+  rm -f "$RUN_DIR"/*.pid
+  echo "stopped" || true
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 0' INT TERM HUP
+trap 'stop' EXIT
+
+# start NAME CMD...: a daemon in a session of its own, so a Ctrl-C in the
+# terminal reaches this script only, never the daemons directly.
+start() {
+  local name=$1
+  shift
+  setsid "$@" > "$RUN_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN_DIR/$name.pid"
+  pids+=($!)
+}
 
 wait_ready() { # name url
-  for _ in $(seq 100); do
+  for _ in $(seq 300); do
     curl -fs "$2" >/dev/null 2>&1 && return 0
+    alive "$1" || break
     sleep 0.1
   done
-  echo "$1 did not become ready; see .run/$1.log:" >&2
-  tail -20 ".run/$1.log" >&2
+  echo "$1 did not become ready; see $RUN_DIR/$1.log:" >&2
+  tail -20 "$RUN_DIR/$1.log" >&2
   exit 1
 }
 
 for i in 1 2 3; do
-  bin/edge --id "$i" --listen "127.0.0.1:808$i" --grpc "127.0.0.1:909$i" --admin "127.0.0.1:910$i" \
-    --dev --drain-period 2s --log-format text 2> ".run/edge-$i.log" &
-  pids+=($!)
+  start "edge-$i" "$BIN/edge" --id "$i" --listen "$(edge_ws $i)" --grpc "$(edge_grpc $i)" --admin "$(edge_admin $i)" \
+    --dev --drain-period 2s --log-format text
 done
-for i in 1 2 3; do wait_ready "edge-$i" "http://127.0.0.1:910$i/readyz"; done
+for i in 1 2 3; do wait_ready "edge-$i" "http://$(edge_admin $i)/readyz"; done
 
-bin/router --listen 127.0.0.1:8080 --grpc 127.0.0.1:9090 --admin 127.0.0.1:9200 \
-  --drain-period 2s --log-format text 2> .run/router.log &
-pids+=($!)
-wait_ready router http://127.0.0.1:9200/readyz
+start router "$BIN/router" --listen "$ROUTER_WS" --grpc "$ROUTER_GRPC" --admin "$ROUTER_ADMIN" \
+  --drain-period 2s --log-format text
+wait_ready router "http://$ROUTER_ADMIN/readyz"
 
 # The demo page: dev tokens and a publish form (--dev), the SDK on the same ring.
-bin/demo --listen 127.0.0.1:8000 --dev --ws-url ws://127.0.0.1:8080/ws --log-format text 2> .run/demo.log &
-pids+=($!)
-wait_ready demo http://127.0.0.1:8000/
+start demo "$BIN/demo" --listen "$DEMO" --dev --ws-url "ws://$ROUTER_WS/ws" --log-format text
+wait_ready demo "http://$DEMO/"
 
+flags=
+if [ "$OFF" != 0 ]; then flags=" --ws-url ws://$ROUTER_WS/ws"; fi
+pflags=
+if [ "$OFF" != 0 ]; then pflags=" --grpc $ROUTER_GRPC"; fi
 cat <<TXT
-push cluster is up (logs and the ring in .run/):
-  router   ws://127.0.0.1:8080/ws   gRPC 127.0.0.1:9090   admin http://127.0.0.1:9200/metrics
-  console  http://127.0.0.1:9200/console/   (the ring drawn, each edge's figures, preview and apply ring changes)
-  edges    ws 127.0.0.1:8081-8083   gRPC 127.0.0.1:9091-9093   admin http://127.0.0.1:9101-9103/metrics
-  demo     http://127.0.0.1:8000/?uid=alice   (pick a user, publish from the form; a second tab shares the connection)
+push cluster is up (ring, logs and pids in $RUN_DIR):
+  router   ws://$ROUTER_WS/ws   gRPC $ROUTER_GRPC   admin http://$ROUTER_ADMIN/metrics
+  console  http://$ROUTER_ADMIN/console/
+  edges    ws $(edge_ws 1)-$(port 8083)   gRPC $(edge_grpc 1)-$(port 9093)   admin http://$(edge_admin 1)-$(port 9103)/metrics
+  demo     http://$DEMO/?uid=alice   (pick a user, publish from the form; a second tab shares the connection)
 
-Try it (in another terminal, from this directory):
-  export PUSH_JWT_SECRET_FILE=$PWD/.run/secret PUSH_RING=$PUSH_RING
-  TOKEN=\$(bin/pushctl token --user alice)
-  # connect through the router with any WebSocket client, e.g. in a browser console:
-  #   ws = new WebSocket("ws://127.0.0.1:8080/ws?uid=alice&token=\$TOKEN"); ws.onmessage = e => console.log(e.data)
-  bin/pushctl publish --user alice --data '{"hello":"world"}'      # via the router's gRPC forwarder
-  bin/pushctl presence alice
-  bin/pushctl ring show                                             # members, shares, liveness
-  bin/pushctl ring weight 1 2                                       # resize while it runs
+Try it (from this directory; README.md walks through it):
+  export PUSH_JWT_SECRET_FILE=$PUSH_JWT_SECRET_FILE PUSH_RING=$PUSH_RING
+  # in one terminal: print alice's messages (Ctrl-C stops it)
+  bin/pushctl listen --user alice$flags
+  # in another: publish to her through the router, then resize the ring while she listens
+  bin/pushctl publish --user alice --data '{"hi":1}'$pflags
+  bin/pushctl ring show
+  bin/pushctl ring weight 1 3
 
-Ctrl-C stops everything.
+Ctrl-C stops everything (each daemon drains).
 TXT
-wait
+
+# Wait for Ctrl-C. On a terminal, a foreground job of its own gets the
+# terminal's Ctrl-C (job control), so make, this script and the daemons do
+# not: the job ends and the script stops the cluster and exits 0 — make
+# reports no error. Without a terminal, SIGINT or SIGTERM to this script
+# does the same through the trap.
+if [ -t 0 ] && [ -t 1 ]; then
+  set -m
+  (trap 'exit 0' INT; while sleep 3600; do :; done) || true
+  set +m
+  stop
+  exit 0
+fi
+while :; do
+  sleep 3600 &
+  sleeper=$!
+  wait $sleeper || true
+done

@@ -11,6 +11,12 @@ let nextID = 1;
 // subscribers is closed after a short grace, so a reload reuses it.
 const GRACE_MS = 2000;
 
+// What a session has delivered is kept (the newest REPLAY messages, gaps
+// and broadcasts, in order) and replayed to a tab that subscribes later,
+// before its first state: a new tab shows what the shared connection
+// already has, and its position starts after it.
+const REPLAY = 200;
+
 function askToken(entry) {
   const port = [...entry.refreshers][0];
   if (!port) return Promise.resolve(null); // no tab has getToken: nobody can fix the token
@@ -32,17 +38,18 @@ function subscribe(port, url, opts, canRefresh) {
   const key = url + '#' + opts.uid;
   let entry = sessions.get(key);
   if (!entry) {
-    entry = { ports: new Set(), refreshers: new Set(), idle: null };
+    entry = { ports: new Set(), refreshers: new Set(), idle: null, recent: [] };
     const getToken = () => askToken(entry);
     entry.session = new Session(url, { ...opts, getToken });
-    entry.session.on('message', (v) => send(entry, { type: 'message', v }));
-    entry.session.on('gap', (v) => send(entry, { type: 'gap', v }));
+    entry.session.on('message', (v) => keep(entry, { type: 'message', v }));
+    entry.session.on('gap', (v) => keep(entry, { type: 'gap', v }));
     entry.session.on('state', (v) => send(entry, { type: 'state', v }));
     sessions.set(key, entry);
   }
   clearTimeout(entry.idle);
   entry.ports.add(port);
   if (canRefresh) entry.refreshers.add(port);
+  for (const m of entry.recent) port.postMessage(m);
   port.postMessage({ type: 'state', v: entry.session.state });
   entry.session.start(); // once a tab can answer its token request
   return () => {
@@ -57,6 +64,12 @@ function subscribe(port, url, opts, canRefresh) {
       }, GRACE_MS);
     }
   };
+}
+
+function keep(entry, m) {
+  entry.recent.push(m);
+  if (entry.recent.length > REPLAY) entry.recent.shift();
+  send(entry, m);
 }
 
 function send(entry, m) {

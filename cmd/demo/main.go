@@ -44,13 +44,13 @@ func run(args []string) error {
 	ringURL := fs.String("ring", "", "ring store the SDK follows to publish (file:./ring.json or etcd://host:2379/prefix)")
 	grpcAddr := fs.String("push-grpc", "127.0.0.1:9090", "without --ring: push.v1.Push address to publish through (an edge or a router)")
 	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret tokens are minted with (default: $PUSH_JWT_SECRET)")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "json", "json or text")
+	var logFlags daemon.LogFlags
+	logFlags.Bind(fs)
 	flagenv.SetUsage(fs, "PUSH", "demo [flags]", "Serves the push cluster's browser demo page and JavaScript client; with --dev also mints tokens and publishes for the page.")
-	if _, err := flagenv.Parse(fs, "PUSH", args, nil); err != nil {
+	if err := daemon.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := daemon.Logger(*logLevel, *logFormat)
+	log, err := logFlags.Logger()
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,8 @@
 // browser's HTTP request head, finds the user's owner and relays the
 // connection to that edge on epoll, and forwards push.v1.Push calls for
 // backends that do not embed the SDK. Run `router --help` for its flags;
-// each also reads PUSH_<FLAG> from the environment.
+// each also reads PUSH_<FLAG> from the environment. Exit codes: 0 drained
+// after a signal, 1 failed, 2 bad flags.
 //
 // Ownership: the router follows the ring store through one store.Follower
 // (the ring document and the edges' leases, the inputs edges and SDKs use
@@ -14,14 +15,13 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
-	"fmt"
+	"log/slog"
 	"net/http"
-	"net/netip"
-	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pushcluster/push/pkg/admin"
 	"github.com/pushcluster/push/pkg/client"
@@ -37,92 +37,47 @@ import (
 func main() { daemon.Main("router", run) }
 
 func run(args []string) error {
+	var o router.Options
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
-	var c router.Config
-	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8000", "plaintext address browsers connect to (GET /ws?uid=...)")
-	grpcAddr := fs.String("grpc", "127.0.0.1:9000", "gRPC push.v1.Push forwarder address (health and reflection on)")
-	adminAddr := fs.String("admin", "127.0.0.1:9001", "admin HTTP address: /healthz /readyz /metrics /debug/pprof, the cluster console /console/ and its API /api/v1/")
-	withConsole := fs.Bool("console", true, "serve the cluster console (/console/) and its JSON API (/api/v1/) on the admin port")
-	adminToken := fs.String("admin-token", "", "bearer token the console's ring changes (POST /api/v1/ring/apply) need; empty: only loopback clients may change the ring")
-	ringURL := fs.String("ring", "file:./ring.json", "ring store URL (file:./ring.json or etcd://host:2379/prefix)")
-	ringWait := fs.Duration("ring-wait", 30*time.Second, "how long to wait at start for the first ring document (and liveness reading)")
-	leaseTTL := fs.Duration("lease-ttl", store.DefaultLeaseTTL, "the edges' --lease-ttl: members whose leases vanish together (a store outage, a mass expiry) stay live for twice this, as on the edges")
-	fs.StringVar(&c.HashKey, "hash-key", "url_param:uid", "where the user key is: url_param:NAME, hdr:NAME or cookie:NAME")
-	fs.DurationVar(&c.HeadTimeout, "head-timeout", 5*time.Second, "time allowed from accept to a complete request head")
-	fs.IntVar(&c.MaxHeadBytes, "max-head-bytes", 8192, "request head size cap (431 beyond)")
-	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", 3*time.Second, "one connection attempt to an edge; then the next owner is tried")
-	fs.DurationVar(&c.FinTimeout, "fin-timeout", 30*time.Second, "close a relayed connection this long after one direction ended")
-	fs.IntVar(&c.RelayBuffer, "relay-buffer", router.DefaultRelayBuffer, "SO_SNDBUF and SO_RCVBUF of both sockets of a relayed connection (the kernel doubles it): bounds what the router holds for a client that stops reading, so the edge's slow-consumer rule (1008) applies as to a direct client; -1: the kernel's autotuning (megabytes per socket)")
-	fs.DurationVar(&c.KeepAlive, "keepalive", 0, "TCP keepalive idle time on relayed sockets (0: off; the edge's WebSocket pings find dead clients)")
-	fs.BoolVar(&c.SendProxyV2, "send-proxy-v2", false, "send a PROXY v2 header with the client's address to the edge")
-	fs.BoolVar(&c.AcceptProxy, "accept-proxy", false, "require a PROXY v1/v2 header from an upstream L4 balancer")
-	sources := fs.String("source-addr", "", "comma-separated local addresses for edge connections, rotated (e.g. 127.0.1.2,127.0.1.3)")
-	fs.IntVar(&c.EdgePortSpan, "edge-port-span", 1, "edges listen on this many consecutive ports from their ring ws port")
-	fs.IntVar(&c.Backlog, "backlog", 4096, "listen queue length (capped by net.core.somaxconn)")
-	fs.BoolVar(&c.ReusePort, "reuseport", false, "set SO_REUSEPORT on the listeners")
-	fs.StringVar(&c.Check, "check", router.CheckGRPC, "health check for operators (push_router_edge_up, edge up/down logs): grpc (health Check on the member's grpc address), tcp (connect to ws) or none. "+
-		"It does not decide routing: users go to their owner in the store's view (ring and leases, as edges and SDKs see it), even while its check fails, and never to a member without a live lease, even while its check passes; a failed dial goes to the view's next owner")
-	fs.DurationVar(&c.CheckInterval, "check-interval", 2*time.Second, "health check period")
-	fs.DurationVar(&c.CheckTimeout, "check-timeout", time.Second, "one health check's time limit")
-	fs.IntVar(&c.Rise, "rise", 2, "consecutive passed checks that report a down edge up (--check)")
-	fs.IntVar(&c.Fall, "fall", 3, "consecutive failed checks that report an up edge down (--check)")
-	fs.StringVar(&c.TLSListen, "tls-listen", "", "TLS address (needs --tls-cert and --tls-key; goroutines per connection)")
-	cert := fs.String("tls-cert", "", "PEM certificate chain for --tls-listen")
-	key := fs.String("tls-key", "", "PEM private key for --tls-listen")
-	fs.DurationVar(&c.DrainPeriod, "drain-period", 10*time.Second, "on SIGTERM, keep relayed connections this long at most")
-	fs.IntVar(&c.Loops, "loops", router.DefaultLoops(), "epoll event loops")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	logFormat := fs.String("log-format", "json", "json or text")
-	flagenv.SetUsage(fs, "PUSH", "router [flags]", "Routes browser WebSockets to the edge that owns the user (the ring store's view: ring document and edge leases) and relays the bytes on epoll; forwards push.v1.Push calls to the owning edges.")
-	if _, err := flagenv.Parse(fs, "PUSH", args, nil); err != nil {
+	o.BindFlags(fs)
+	flagenv.SetUsage(fs, "PUSH", "router [flags]", "Routes browser WebSockets to the edge that owns the user (the ring store's view: ring document and edge leases) and relays the bytes on epoll; forwards push.v1.Push calls to the owning edges.\n\n"+
+		"Exit codes: 0 drained after SIGTERM/SIGINT, 1 failed, 2 bad flags or arguments.")
+	if err := daemon.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	log, err := daemon.Logger(*logLevel, *logFormat)
+	log, err := o.Log.Logger()
 	if err != nil {
 		return err
 	}
+	if err := o.Resolve(); err != nil {
+		return err
+	}
+	c := &o.Config
 	c.Logger = log
-	for _, s := range strings.Split(*sources, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				return fmt.Errorf("--source-addr: %w", err)
-			}
-			c.SourceAddrs = append(c.SourceAddrs, a)
-		}
-	}
-	if (*cert == "") != (*key == "") || (*cert != "") != (c.TLSListen != "") {
-		return errors.New("--tls-listen, --tls-cert and --tls-key go together")
-	}
-	if *cert != "" {
-		kp, err := tls.LoadX509KeyPair(*cert, *key)
-		if err != nil {
-			return fmt.Errorf("tls: %w", err)
-		}
-		c.TLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
-	}
 	reg := admin.NewRegistry()
 	c.Metrics = reg
-
 	soft, hard := rawtcp.FDLimit()
 	log.Info("file descriptor limit", "soft", soft, "hard", hard, "relayed_connections_max", soft/2)
 	if w := rawtcp.BacklogWarning(c.Backlog); w != "" {
 		log.Warn(w)
 	}
 
-	st, err := store.Open(*ringURL, log)
+	st, err := store.Open(o.Ring, log)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	rt, err := router.New(c)
+	rt, err := router.New(*c)
+	if errors.Is(err, router.ErrConfig) {
+		return daemon.Usage(err)
+	}
 	if err != nil {
 		return err
 	}
 	// One Follower for the relay and the forwarder: the ring document and
 	// the edges' leases, the view edges and SDKs take ownership from.
-	ctx, cancel := context.WithTimeout(context.Background(), *ringWait)
-	f, err := store.Follow(ctx, st, store.FollowOptions{Grace: 2 * *leaseTTL, Log: log})
+	ctx, cancel := context.WithTimeout(context.Background(), o.RingWait)
+	f, err := store.Follow(ctx, st, store.FollowOptions{Grace: 2 * o.LeaseTTL, Log: log})
 	cancel()
 	if err != nil {
 		return err
@@ -131,20 +86,28 @@ func run(args []string) error {
 	rt.Follow(f)
 	sdk := client.NewWithFollower(f, client.WithLogger(log))
 	defer sdk.Close()
-	g, err := daemon.NewGRPC(*grpcAddr, 1<<20+64<<10)
+	return serve(&o, rt, sdk, f, reg, log)
+}
+
+// serve runs the router until a signal, then drains it.
+func serve(o *router.Options, rt *router.Router, sdk *client.Client, f *store.Follower, reg *prometheus.Registry, log *slog.Logger) error {
+	c := &o.Config
+	// Room for the largest payload an edge can be set to accept (its
+	// --max-payload-bytes, at most 16 MiB): the edge decides.
+	g, err := daemon.NewGRPC(o.GRPC, 16<<20+64<<10)
 	if err != nil {
 		return err
 	}
 	pushv1.RegisterPushServer(g.Server, sdk.Server())
 	var extra map[string]http.Handler
-	if *withConsole {
-		cons, err := console.New(console.Config{Follower: f, Token: *adminToken, Sessions: rt.Sessions, Logger: log})
+	if o.Console {
+		cons, err := console.New(console.Config{Follower: f, Token: o.AdminToken, Sessions: rt.Sessions, Logger: log})
 		if err != nil {
 			return err
 		}
 		extra = cons.Routes()
 	}
-	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: rt.Ready, Logger: log, Extra: extra})
+	adm, err := admin.New(admin.Config{Addr: o.Admin, Registry: reg, Ready: rt.Ready, Logger: log, Extra: extra})
 	if err != nil {
 		return err
 	}
@@ -163,7 +126,7 @@ func run(args []string) error {
 	}()
 	v := rt.View()
 	log.Info("router up", "listen", rt.Addr().String(), "tls", c.TLSListen, "grpc", g.Addr().String(),
-		"admin", adm.Addr().String(), "console", *withConsole, "console_token", *adminToken != "", "ring_version", v.Version(), "liveness", v.HasLiveness(), "hash_key", c.HashKey)
+		"admin", adm.Addr().String(), "console", o.Console, "console_token", o.AdminToken != "", "ring_version", v.Version(), "liveness", v.HasLiveness(), "hash_key", c.HashKey)
 
 	sig := daemon.WaitForSignal()
 	log.Info("shutting down", "signal", sig, "drain_period", c.DrainPeriod.String())

@@ -5,8 +5,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -106,14 +104,14 @@ func Signal() <-chan string {
 	return out
 }
 
-// Main runs a daemon's run function on the command line and exits: 0 on
-// success or --help, 1 with "name: error" on stderr otherwise.
+// Main runs a daemon's run function on the command line and exits with
+// ExitCode: 0 on success or --help; otherwise "name: error" on stderr and
+// 1, 2 (usage) or 3 (refused by the ring store).
 func Main(name string, run func(args []string) error) {
-	if err := run(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
+	err := run(os.Args[1:])
+	code := ExitCode(err)
+	if code != ExitOK {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
-		os.Exit(1)
 	}
+	os.Exit(code)
 }

@@ -109,8 +109,8 @@ type Config struct {
 	// own (a router sent it here because the owner refused its dial) is
 	// kept before it is moved to the owner: long enough for a dead
 	// owner's lease to run out everywhere, so nobody bounces the user
-	// toward a member that is down (default 10s; Join sets twice the
-	// lease TTL plus a second).
+	// toward a member that is down (default 10s; Options.Resolve, the
+	// edge daemon's, sets twice --lease-ttl plus a second).
 	GuestGrace time.Duration
 	// MoveLimit is how many times within MoveWindow this edge moves one
 	// user for a change of owner; beyond it the user is left in place and
@@ -136,6 +136,46 @@ type Config struct {
 	AdminAddr string
 }
 
+// defaults holds every default of Config in one place: setDefaults fills
+// the zero fields of a Config from it and BindFlags shows it as the flags'
+// defaults. A field left zero here has a derived default: IdleTimeout is
+// 2.5 × PingInterval, Loops and BroadcastWriters are GOMAXPROCS.
+var defaults = Config{
+	Backlog:          4096,
+	ListenSpan:       1,
+	MigrateRate:      500,
+	GuestGrace:       10 * time.Second,
+	MoveLimit:        2,
+	MoveWindow:       time.Minute,
+	MaxConns:         100000,
+	MaxConnsPerUser:  1,
+	HandshakeTimeout: 5 * time.Second,
+	MaxHeaderBytes:   8192,
+	PingInterval:     30 * time.Second,
+	CloseTimeout:     3 * time.Second,
+	PollTimeout:      25 * time.Second,
+	MaxMessageBytes:  4096,
+	MaxPayloadBytes:  65536,
+	MaxQueueBytes:    256 << 10,
+	CompressMinBytes: 256,
+	MailboxSize:      64,
+	MailboxTTL:       2 * time.Minute,
+	DrainPeriod:      10 * time.Second,
+	Tick:             100 * time.Millisecond,
+}
+
+// The edge daemon's own defaults (Options, cmd/edge), beside Config's.
+const (
+	DefaultListen    = "127.0.0.1:8080"
+	DefaultGRPC      = "127.0.0.1:9090"
+	DefaultAdmin     = "127.0.0.1:9100"
+	DefaultJWTReload = 10 * time.Second
+	DefaultGOGC      = 400
+)
+
+// idleTimeout is IdleTimeout's default for a ping interval.
+func idleTimeout(ping time.Duration) time.Duration { return ping * 5 / 2 }
+
 func (c *Config) setDefaults() {
 	def := func(p *int, v int) {
 		if *p == 0 {
@@ -147,28 +187,29 @@ func (c *Config) setDefaults() {
 			*p = v
 		}
 	}
-	def(&c.Backlog, 4096)
-	def(&c.ListenSpan, 1)
-	def(&c.MigrateRate, 500)
-	defD(&c.GuestGrace, 10*time.Second)
-	def(&c.MoveLimit, 2)
-	defD(&c.MoveWindow, time.Minute)
-	def(&c.MaxConns, 100000)
-	def(&c.MaxConnsPerUser, 1)
-	defD(&c.HandshakeTimeout, 5*time.Second)
-	def(&c.MaxHeaderBytes, 8192)
-	defD(&c.PingInterval, 30*time.Second)
-	defD(&c.IdleTimeout, c.PingInterval*5/2)
-	defD(&c.CloseTimeout, 3*time.Second)
-	defD(&c.PollTimeout, 25*time.Second)
-	def(&c.MaxMessageBytes, 4096)
-	def(&c.MaxPayloadBytes, 65536)
-	def(&c.MaxQueueBytes, 256<<10)
-	def(&c.CompressMinBytes, 256)
-	def(&c.MailboxSize, 64)
-	defD(&c.MailboxTTL, 2*time.Minute)
-	defD(&c.DrainPeriod, 10*time.Second)
-	defD(&c.Tick, 100*time.Millisecond)
+	d := &defaults
+	def(&c.Backlog, d.Backlog)
+	def(&c.ListenSpan, d.ListenSpan)
+	def(&c.MigrateRate, d.MigrateRate)
+	defD(&c.GuestGrace, d.GuestGrace)
+	def(&c.MoveLimit, d.MoveLimit)
+	defD(&c.MoveWindow, d.MoveWindow)
+	def(&c.MaxConns, d.MaxConns)
+	def(&c.MaxConnsPerUser, d.MaxConnsPerUser)
+	defD(&c.HandshakeTimeout, d.HandshakeTimeout)
+	def(&c.MaxHeaderBytes, d.MaxHeaderBytes)
+	defD(&c.PingInterval, d.PingInterval)
+	defD(&c.IdleTimeout, idleTimeout(c.PingInterval))
+	defD(&c.CloseTimeout, d.CloseTimeout)
+	defD(&c.PollTimeout, d.PollTimeout)
+	def(&c.MaxMessageBytes, d.MaxMessageBytes)
+	def(&c.MaxPayloadBytes, d.MaxPayloadBytes)
+	def(&c.MaxQueueBytes, d.MaxQueueBytes)
+	def(&c.CompressMinBytes, d.CompressMinBytes)
+	def(&c.MailboxSize, d.MailboxSize)
+	defD(&c.MailboxTTL, d.MailboxTTL)
+	defD(&c.DrainPeriod, d.DrainPeriod)
+	defD(&c.Tick, d.Tick)
 	def(&c.Loops, runtime.GOMAXPROCS(0))
 	def(&c.BroadcastWriters, runtime.GOMAXPROCS(0))
 	if c.Logger == nil {

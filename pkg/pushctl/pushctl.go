@@ -30,12 +30,18 @@ const (
 	ExitConflict = 3 // version conflict: the ring changed under a change; re-run it
 )
 
+// MaxPayloadBytes is the largest payload any edge can be set to accept
+// (--max-payload-bytes at most 16 MiB): publish reads no more.
+const MaxPayloadBytes = 16 << 20
+
 // App runs commands; Stdout and Stderr are where they print, Env is looked
 // up for PUSH_* variables (os.LookupEnv when nil).
 type App struct {
 	Stdout, Stderr io.Writer
 	Env            func(string) (string, bool)
-	Stdin          io.Reader // where "ring lookup" reads user ids when given none (os.Stdin when nil)
+	Stdin          io.Reader // where "ring lookup" reads user ids and "publish --data -" the payload (os.Stdin when nil)
+	// Context stops "listen" when it ends (default: SIGINT or SIGTERM).
+	Context context.Context
 }
 
 type command struct {
@@ -48,7 +54,8 @@ var commands []command
 func init() {
 	commands = []command{
 		{"token", "--user U [--ttl 1h]", "mint a dev token (HS256) from $PUSH_JWT_SECRET or --jwt-secret-file", (*App).token},
-		{"publish", "--user U --data JSON [--ttl 30s]", "publish a message to a user", (*App).publish},
+		{"publish", "--user U --data JSON|@FILE|- [--ttl 30s]", "publish a message to a user", (*App).publish},
+		{"listen", "--user U [--last-seq N] [--epoch E]", "connect as a user through the router and print each message", (*App).listen},
 		{"broadcast", "--data JSON", "send a message to every connection", (*App).broadcast},
 		{"kick", "[--reason R] U...", "close every connection of the users (4004)", (*App).kick},
 		{"presence", "U...", "show whether users are connected", (*App).presence},
@@ -71,26 +78,35 @@ func (a *App) Main(args []string) int {
 	for _, c := range commands {
 		if c.name == args[0] {
 			err := c.run(a, args[1:])
+			code := ExitFailure
 			switch {
-			case err == nil:
-				return ExitOK
-			case errors.Is(err, flag.ErrHelp):
+			case err == nil, errors.Is(err, flag.ErrHelp):
 				return ExitOK
 			case errors.As(err, new(conflictError)):
-				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
-				return ExitConflict
+				code = ExitConflict
 			case errors.As(err, new(usageError)):
-				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
-				return ExitUsage
-			default:
-				fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", c.name, err)
-				return ExitFailure
+				code = ExitUsage
 			}
+			fmt.Fprintf(a.Stderr, "pushctl %s: %v\n", commandName(c.name, args[1:]), err)
+			return code
 		}
 	}
 	fmt.Fprintf(a.Stderr, "pushctl: unknown command %q\n\n", args[0])
 	a.usage(a.Stderr)
 	return ExitUsage
+}
+
+// commandName names the command in error messages: "ring add" for a ring
+// subcommand, so that the message reads "pushctl ring add: …".
+func commandName(name string, args []string) string {
+	if name == "ring" && len(args) > 0 {
+		for _, s := range ringSubcommands {
+			if s.name == args[0] {
+				return name + " " + s.name
+			}
+		}
+	}
+	return name
 }
 
 func (a *App) usage(w io.Writer) {
@@ -120,6 +136,24 @@ func (a *App) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	return rest, err
 }
 
+// parseFlagsOnly is parse for commands that take no positional argument:
+// a stray word would end the flags silently ("publish x --user a" would
+// read no --user), so it is a usage error naming the word.
+func (a *App) parseFlagsOnly(fs *flag.FlagSet, args []string) error {
+	rest, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		msg := fmt.Sprintf("unexpected argument %q: %s takes flags only", rest[0], fs.Name())
+		if len(rest) > 1 {
+			msg += fmt.Sprintf("; nothing after it was read (%q)", strings.Join(rest[1:], " "))
+		}
+		return usageError{errors.New(msg)}
+	}
+	return nil
+}
+
 func (a *App) dial(addr string, timeout time.Duration) (pushv1.PushClient, context.Context, func(), error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -144,7 +178,7 @@ func (a *App) token(args []string) error {
 	ttl := fs.Duration("ttl", time.Hour, "validity")
 	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret (default: $PUSH_JWT_SECRET)")
 	flagenv.SetUsage(fs, "PUSH", "pushctl token --user U [--ttl 1h]", "Prints a token for development; production tokens come from your login service.")
-	if _, err := a.parse(fs, args); err != nil {
+	if err := a.parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *user == "" {
@@ -174,11 +208,11 @@ func (a *App) loadSecret(path string) ([]byte, error) {
 }
 
 func (a *App) publish(args []string) error {
-	fs, addr, timeout := a.flags("publish", "--user U --data JSON")
+	fs, addr, timeout := a.flags("publish", "--user U --data JSON|@FILE|-")
 	user := fs.String("user", "", "user id")
-	data := fs.String("data", "", "payload (JSON is embedded as-is, anything else is sent as a JSON string)")
+	data := fs.String("data", "", "payload (JSON is embedded as-is, anything else is sent as a JSON string); @FILE reads it from a file, - from stdin (one trailing newline dropped); up to 16 MiB, the most an edge can be set to accept (--max-payload-bytes, 64 KiB by default)")
 	ttl := fs.Duration("ttl", 0, "how long to keep it for a user who is not connected (0: the edge's default)")
-	if _, err := a.parse(fs, args); err != nil {
+	if err := a.parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *user == "" || *data == "" {
@@ -187,6 +221,10 @@ func (a *App) publish(args []string) error {
 	if *ttl < 0 {
 		return usageError{fmt.Errorf("--ttl %v must not be negative", *ttl)}
 	}
+	payload, err := a.readData(*data, MaxPayloadBytes)
+	if err != nil {
+		return err
+	}
 	// Round up: 500ms must not become 0, which means the edge's default.
 	ttlSeconds := uint32((*ttl + time.Second - 1) / time.Second)
 	c, ctx, done, err := a.dial(*addr, *timeout)
@@ -194,7 +232,7 @@ func (a *App) publish(args []string) error {
 		return err
 	}
 	defer done()
-	r, err := c.Publish(ctx, &pushv1.PublishRequest{UserId: *user, Data: []byte(*data), TtlSeconds: ttlSeconds})
+	r, err := c.Publish(ctx, &pushv1.PublishRequest{UserId: *user, Data: payload, TtlSeconds: ttlSeconds})
 	if err != nil {
 		return rpcError(err)
 	}
@@ -213,7 +251,7 @@ func (a *App) publish(args []string) error {
 func (a *App) broadcast(args []string) error {
 	fs, addr, timeout := a.flags("broadcast", "--data JSON")
 	data := fs.String("data", "", "payload")
-	if _, err := a.parse(fs, args); err != nil {
+	if err := a.parseFlagsOnly(fs, args); err != nil {
 		return err
 	}
 	if *data == "" {

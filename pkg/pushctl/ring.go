@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -24,7 +25,7 @@ import (
 // store's compare-and-swap (see editRing).
 var ringSubcommands = []struct{ name, args, help string }{
 	{"lookup", "[--ring URL] [uid...]", "print each user's owner (uid<TAB>member id); reads uids from stdin when none are given"},
-	{"show", "[--ring URL] [--live-timeout 1s] [--metrics ID=URL,...]", "print the document and each member's share of the key space, lease, liveness (gRPC health) and connected users (reported with its lease, or its /metrics)"},
+	{"show", "[--ring URL] [--live-timeout 1s] [--metrics ID=URL,...]", "print the document and each member's share of the key space, lease, liveness (gRPC health) and connected users (reported with its lease, or its /metrics; a member named in --metrics but removed from the ring is shown as removed)"},
 	{"simulate", "[--ring URL] --add SPEC | --remove ID | --weight ID=W | --drain ID [--keys N]", "print how many users a change would move (nothing is written)"},
 	{"init", "[--ring URL] [--algorithm bounded|haproxy] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W]", "create the first document (version 1) with its first member; refused when one exists"},
 	{"add", "[--ring URL] [--force] [--probe-timeout 2s] --id ID --name N --ws HOST:PORT --grpc HOST:PORT [--weight W] [--keys N]", "add an active member; refused (exit 2) unless its edge answers the gRPC health check, or --force"},
@@ -109,13 +110,23 @@ func (a *App) loadRing(url string, timeout time.Duration) (*ring.Ring, error) {
 		return nil, fmt.Errorf("no ring document in %s", url)
 	}
 	if err != nil {
-		return nil, err
+		return nil, unreachable(url, timeout, err)
 	}
 	r, err := ring.New(d)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", url, err)
 	}
 	return r, nil
+}
+
+// unreachable words a store read that timed out: the store did not
+// answer (an etcd that is down or cut off), which the store's own error
+// ("context deadline exceeded") does not say.
+func unreachable(url string, timeout time.Duration, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("the ring store %s did not answer within %v (is it running and reachable?): %w", url, timeout, err)
+	}
+	return err
 }
 
 // readLeases reads the members' leases from the store (nil, nil for a
@@ -208,11 +219,16 @@ func (a *App) ringShow(args []string) error {
 		return err
 	}
 	d := r.Document()
+	// A member named in --metrics but no longer in the ring (a list kept
+	// in a script across a removal) gets a row of its own: "removed", and
+	// what its edge says, or unreachable once it has stopped.
+	var removed []uint32
 	for id := range metrics {
 		if _, ok := r.Member(id); !ok {
-			return usageError{fmt.Errorf("--metrics %d: no member with id %d in ring version %d", id, id, d.Version)}
+			removed = append(removed, id)
 		}
 	}
+	slices.Sort(removed)
 	active := 0
 	for _, m := range d.Members {
 		if m.Active() {
@@ -244,6 +260,22 @@ func (a *App) ringShow(args []string) error {
 		}
 		rows = append(rows, fmt.Sprintf("%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s", m.ID, m.Name, m.State, m.Weight, m.WS, m.GRPC,
 			percent(shares[m.ID]), lease, probes[i].live, users))
+	}
+	for _, id := range removed {
+		lease := "-"
+		if l, ok := leases[id]; ok {
+			lease = string(l.State)
+		} else if leases != nil {
+			lease = "none"
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+		n, err := edgeConnections(ctx, metrics[id])
+		cancel()
+		users := "unreachable"
+		if err == nil {
+			users = strconv.FormatInt(n, 10)
+		}
+		rows = append(rows, fmt.Sprintf("%d\t-\tremoved\t-\t-\t-\t-\t%s\t-\t%s", id, lease, users))
 	}
 	return writeTable(a.Stdout, rows)
 }

@@ -24,7 +24,7 @@ func addArgs(id, name, ws, grpc string, extra ...string) []string {
 // refusedLine is the start of the one line add prints when the new
 // member's edge does not answer.
 func refusedLine(id, name, grpc, within string) string {
-	return "pushctl ring: not added: member " + id + " (" + name + "): its edge at " + grpc +
+	return "pushctl ring add: not added: member " + id + " (" + name + "): its edge at " + grpc +
 		" does not answer the gRPC health check with SERVING (within " + within + "): "
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"slices"
@@ -47,6 +48,13 @@ func (a *App) parseLocal(fs *flag.FlagSet, args []string, local ...string) ([]st
 	}
 	var positional []string
 	for {
+		// A negative number ("ring weight 1 -3") is an argument, not an
+		// unknown flag: it gets the command's own range error.
+		if len(args) > 0 && isNegativeNumber(args[0]) {
+			positional = append(positional, args[0])
+			args = args[1:]
+			continue
+		}
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
@@ -83,13 +91,23 @@ func (a *App) parseLocal(fs *flag.FlagSet, args []string, local ...string) ([]st
 	return positional, nil
 }
 
-// openStore opens the store url names; a bad URL is a usage error.
+func isNegativeNumber(s string) bool {
+	_, err := strconv.ParseFloat(s, 64)
+	return err == nil && strings.HasPrefix(s, "-")
+}
+
+// openStore opens the store url names; a bad URL is a usage error. A file
+// store whose directory does not exist holds no document, like one whose
+// file does not exist: both are failures (exit 1), with one message.
 func (a *App) openStore(url string) (store.Store, error) {
 	if url == "" {
 		return nil, usageError{errors.New("--ring (or PUSH_RING) is required, e.g. --ring file:./ring.json")}
 	}
 	log := slog.New(slog.NewTextHandler(a.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	st, err := store.Open(url, log)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("no ring document in %s: its directory does not exist", url)
+	}
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--ring: %w", err)}
 	}
@@ -134,7 +152,7 @@ func (a *App) editRing(url string, timeout time.Duration, keys int, change edit)
 		return fmt.Errorf("no ring document in %s (create one with 'pushctl ring init')", url)
 	}
 	if err != nil {
-		return err
+		return unreachable(url, timeout, err)
 	}
 	next := *prev
 	next.Version++
@@ -283,7 +301,9 @@ func (a *App) ringInit(args []string) error {
 		}
 		return usageError{fmt.Errorf("%s already holds a ring document (%s): change it with 'pushctl ring add|drain|weight|remove'", *url, v)}
 	}
-	if _, err := st.Load(ctx); !errors.Is(err, store.ErrNotFound) {
+	if _, err := st.Load(ctx); errors.Is(err, context.DeadlineExceeded) {
+		return unreachable(*url, *timeout, err)
+	} else if !errors.Is(err, store.ErrNotFound) {
 		return exists()
 	}
 	if err := st.CompareAndSwap(ctx, 0, d, false); err != nil {
@@ -420,8 +440,13 @@ func (a *App) ringWeight(args []string) error {
 		return err
 	}
 	w, err := strconv.Atoi(rest[1])
-	if err != nil || w < 1 || w > ring.MaxWeight {
-		return usageError{fmt.Errorf("weight %q: want 1..%d", rest[1], ring.MaxWeight)}
+	switch {
+	case err != nil:
+		return usageError{fmt.Errorf("weight %q is not a whole number: want 1..%d", rest[1], ring.MaxWeight)}
+	case w < 0:
+		return usageError{fmt.Errorf("weight %d is negative: want 1..%d (drain a member to give it no users)", w, ring.MaxWeight)}
+	case w < 1 || w > ring.MaxWeight:
+		return usageError{fmt.Errorf("weight %d out of range: want 1..%d", w, ring.MaxWeight)}
 	}
 	return a.editRing(*url, *timeout, *keys, func(prev, next *ring.Document) (string, error) {
 		i, err := find(prev, id)

@@ -66,7 +66,7 @@ const (
 // Validate, CheckTransition, Marshal and New for a bad document wraps
 // ErrInvalid; one with no active member also wraps ErrNoMembers.
 var (
-	ErrInvalid   = errors.New("ring: invalid document")
+	ErrInvalid   = errors.New("invalid ring document")
 	ErrNoMembers = errors.New("no active members")
 )
 

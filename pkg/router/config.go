@@ -140,52 +140,74 @@ type Config struct {
 	Metrics prometheus.Registerer
 }
 
+// defaults holds every default of Config in one place: setDefaults fills
+// the zero fields of a Config from it and BindFlags shows it as the flags'
+// defaults. Loops (GOMAXPROCS) and CheckTimeout (at most CheckInterval)
+// are derived.
+var defaults = Config{
+	Listen:         "127.0.0.1:8000",
+	Backlog:        4096,
+	HashKey:        "url_param:uid",
+	HeadTimeout:    5 * time.Second,
+	MaxHeadBytes:   8192,
+	ConnectTimeout: 3 * time.Second,
+	FinTimeout:     30 * time.Second,
+	RelayBuffer:    DefaultRelayBuffer,
+	EdgePortSpan:   1,
+	Check:          CheckGRPC,
+	CheckInterval:  2 * time.Second,
+	CheckTimeout:   time.Second,
+	Rise:           2,
+	Fall:           3,
+	DrainPeriod:    10 * time.Second,
+	Tick:           100 * time.Millisecond,
+}
+
+// The router daemon's own defaults (Options, cmd/router), beside Config's.
+const (
+	DefaultGRPC     = "127.0.0.1:9000"
+	DefaultAdmin    = "127.0.0.1:9001"
+	DefaultRing     = "file:./ring.json"
+	DefaultRingWait = 30 * time.Second
+)
+
 func (c *Config) setDefaults() {
-	def := func(p *time.Duration, v time.Duration) {
+	defD := func(p *time.Duration, v time.Duration) {
 		if *p == 0 {
 			*p = v
 		}
 	}
-	if c.Listen == "" {
-		c.Listen = "127.0.0.1:8000"
+	def := func(p *int, v int) {
+		if *p == 0 {
+			*p = v
+		}
 	}
-	if c.Backlog == 0 {
-		c.Backlog = 4096
+	defS := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
 	}
-	if c.HashKey == "" {
-		c.HashKey = "url_param:uid"
-	}
-	def(&c.HeadTimeout, 5*time.Second)
-	if c.MaxHeadBytes == 0 {
-		c.MaxHeadBytes = 8192
-	}
-	def(&c.ConnectTimeout, 3*time.Second)
-	def(&c.FinTimeout, 30*time.Second)
-	if c.RelayBuffer == 0 {
-		c.RelayBuffer = DefaultRelayBuffer
-	}
-	if c.EdgePortSpan == 0 {
-		c.EdgePortSpan = 1
-	}
-	if c.Check == "" {
-		c.Check = CheckGRPC
-	}
-	def(&c.CheckInterval, 2*time.Second)
-	def(&c.CheckTimeout, time.Second)
+	d := &defaults
+	defS(&c.Listen, d.Listen)
+	def(&c.Backlog, d.Backlog)
+	defS(&c.HashKey, d.HashKey)
+	defD(&c.HeadTimeout, d.HeadTimeout)
+	def(&c.MaxHeadBytes, d.MaxHeadBytes)
+	defD(&c.ConnectTimeout, d.ConnectTimeout)
+	defD(&c.FinTimeout, d.FinTimeout)
+	def(&c.RelayBuffer, d.RelayBuffer)
+	def(&c.EdgePortSpan, d.EdgePortSpan)
+	defS(&c.Check, d.Check)
+	defD(&c.CheckInterval, d.CheckInterval)
+	defD(&c.CheckTimeout, d.CheckTimeout)
 	if c.CheckTimeout > c.CheckInterval {
 		c.CheckTimeout = c.CheckInterval
 	}
-	if c.Rise == 0 {
-		c.Rise = 2
-	}
-	if c.Fall == 0 {
-		c.Fall = 3
-	}
-	def(&c.DrainPeriod, 10*time.Second)
-	if c.Loops == 0 {
-		c.Loops = DefaultLoops()
-	}
-	def(&c.Tick, 100*time.Millisecond)
+	def(&c.Rise, d.Rise)
+	def(&c.Fall, d.Fall)
+	defD(&c.DrainPeriod, d.DrainPeriod)
+	def(&c.Loops, DefaultLoops())
+	defD(&c.Tick, d.Tick)
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

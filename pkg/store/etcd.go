@@ -13,6 +13,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
@@ -55,8 +56,11 @@ func OpenEtcd(raw string, log *slog.Logger) (*Etcd, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   eps,
 		DialTimeout: 5 * time.Second,
-		// The etcd client logs through zap; ours go through slog.
-		Logger: nil,
+		// The etcd client logs through zap, as JSON lines of its own
+		// (a retry warning per failed call while etcd is unreachable);
+		// quiet: the error it returns is logged, or printed, through
+		// slog by the caller, once and in the caller's words.
+		Logger: zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store %q: %w", raw, err)

@@ -12,6 +12,10 @@ const MAX_ROWS = 200;
 const demo = { client: null, messages: [], states: [], gaps: [], config: null };
 window.pushDemo = demo;
 
+// The empty list's hint, shown until the first message of each connection
+// (connecting alone does not remove it).
+const emptyHint = $('messages').querySelector('.empty').cloneNode(true);
+
 async function postJSON(path, body) {
   const res = await fetch(path, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
   const text = await res.text();
@@ -103,7 +107,7 @@ async function start(uid) {
   demo.messages.length = 0;
   demo.states.length = 0;
   demo.gaps.length = 0;
-  $('messages').replaceChildren();
+  $('messages').replaceChildren(emptyHint.cloneNode(true));
   $('count').textContent = '0';
   $('fact-epoch').textContent = '–';
   $('fact-seq').textContent = '0';

@@ -134,6 +134,76 @@ const scenarios = {
     return `1 connection for 2 tabs (${modes}), 5 messages in each`;
   },
 
+  // A tab opened after messages arrived shows them at once (the SharedWorker
+  // replays what the shared connection has), then the new ones: each once,
+  // in order, over the one socket.
+  async 'new-tab-replay'(browser) {
+    const ctx = await browser.newContext();
+    const a = await openPage(ctx, { uid: 'web-replay', share: 'worker' });
+    await open(a, 'tab A open');
+    for (const n of range(1, 3)) await publish('web-replay', { n });
+    await expectMessages(a, range(1, 3), 'tab A');
+    const b = await openPage(ctx, { uid: 'web-replay', share: 'worker' });
+    await open(b, 'tab B open');
+    await expectMessages(b, range(1, 3), 'tab B (replayed)');
+    for (const n of range(4, 5)) await publish('web-replay', { n });
+    await expectMessages(a, range(1, 5), 'tab A');
+    await expectMessages(b, range(1, 5), 'tab B');
+    const p = await presence('web-replay');
+    await ctx.close();
+    if (p.total !== 1) throw new Error('edges count ' + p.total + ' connections for two tabs');
+    return 'tab B opened after 3 messages showed 1..5 once, in order, on 1 connection';
+  },
+
+  // The demo page on a 390 px phone: the header stays one line (title and
+  // status side by side, the status text unwrapped, nothing overflowing)
+  // in every state, the longest included; the empty Messages card keeps
+  // its hint while connected until the first message arrives.
+  async 'demo-page-phone'(browser) {
+    const ctx = await browser.newContext({ viewport: { width: 390, height: 844 } });
+    const page = await openPage(ctx, { uid: 'web-phone', share: 'none' });
+    const hints = () => page.locator('#messages li.empty').count();
+    const oneLine = async (label) => {
+      const r = await page.evaluate(() => {
+        const q = (s) => document.querySelector(s);
+        const box = (s) => q(s).getBoundingClientRect();
+        const t = box('h1');
+        const s = box('#status');
+        const lh = parseFloat(getComputedStyle(q('#state-text')).fontSize) * 1.6;
+        return { title: [t.top, t.bottom], status: [s.top, s.bottom], text: box('#state-text').height, lh,
+          scroll: q('header').scrollWidth, width: q('header').clientWidth, page: document.documentElement.scrollWidth,
+          shown: q('#state-text').textContent };
+      });
+      if (r.status[0] >= r.title[1] || r.title[0] >= r.status[1]) throw new Error(`${label}: the header wraps: ${JSON.stringify(r)}`);
+      if (r.text > r.lh) throw new Error(`${label}: the status text wraps: ${JSON.stringify(r)}`);
+      if (r.scroll > r.width || r.page > 390) throw new Error(`${label}: the header overflows: ${JSON.stringify(r)}`);
+      return r.shown;
+    };
+    const states = [];
+    await open(page);
+    states.push(await oneLine('connected'));
+    if ((await hints()) !== 1) throw new Error('the "Nothing yet" hint went away on connecting');
+    await publish('web-phone', { n: 1 });
+    await expectMessages(page, [1], 'phone');
+    if ((await hints()) !== 0) throw new Error('the hint stayed after a message');
+    // The longest label the page has, with a close detail.
+    await page.evaluate(() => {
+      document.querySelector('#state-text').textContent = 'replaced by another connection';
+      document.querySelector('#state-detail').textContent = 'last close 4002';
+    });
+    states.push(await oneLine('longest state'));
+    await page.click('#disconnect');
+    await until('disconnected', async () => (await state(page))?.state === 'stopped');
+    states.push(await oneLine('disconnected'));
+    // Connecting again (another user): the hint is back until a message.
+    await page.click('#quick button[data-uid="bob"]');
+    await open(page, 'bob open');
+    if ((await hints()) !== 1) throw new Error('no hint after connecting again');
+    states.push(await oneLine('bob connected'));
+    await ctx.close();
+    return `one-line header at 390 px for "${states.join('", "')}"; the hint stays until the first message`;
+  },
+
   // Leader election without SharedWorker: the leader tab holds the socket
   // and relays; when it closes, the other takes over and resumes from the
   // last seq, missing nothing published in between.

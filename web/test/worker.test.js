@@ -102,3 +102,37 @@ test('a tab that subscribes with a position (a takeover, a worker restarted) res
   const bst = b.got.filter((m) => m.type === 'state').at(-1).v;
   assert.deepEqual([bst.state, bst.epoch, bst.lastSeq], ['open', 'E2', 1]);
 });
+
+test('a tab that opens later gets what the shared connection already has, once, before its state', async () => {
+  const a = tab();
+  a.send({ type: 'subscribe', url: 'ws://h/ws', opts: { uid: 'w5', token: token('w5') }, canRefresh: false });
+  await flush();
+  const socks = env.sockets.filter((s) => s.url.searchParams.get('uid') === 'w5');
+  socks[0].open();
+  socks[0].send({ seq: 1, epoch: 'E', data: 'one' });
+  socks[0].send({ seq: 0, broadcast: true, data: 'all' });
+  socks[0].send({ seq: 2, epoch: 'E', data: 'two' });
+  const b = tab();
+  b.send({ type: 'subscribe', url: 'ws://h/ws', opts: { uid: 'w5', token: token('w5') }, canRefresh: false });
+  await flush();
+  assert.deepEqual(b.got.map((m) => [m.type, m.v.data ?? m.v.state]), [['message', 'one'], ['message', 'all'], ['message', 'two'], ['state', 'open']]);
+  socks[0].send({ seq: 3, epoch: 'E', data: 'three' });
+  assert.deepEqual(b.messages(), [1, 0, 2, 3]);
+  assert.deepEqual(a.messages(), [1, 0, 2, 3]);
+  assert.equal(env.sockets.filter((s) => s.url.searchParams.get('uid') === 'w5').length, 1);
+});
+
+test('the replay keeps the newest 200', async () => {
+  const a = tab();
+  a.send({ type: 'subscribe', url: 'ws://h/ws', opts: { uid: 'w6', token: token('w6') }, canRefresh: false });
+  await flush();
+  const sock = env.sockets.find((s) => s.url.searchParams.get('uid') === 'w6');
+  sock.open();
+  for (let i = 1; i <= 250; i++) sock.send({ seq: i, epoch: 'E', data: i });
+  const b = tab();
+  b.send({ type: 'subscribe', url: 'ws://h/ws', opts: { uid: 'w6', token: token('w6') }, canRefresh: false });
+  await flush();
+  const got = b.messages();
+  assert.equal(got.length, 200);
+  assert.deepEqual([got[0], got.at(-1)], [51, 250]);
+});
