@@ -32,6 +32,7 @@ type handshake struct {
 	origin []byte
 	host   []byte
 	resume resumePoint
+	claims auth.Claims // the verified token's lifetime, for the connection
 }
 
 // Read and Write let the upgrader read the head from memory and write its
@@ -133,10 +134,12 @@ func (h *handshake) onBeforeUpgrade() (ws.HandshakeHeader, error) {
 		s.m.hsOverloaded.Inc()
 		return nil, reject(http.StatusServiceUnavailable, "edge at capacity, draining or fenced")
 	}
-	if err := s.cfg.Verifier.Verify(string(h.token), string(h.uid)); err != nil {
+	claims, err := s.checkToken(string(h.token), string(h.uid))
+	if err != nil {
 		s.m.hsUnauthorized.Inc()
 		return nil, reject(http.StatusUnauthorized, auth.Reason(err))
 	}
+	h.claims = claims
 	return nil, nil
 }
 
@@ -192,7 +195,8 @@ func (h *handshake) upgradeLocked(c *conn, head []byte) {
 	s.m.hsOK.Inc()
 	c.uid = string(h.uid)
 	c.lastSeen = now.UnixNano()
-	s.schedule(c, now.Add(s.cfg.PingInterval))
+	c.exp, c.iat = h.claims.Exp, h.claims.Iat
+	s.scheduleOpen(c, now.Add(s.cfg.PingInterval))
 	s.attachLocked(c, h.resume)
 }
 

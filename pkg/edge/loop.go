@@ -268,8 +268,10 @@ func (l *loop) handleFrame(c *conn, fin bool, op ws.OpCode, p []byte) {
 			if fin {
 				if text && !utf8.Valid(p) {
 					s.closeWithLocked(c, CloseInvalidData, "invalid UTF-8")
+				} else if text {
+					s.clientTextLocked(c, p) // a token refresh; anything else is ignored
 				}
-				return // a whole client message: the push protocol ignores its content
+				return
 			}
 			r := c.rs()
 			r.frag, r.fragText, r.fragLen = true, text, 0

@@ -34,6 +34,7 @@ type Server struct {
 	reg *registry.Registry[*conn]
 
 	limiter *ipLimiter // nil unless HandshakesPerIP > 0
+	tokens  tokenState // revoked tokens (tokens.go)
 
 	own         ownState      // the ownership view and its history (ownership.go)
 	streams     streams       // stream hand-over in flight, peers (streams.go)

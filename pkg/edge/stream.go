@@ -313,7 +313,8 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 		reject(http.StatusServiceUnavailable, "edge at capacity, draining or fenced")
 		return
 	}
-	if err := s.cfg.Verifier.Verify(string(token), string(uid)); err != nil {
+	claims, err := s.checkToken(string(token), string(uid))
+	if err != nil {
 		s.m.hsUnauthorized.Inc()
 		reject(http.StatusUnauthorized, auth.Reason(err))
 		return
@@ -343,11 +344,12 @@ func (l *loop) streamRequest(c *conn, kind uint8, head []byte) {
 	s.m.hsOK.Inc()
 	c.uid = string(uid)
 	c.lastSeen = now.UnixNano()
+	c.exp, c.iat = claims.Exp, claims.Iat
 	next := s.cfg.PingInterval
 	if kind == kindPoll {
 		next = s.cfg.PollTimeout
 	}
-	s.schedule(c, now.Add(next))
+	s.scheduleOpen(c, now.Add(next))
 	s.attachLocked(c, rp)
 }
 
