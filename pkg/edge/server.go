@@ -73,6 +73,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.table = make([]atomic.Pointer[conn], size)
 	s.reg = registry.New[*conn](256)
+	s.tokens.init(cfg.Metrics)
 	if cfg.HandshakesPerIP > 0 {
 		s.limiter = newIPLimiter(cfg.HandshakesPerIP)
 	}

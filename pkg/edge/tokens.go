@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/registry"
@@ -35,10 +36,30 @@ import (
 // often as the store's leases).
 const RevocationPoll = 250 * time.Millisecond
 
-// tokenState is what the edge knows of revoked tokens. revoked is replaced
-// whole (copy on write) by SetRevocations and read without a lock.
+// tokenState is what the edge knows of revoked tokens, and its metrics.
+// revoked is replaced whole (copy on write) by SetRevocations and read
+// without a lock.
 type tokenState struct {
 	revoked atomic.Pointer[map[string]revocation]
+
+	renewed, refused, expired, cut prometheus.Counter // push_edge_token_events_total by event
+	inForce                        prometheus.Gauge
+}
+
+func (t *tokenState) init(reg prometheus.Registerer) {
+	events := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "push_edge_token_events_total",
+		Help: "Token lifetime on open connections: renewed (a renewal taken), refused (a renewal refused: 4001), expired (closed at exp: 4001), revoked (closed by a revocation: 4001)."},
+		[]string{"event"})
+	t.renewed = events.WithLabelValues("renewed")
+	t.refused = events.WithLabelValues("refused")
+	t.expired = events.WithLabelValues("expired")
+	t.cut = events.WithLabelValues("revoked")
+	t.inForce = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "push_edge_revocations", Help: "Users with a token revocation in force, as last read from the ring store."})
+	if reg != nil {
+		reg.MustRegister(events, t.inForce)
+	}
 }
 
 // revocation is store.Revocation in Unix nanoseconds.
@@ -89,6 +110,7 @@ func (s *Server) tokenExpiredLocked(c *conn, now time.Time) bool {
 	if c.exp == 0 || now.UnixNano() < c.exp {
 		return false
 	}
+	s.tokens.expired.Inc()
 	s.closeWithLocked(c, CloseUnauthorized, reasonExpired)
 	return true
 }
@@ -116,15 +138,18 @@ func (s *Server) clientTextLocked(c *conn, p []byte) {
 		return
 	}
 	if err != nil || m.Token == nil {
+		s.tokens.refused.Inc()
 		s.closeWithLocked(c, CloseUnauthorized, `malformed token message: want {"type":"token","token":"<jwt>"}`)
 		return
 	}
 	cl, err := s.checkToken(*m.Token, c.uid)
 	if err != nil {
+		s.tokens.refused.Inc()
 		s.log.Debug("token refresh refused", "uid", c.uid, "reason", auth.Reason(err))
 		s.closeWithLocked(c, CloseUnauthorized, auth.Reason(err))
 		return
 	}
+	s.tokens.renewed.Inc()
 	earlier := cl.Exp < c.exp
 	c.exp, c.iat = cl.Exp, cl.Iat
 	if earlier {
@@ -159,6 +184,7 @@ func (s *Server) SetRevocations(list []store.Revocation) int {
 		next[r.User] = v
 	}
 	s.tokens.revoked.Store(&next)
+	s.tokens.inForce.Set(float64(len(next)))
 	n := 0
 	for uid, r := range next {
 		n += s.cutOff(uid, r.before)
@@ -178,6 +204,7 @@ func (s *Server) cutOff(uid string, before int64) int {
 			c := u.Conns[i]
 			c.mu.Lock()
 			if c.state == stOpen && c.iat < before {
+				s.tokens.cut.Inc()
 				s.closeWithLocked(c, CloseUnauthorized, reasonRevoked)
 				n++
 			}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -106,22 +107,50 @@ func nextNonHeartbeat(t *testing.T, c *websocket.Conn) tokenAnswer {
 	}
 }
 
+// tokenEvents reads push_edge_token_events_total{event} from reg.
+func tokenEvents(t *testing.T, reg *prometheus.Registry, event string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "push_edge_token_events_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "event" && l.GetValue() == event {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no push_edge_token_events_total{event=%q}", event)
+	return 0
+}
+
 // A connection whose token expires is closed with 4001; the deadline comes
 // from the timing wheel (the ping interval here is far longer).
 func TestTokenExpiryClosesWith4001(t *testing.T) {
-	e := start(t, nil)
+	reg := prometheus.NewRegistry()
+	e := start(t, func(c *edge.Config) { c.Metrics = reg })
 	c := dialWith(t, e.addr, "exa", mint(t, "exa", 2*time.Second))
 	code, reason := closedWith(t, c)
 	if code != edge.CloseUnauthorized || reason != "token expired" {
 		t.Fatalf("closed with %d %q, want 4001 \"token expired\"", code, reason)
 	}
 	waitFor(t, "the user to be gone", func() bool { return e.srv.Presence("exa") == 0 })
+	if n := tokenEvents(t, reg, "expired"); n != 1 {
+		t.Fatalf("expired events %v, want 1", n)
+	}
 }
 
 // A refreshed connection stays open past its first token's expiry and
 // still receives messages.
 func TestRefreshedConnectionOutlivesItsFirstToken(t *testing.T) {
-	e := start(t, nil)
+	reg := prometheus.NewRegistry()
+	e := start(t, func(c *edge.Config) { c.Metrics = reg })
 	first := mint(t, "ref", 2*time.Second)
 	c := dialWith(t, e.addr, "ref", first)
 	waitFor(t, "registration", func() bool { return e.srv.Presence("ref") == 1 })
@@ -139,6 +168,9 @@ func TestRefreshedConnectionOutlivesItsFirstToken(t *testing.T) {
 	}
 	if e.srv.Presence("ref") != 1 {
 		t.Fatal("the refreshed connection is gone")
+	}
+	if r, x := tokenEvents(t, reg, "renewed"), tokenEvents(t, reg, "expired"); r != 1 || x != 0 {
+		t.Fatalf("renewed %v expired %v, want 1 and 0", r, x)
 	}
 }
 
