@@ -1,19 +1,31 @@
-// push.js against a real edge (bin/edge, built by `make` or
-// `go build -o bin/ ./cmd/...`; PUSH_EDGE_BIN and PUSH_PUSHCTL_BIN override
-// the paths). Skipped when the binaries are not there.
+// push.js against a real edge: edge and pushctl are built from this tree
+// into a temporary directory (PUSH_EDGE_BIN and PUSH_PUSHCTL_BIN name
+// prebuilt ones instead). Skipped when there is no Go toolchain.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import crypto from 'node:crypto';
 import { Session } from '../push.js';
 import { NodeWebSocket } from '../testing/nodews.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const EDGE = process.env.PUSH_EDGE_BIN || root + 'bin/edge';
-const PUSHCTL = process.env.PUSH_PUSHCTL_BIN || root + 'bin/pushctl';
-const have = existsSync(EDGE) && existsSync(PUSHCTL);
+let EDGE = process.env.PUSH_EDGE_BIN;
+let PUSHCTL = process.env.PUSH_PUSHCTL_BIN;
+let built = null;
+let skip = false;
+if (!EDGE || !PUSHCTL) {
+  built = mkdtempSync(join(tmpdir(), 'push-web-edge-'));
+  const r = spawnSync('go', ['build', '-o', built + '/', './cmd/edge', './cmd/pushctl'], { cwd: root, encoding: 'utf8' });
+  if (r.error && r.error.code === 'ENOENT') skip = 'no Go toolchain to build the edge';
+  else if (r.status !== 0) throw new Error('go build ./cmd/edge ./cmd/pushctl: ' + (r.stderr || r.error));
+  EDGE = join(built, 'edge');
+  PUSHCTL = join(built, 'pushctl');
+}
+
 const SECRET = 'node-edge-test-secret-node-edge-test-secret';
 
 function mint(sub, ttlSec) {
@@ -38,7 +50,7 @@ let ws;
 let grpc;
 
 before(async () => {
-  if (!have) return;
+  if (skip) return;
   edge = spawn(EDGE, ['--listen', '127.0.0.1:0', '--grpc', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--dev'], {
     env: { PATH: process.env.PATH, PUSH_JWT_SECRET: SECRET },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -58,6 +70,7 @@ before(async () => {
 
 after(() => {
   if (edge) edge.kill('SIGKILL');
+  if (built) rmSync(built, { recursive: true, force: true });
 });
 
 function start(uid, opts) {
@@ -78,7 +91,7 @@ function start(uid, opts) {
   return { s, got, sockets };
 }
 
-test('a renewed connection outlives its first token and still receives messages', { skip: !have && 'no bin/edge or bin/pushctl' }, async () => {
+test('a renewed connection outlives its first token and still receives messages', { skip }, async () => {
   const uid = 'node-renew';
   const first = mint(uid, 3);
   const renewed = [];
@@ -106,7 +119,7 @@ test('a renewed connection outlives its first token and still receives messages'
   }
 });
 
-test('without getToken the edge closes with 4001 at expiry and the session stops unauthorized', { skip: !have && 'no bin/edge or bin/pushctl' }, async () => {
+test('without getToken the edge closes with 4001 at expiry and the session stops unauthorized', { skip }, async () => {
   const { s, sockets } = start('node-expire', { token: mint('node-expire', 2) });
   try {
     await until('open', () => s.state.state === 'open');
