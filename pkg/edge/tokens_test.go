@@ -322,3 +322,17 @@ func TestRevocationEtcdStore(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 	testRevocation(t, st)
 }
+
+// A renewal may shorten the connection's life: the deadline moves to the
+// new, earlier expiry.
+func TestRenewalWithAShorterTokenEndsEarlier(t *testing.T) {
+	e := start(t, nil)
+	c := dialWith(t, e.addr, "sho", mint(t, "sho", time.Hour))
+	refresh(t, c, mint(t, "sho", 2*time.Second))
+	if a := nextNonHeartbeat(t, c); !a.Token {
+		t.Fatalf("refresh answer %+v", a)
+	}
+	if code, reason := closedWith(t, c); code != edge.CloseUnauthorized || reason != "token expired" {
+		t.Fatalf("closed with %d %q, want 4001 \"token expired\"", code, reason)
+	}
+}
