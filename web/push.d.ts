@@ -90,9 +90,19 @@ export interface ConnectOptions {
    * visibly wrong (malformed, expired, for another user) and once after a
    * 4001 or HTTP 401, before giving up with `stopped`/`unauthorized`. Resolving to
    * an empty value gives up at once; throwing (token service unreachable)
-   * is retried with backoff.
+   * is retried with backoff. On an open WebSocket it is also called
+   * `refreshAhead` before the token's `exp`, and the new token is sent over
+   * the socket (`{"type":"token","token":...}`), so the connection outlives
+   * the first token; SSE and long-poll renew by reconnecting at expiry.
    */
   getToken?: () => Promise<string>;
+  /**
+   * How long before the token's `exp` (ms) an open WebSocket renews it
+   * through getToken (default 60000; at most half the token's remaining life).
+   */
+  refreshAhead?: number;
+  /** A renewal that failed is tried again after this long (ms, default 5000) while the token lasts. */
+  refreshRetry?: number;
   /**
    * Tab sharing: 'worker' (SharedWorker), 'leader' (Web Locks +
    * BroadcastChannel), 'none'. Default 'auto': the first available.
@@ -166,6 +176,9 @@ export function parseEventId(id: string): { epoch: string | undefined; seq: numb
 
 /** Why a token certainly fails (shape, sub ≠ uid, expired), or null. */
 export function tokenProblem(token: string, uid: string, nowMs?: number): string | null;
+
+/** A JWT's `exp` in ms since 1970, or undefined when it has none readable. */
+export function tokenExpiry(token: string): number | undefined;
 
 /** Close codes of docs/protocol.md. */
 export const Close: {

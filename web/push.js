@@ -8,7 +8,8 @@
 //   Session     one logical connection: state machine, backoff with full
 //               jitter, dedupe by (epoch, seq), resume with last_seq and
 //               epoch, fallback between
-//               transports, heartbeat watchdog, token refresh. Pure: every
+//               transports, heartbeat watchdog, token refresh (ahead of
+//               expiry over the open WebSocket). Pure: every
 //               browser API and clock comes in through `env`, so Node tests
 //               drive it with fakes;
 //   connect()   shares one Session per user between the tabs of an origin:
@@ -34,6 +35,8 @@ const DEFAULTS = {
   heartbeatTimeout: 75000, // no frame for this long: the socket is dead
   fallbackAfter: 2, // failures before open, in a row, before the next transport
   pollTimeout: 35000, // the server holds a poll up to 25 s
+  refreshAhead: 60000, // renew the token over the WebSocket this long (at most half its life) before exp
+  refreshRetry: 5000, // a failed renewal is tried again after this long while the token lasts
 };
 
 /**
@@ -52,20 +55,31 @@ export function backoffDelay(attempt, { minDelay = DEFAULTS.minDelay, maxDelay =
  */
 export function tokenProblem(token, uid, nowMs = Date.now()) {
   if (typeof token !== 'string' || token === '') return 'no token';
-  const parts = token.split('.');
-  if (parts.length !== 3) return 'malformed token';
-  let claims;
-  try {
-    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
-    claims = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
-  } catch {
-    return 'malformed token';
-  }
-  if (claims === null || typeof claims !== 'object') return 'malformed token';
+  const claims = claimsOf(token);
+  if (!claims) return 'malformed token';
   if (claims.sub !== uid) return 'token is for another user';
   if (typeof claims.exp !== 'number') return 'token without exp';
   if (claims.exp * 1000 <= nowMs) return 'token expired';
   return null;
+}
+
+// The JWT's claims object, or null when it is not a readable JWT.
+function claimsOf(token) {
+  const parts = token.split('.');
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const claims = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+    return claims !== null && typeof claims === 'object' ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A JWT's `exp` in milliseconds since 1970, or undefined when it has none readable. */
+export function tokenExpiry(token) {
+  const claims = typeof token === 'string' ? claimsOf(token) : null;
+  return claims && typeof claims.exp === 'number' ? claims.exp * 1000 : undefined;
 }
 
 /**
@@ -210,9 +224,10 @@ export class Cursor {
 // ---------------------------------------------------------------------------
 // Transports. open(p, h) starts one attempt; p = {url, uid, token, lastSeq,
 // epoch, position()}: position() is the Session's (epoch, seq) now, for a
-// transport that makes more than one request; h = {open(), frame(envelope),
+// transport that makes more than one request; h = {open(link), frame(envelope),
 // close({code, reason, opened})}. close is called at most once, and never
-// after the returned stop() was called.
+// after the returned stop() was called. link is {send(text)} on a transport
+// that can talk back (the WebSocket: token refresh), else undefined.
 
 function parse(text) {
   try {
@@ -230,7 +245,7 @@ const transports = {
     let done = false;
     ws.onopen = () => {
       opened = true;
-      h.open();
+      h.open({ send: (text) => ws.send(text) });
     };
     ws.onmessage = (e) => {
       const v = typeof e.data === 'string' ? parse(e.data) : null;
@@ -414,6 +429,9 @@ export class Session extends Emitter {
     this.failures = 0; // failures before open, in a row, on the current transport
     this.attempt = 0; // backoff attempt
     this.refreshed = false; // asked getToken once since the last open
+    this.link = null; // {send} of the open WebSocket, for token renewal
+    this.renewal = null; // timer of the next renewal ahead of expiry
+    this.offered = null; // token sent for renewal, waiting for the edge's answer
     this.stop = null; // stops the current transport attempt
     this.timer = null; // backoff or jitter timer
     this.watchdog = null;
@@ -477,6 +495,52 @@ export class Session extends Emitter {
     this.env.clearTimeout(this.timer);
     this.env.clearTimeout(this.watchdog);
     this.timer = this.watchdog = null;
+    this.#unlink();
+  }
+
+  #unlink() {
+    this.env.clearTimeout(this.renewal);
+    this.renewal = this.link = this.offered = null;
+  }
+
+  // Renewal ahead of expiry (docs/protocol.md, "Token lifetime"): on an
+  // open WebSocket, refreshAhead before exp (at most half the token's
+  // remaining life) the Session asks getToken and sends
+  // {"type":"token","token":...}; the edge answers {"seq":0,"token":true,
+  // "exp":...} and the new token is the Session's from then on. Without
+  // getToken, or on SSE and long-poll, the edge ends the connection with
+  // 4001 at expiry and the Session gets a token and resumes.
+  #planRenewal() {
+    this.env.clearTimeout(this.renewal);
+    this.renewal = null;
+    if (!this.getToken || !this.link) return;
+    const exp = tokenExpiry(this.token);
+    if (exp === undefined) return;
+    const left = exp - this.env.now();
+    const ahead = Math.min(this.o.refreshAhead, Math.max(0, left / 2));
+    this.renewal = this.env.setTimeout(() => this.#renew(), Math.max(0, left - ahead));
+  }
+
+  async #renew() {
+    this.renewal = null;
+    const link = this.link;
+    if (!link || this.ended) return;
+    let t = null;
+    try {
+      t = await this.getToken();
+    } catch {}
+    if (this.ended || this.link !== link) return; // the connection changed meanwhile
+    if (!t || tokenProblem(t, this.uid, this.env.now())) {
+      // Try again while the current token lasts; past it the edge closes
+      // with 4001 and the Session reconnects with whatever getToken gives.
+      const left = (tokenExpiry(this.token) ?? 0) - this.env.now();
+      if (left > 0) this.renewal = this.env.setTimeout(() => this.#renew(), Math.min(this.o.refreshRetry, left / 2));
+      return;
+    }
+    this.offered = t;
+    try {
+      link.send(JSON.stringify({ type: 'token', token: t }));
+    } catch {}
   }
 
   async #refreshToken(why) {
@@ -516,13 +580,15 @@ export class Session extends Emitter {
       position: () => ({ lastSeq: this.lastSeq, epoch: this.epoch, resume: this.opened }), pollTimeout: this.o.pollTimeout,
     };
     this.stop = transports[name](this.env, p, {
-      open: () => {
+      open: (link) => {
         this.opened = true; // from now on every connection is a resume
         this.failures = 0;
         this.attempt = 0;
         this.refreshed = false;
+        this.link = link || null;
         this.#set('open');
         this.#arm();
+        this.#planRenewal();
       },
       frame: (v) => {
         this.#arm();
@@ -554,6 +620,13 @@ export class Session extends Emitter {
       return;
     }
     if (v.hb === true) return; // heartbeat: only re-arms the watchdog
+    if (v.token === true && !validSeq(v.seq)) {
+      // The edge took the renewed token: it is the one to reconnect with.
+      if (this.offered) this.token = this.offered;
+      this.offered = null;
+      this.#planRenewal();
+      return;
+    }
     const r = this.cursor.message(v); // drops duplicates after a resume
     if (r.gap) this.emit('gap', r.gap);
     if (r.deliver) this.emit('message', v);
@@ -562,6 +635,7 @@ export class Session extends Emitter {
   #closed({ code, reason, opened }) {
     this.stop = null;
     this.env.clearTimeout(this.watchdog);
+    this.#unlink();
     if (this.ended) return;
     const info = { code, reason };
     switch (code) {

@@ -93,8 +93,11 @@ type Config struct {
 }
 
 // TokenVerifier is what the edge needs of a Verifier; a Keyring is one too.
+// VerifyClaims is Verify that also returns the token's lifetime, which the
+// edge keeps per connection (expiry, revocation).
 type TokenVerifier interface {
 	Verify(token, uid string) error
+	VerifyClaims(token, uid string) (Claims, error)
 }
 
 // Keyring is a TokenVerifier whose keys can be replaced while it is in use
@@ -116,6 +119,12 @@ func (k *Keyring) Set(v *Verifier) { k.v.Store(v) }
 
 // Verify checks token with the current verifier.
 func (k *Keyring) Verify(token, uid string) error { return k.v.Load().Verify(token, uid) }
+
+// VerifyClaims checks token with the current verifier and returns its
+// lifetime.
+func (k *Keyring) VerifyClaims(token, uid string) (Claims, error) {
+	return k.v.Load().VerifyClaims(token, uid)
+}
 
 // Verifier checks browser tokens. It is safe for concurrent use and meant to
 // be built once at start-up: all per-key and per-option work happens in
@@ -254,26 +263,36 @@ func (v *Verifier) key(t *jwt.Token) (any, error) {
 // [Reason] for the HTTP 401 body. Error texts never contain the token or key
 // material.
 func (v *Verifier) Verify(token, uid string) error {
+	_, err := v.VerifyClaims(token, uid)
+	return err
+}
+
+// VerifyClaims is Verify that also returns the verified token's exp and
+// iat (the zero Claims on failure).
+func (v *Verifier) VerifyClaims(token, uid string) (Claims, error) {
 	if token == "" {
-		return ErrMissingToken
+		return Claims{}, ErrMissingToken
 	}
 	if len(token) > MaxTokenLen {
-		return errTooLong
+		return Claims{}, errTooLong
 	}
-	if err, ok := v.verifyFast(token, uid); ok {
-		return err
+	if c, err, ok := v.verifyFast(token, uid); ok {
+		return c, err
 	}
 	var claims tokenClaims
 	t, err := v.parser.ParseWithClaims(token, &claims, v.keyFunc)
 	if err != nil {
-		return v.classify(t, err)
+		return Claims{}, v.classify(t, err)
 	}
 	// An empty sub never matches: a token minted without a subject must not
 	// authenticate a connection that simply omitted uid.
 	if claims.Sub == "" || claims.Sub != uid {
-		return ErrSubjectMismatch
+		return Claims{}, ErrSubjectMismatch
 	}
-	return nil
+	// The parser validated both dates, so they parse.
+	exp, _ := numericDate(claims.Exp)
+	iat, _ := numericDate(claims.Iat)
+	return lifetime(exp, iat), nil
 }
 
 // tokenClaims decodes only what Verify checks. jwt.RegisteredClaims parses
@@ -353,7 +372,7 @@ func (v *Verifier) allowed(alg string) bool {
 // reasons lists the sentinels in the order Reason tests them.
 var reasons = []error{
 	ErrMissingToken, ErrMalformed, ErrMethod, ErrBadSignature,
-	ErrNoExpiry, ErrExpired, ErrNotYetValid, ErrSubjectMismatch,
+	ErrNoExpiry, ErrExpired, ErrNotYetValid, ErrSubjectMismatch, ErrRevoked,
 }
 
 // Reason returns the short text for an HTTP 401 body for an error from

@@ -45,6 +45,8 @@ type conn struct {
 	kind       uint8 // transport: kindWS, kindSSE or kindPoll
 	uid        string
 	lastSeen   int64 // Unix ns of the last frame from the client
+	exp        int64 // Unix ns of the token's exp: the connection ends then (tokens.go)
+	iat        int64 // Unix ns of the token's iat (auth.NoIat: none), for revocations
 	tm         wheel.Timer[*conn]
 	out        *outQueue  // bytes the kernel did not take yet; nil when empty
 	rd         *readState // partial input; nil between frames
@@ -295,7 +297,7 @@ var (
 )
 
 // onTimer runs a connection's deadline: handshake timeout, ping, idle
-// timeout or the end of the close wait.
+// timeout, token expiry or the end of the close wait.
 func (s *Server) onTimer(c *conn, now time.Time) {
 	c.mu.Lock()
 	switch c.state {
@@ -303,12 +305,15 @@ func (s *Server) onTimer(c *conn, now time.Time) {
 		s.m.hsTimeout.Inc()
 		s.closeNowLocked(c, -1)
 	case stOpen:
+		if s.tokenExpiredLocked(c, now) {
+			break
+		}
 		switch c.kind {
 		case kindPoll: // nothing came within PollTimeout: an empty answer
 			s.pollAnswer(c, nil)
 		case kindSSE: // a comment keeps proxies from timing the stream out
 			if s.writeLocked(c, ssePing, nil) {
-				s.schedule(c, now.Add(s.cfg.PingInterval))
+				s.scheduleOpen(c, now.Add(s.cfg.PingInterval))
 			}
 		default:
 			if now.UnixNano()-c.lastSeen >= int64(s.cfg.IdleTimeout) {
@@ -316,7 +321,7 @@ func (s *Server) onTimer(c *conn, now time.Time) {
 				break
 			}
 			if s.writeLocked(c, wsHeartbeat, nil) {
-				s.schedule(c, now.Add(s.cfg.PingInterval))
+				s.scheduleOpen(c, now.Add(s.cfg.PingInterval))
 			}
 		}
 	case stClosing:

@@ -43,6 +43,7 @@ type request struct {
 	// deflate is the Sec-WebSocket-Extensions answer when an offer of
 	// permessage-deflate was accepted (/ws only), nil otherwise.
 	deflate []byte
+	claims  auth.Claims // the verified token's lifetime, set by admitRequest
 }
 
 // Refusals of the edge's own rules (the syntax ones are httphead's).
@@ -165,11 +166,13 @@ func (s *Server) admitRequest(rq *request) *httphead.Error {
 		s.m.hsOverloaded.Inc()
 		return errBusy
 	}
-	if err := s.cfg.Verifier.Verify(string(rq.token), string(rq.uid)); err != nil {
+	claims, err := s.checkToken(string(rq.token), string(rq.uid))
+	if err != nil {
 		s.m.hsUnauthorized.Inc()
 		return &httphead.Error{Status: http.StatusUnauthorized, Reason: auth.Reason(err),
 			Header: "WWW-Authenticate: Bearer realm=\"push\", error=\"invalid_token\"\r\n"}
 	}
+	rq.claims = claims
 	return nil
 }
 
@@ -247,7 +250,8 @@ func (h *handshake) upgradeLocked(c *conn, rq *request) {
 		s.m.deflateConns.Inc()
 	}
 	c.lastSeen = now.UnixNano()
-	s.schedule(c, now.Add(s.cfg.PingInterval))
+	c.exp, c.iat = rq.claims.Exp, rq.claims.Iat
+	s.scheduleOpen(c, now.Add(s.cfg.PingInterval))
 	s.attachLocked(c, rq.resume)
 }
 

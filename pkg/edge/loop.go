@@ -361,8 +361,10 @@ func (l *loop) handleFrame(c *conn, fin, compressed bool, op ws.OpCode, p []byte
 				}
 				if text && !utf8.Valid(p) {
 					s.closeWithLocked(c, CloseInvalidData, "invalid UTF-8")
+				} else if text {
+					s.clientTextLocked(c, p) // a token refresh; anything else is ignored
 				}
-				return // a whole client message: the push protocol ignores its content
+				return
 			}
 			r := c.rs()
 			r.frag, r.fragText, r.fragLen, r.fragZ = true, text, 0, compressed
@@ -396,7 +398,9 @@ func (l *loop) handleFrame(c *conn, fin, compressed bool, op ws.OpCode, p []byte
 
 // inflatedMessage checks a whole compressed client message: it must
 // inflate within MaxMessageBytes (1009) to valid DEFLATE (1007) and, as
-// text, to valid UTF-8 (1007). Its content is then ignored like any other.
+// text, to valid UTF-8 (1007). A text message is then read like an
+// uncompressed one (a token renewal; anything else is ignored): a browser
+// that negotiated compression may compress what it sends.
 func (l *loop) inflatedMessage(c *conn, text bool, z []byte) {
 	s := l.s
 	p, reason := l.inflate(z)
@@ -407,6 +411,8 @@ func (l *loop) inflatedMessage(c *conn, text bool, z []byte) {
 		s.closeWithLocked(c, CloseInvalidData, reason)
 	case text && !utf8.Valid(p):
 		s.closeWithLocked(c, CloseInvalidData, "invalid UTF-8")
+	case text:
+		s.clientTextLocked(c, p)
 	}
 }
 

@@ -141,6 +141,9 @@ func Join(srv *Server, st store.Store, leaseTTL time.Duration) (*Membership, err
 		return ok, f.View().Alive(id)
 	})
 	srv.SetView(f.View())
+	if rv, ok := st.(store.Revoker); ok {
+		m.followRevocations(rv)
+	}
 	m.wg.Add(1)
 	go m.follow()
 	if m.leaser != nil {

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"flag"
+	"github.com/pushcluster/push/pkg/auth"
 	"testing"
 	"time"
 )
@@ -66,3 +67,5 @@ func TestDerivedDefaults(t *testing.T) {
 type noVerifier struct{}
 
 func (noVerifier) Verify(token, uid string) error { return nil }
+
+func (noVerifier) VerifyClaims(token, uid string) (auth.Claims, error) { return auth.Claims{}, nil }

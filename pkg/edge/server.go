@@ -34,6 +34,7 @@ type Server struct {
 	reg *registry.Registry[*conn]
 
 	limiter *ipLimiter // nil unless HandshakesPerIP > 0
+	tokens  tokenState // revoked tokens (tokens.go)
 
 	own         ownState      // the ownership view and its history (ownership.go)
 	streams     streams       // stream hand-over in flight, peers (streams.go)
@@ -72,6 +73,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.table = make([]atomic.Pointer[conn], size)
 	s.reg = registry.New[*conn](256)
+	s.tokens.init(cfg.Metrics)
 	if cfg.HandshakesPerIP > 0 {
 		s.limiter = newIPLimiter(cfg.HandshakesPerIP)
 	}

@@ -249,11 +249,12 @@ func (s *Server) streamRequest(c *conn, rq *request) {
 	s.m.hsOK.Inc()
 	c.uid = string(rq.uid)
 	c.lastSeen = now.UnixNano()
+	c.exp, c.iat = rq.claims.Exp, rq.claims.Iat
 	next := s.cfg.PingInterval
 	if rq.kind == kindPoll {
 		next = s.cfg.PollTimeout
 	}
-	s.schedule(c, now.Add(next))
+	s.scheduleOpen(c, now.Add(next))
 	s.attachLocked(c, rq.resume)
 }
 

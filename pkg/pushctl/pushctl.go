@@ -59,6 +59,7 @@ func init() {
 		{"broadcast", "--data JSON", "send a message to every connection", (*App).broadcast},
 		{"kick", "[--reason R] U...", "close every connection of the users (4004)", (*App).kick},
 		{"presence", "U...", "show whether users are connected", (*App).presence},
+		{"revoke", "--user U [--before TIME] | --list", "refuse a user's tokens issued before TIME (default now) on every edge; --list shows revocations in force", (*App).revoke},
 		{"ring", "SUBCOMMAND [flags] ...", "the ring store: lookup, show, simulate (read); init, add, drain, weight, remove (change)", (*App).ring},
 	}
 }

@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"strings"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // SetPoll sets f's re-read interval; call it before the first Watch.
@@ -24,4 +27,18 @@ func (e *Etcd) RevokeAll(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// RawRevocations lists the users with a revocation key in etcd, expired or
+// not (what etcd itself keeps).
+func (e *Etcd) RawRevocations(ctx context.Context) ([]string, error) {
+	r, err := e.cli.Get(ctx, e.revokedPrefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, err
+	}
+	var users []string
+	for _, kv := range r.Kvs {
+		users = append(users, strings.TrimPrefix(string(kv.Key), e.revokedPrefix()))
+	}
+	return users, nil
 }

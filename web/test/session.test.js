@@ -63,7 +63,7 @@ test('delivers in order once: duplicates dropped, broadcasts passed, gaps report
   ws.send({ seq: 0, broadcast: true, data: 'all' });
   ws.send({ gap: true, from: 3, to: 5 });
   ws.send({ seq: 6, data: 'c' });
-  ws.send('not json');
+  ws.receive('not json');
   assert.deepEqual(got.messages.map((m) => m.data), ['a', 'b', 'all', 'c']);
   assert.deepEqual(got.gaps, [{ from: 3, to: 5 }]);
 });

@@ -37,15 +37,23 @@ export function fakeEnv({ random = () => 0.5 } = {}) {
   env.random = random;
   env.now = () => env.wall + env.clock;
 
+  // A WebSocket's server frames come from the test: receive(v) (an object
+  // is sent as JSON, a string as is), or send(v) with an object. What the
+  // client sends (always a string, as ws.send(text)) is kept in sent.
   env.WebSocket = class {
     constructor(url) {
       this.url = new URL(url);
       this.closedWith = null;
+      this.sent = [];
       env.sockets.push(this);
     }
     close(code) { this.closedWith = code; }
     open() { this.onopen && this.onopen(); }
-    send(v) { this.onmessage && this.onmessage({ data: typeof v === 'string' ? v : JSON.stringify(v) }); }
+    send(v) {
+      if (typeof v === 'string') this.sent.push(v);
+      else this.receive(v);
+    }
+    receive(v) { this.onmessage && this.onmessage({ data: typeof v === 'string' ? v : JSON.stringify(v) }); }
     drop(code, reason = '') { this.onclose && this.onclose({ code, reason }); }
   };
   env.EventSource = class {
