@@ -34,6 +34,7 @@ type metrics struct {
 	gapNotices    prometheus.Counter
 	takeFailed    prometheus.Counter
 	streamsTaken  prometheus.Counter
+	staleStreams  prometheus.Counter
 	streamsGiven  prometheus.Counter
 	epochsStarted prometheus.Counter
 	fences        prometheus.Counter
@@ -95,6 +96,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "push_edge_stream_take_failures_total", Help: "Take calls to a member that may have held a stream that failed (taken for dead)."}),
 		streamsTaken: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_edge_streams_taken_total", Help: "User streams taken over from another edge (the epoch continues)."}),
+		staleStreams: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "push_edge_stale_streams_total", Help: "Copies of a user's stream, answered by an edge that handed it over before this one held it, dropped as stale."}),
 		streamsGiven: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "push_edge_streams_given_total", Help: "User streams handed to their new owner."}),
 		epochsStarted: prometheus.NewCounter(prometheus.CounterOpts{
@@ -127,7 +130,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reg.MustRegister(m.conns, m.handshaking, m.handshakes, m.closes, m.msgsOut, m.bytesOut,
 			m.msgsIn, m.bytesIn, m.queueDrops, m.compressions, m.deflateConns, m.stored, m.expired, m.publishes, m.broadcasts,
 			m.latency, m.acceptErrors, m.moved, m.ringVersion,
-			m.moveLimited, m.gapNotices, m.takeFailed, m.streamsTaken, m.streamsGiven, m.epochsStarted,
+			m.moveLimited, m.gapNotices, m.takeFailed, m.streamsTaken, m.staleStreams, m.streamsGiven, m.epochsStarted,
 			m.fences, m.fencedGauge, m.guests, m.outage)
 	}
 	return m

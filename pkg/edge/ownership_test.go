@@ -510,3 +510,91 @@ func TestClusterCallsOnlyFromMembers(t *testing.T) {
 		}
 	}
 }
+
+// Back-to-back planned moves (drain 1, add 3, drain 3 within goneKeep) bring
+// the stream back to an edge that held it before: edge 1, which handed it to
+// 2 first, answers 2's Take again with its old copy. That copy is behind the
+// stream that went on through 2 and 3 and must not be restored: the epoch
+// continues at the next seq and the client gets every message once.
+func TestBackToBackMovesKeepTheStream(t *testing.T) {
+	st := fileStore(t)
+	c := newCluster(t, st, []uint32{1, 2, 3}, []uint32{1, 2}, time.Second)
+	uid := userOwnedBy(t, viewOf(t, []uint32{1, 2}, []uint32{1, 2}, c.nodes), viewOf(t, []uint32{2, 3}, []uint32{2, 3}, c.nodes), 1, 3)
+	c.waitOwner(uid, 1)
+	ws := c.dial(1, uid, "")
+	waitFor(t, "registration", func() bool { return c.nodes[1].Srv.Presence(uid) == 1 })
+	seq, epoch := uint64(0), ""
+	publishOn := func(id uint32) {
+		t.Helper()
+		seq++
+		r, _, err := pub(t, c.nodes[id].pc, uid, fmt.Sprint(seq), "")
+		if err != nil {
+			t.Fatalf("publish %d on edge %d: %v", seq, id, err)
+		}
+		if epoch == "" {
+			epoch = r.Epoch
+		}
+		if r.Seq != seq || r.Epoch != epoch {
+			t.Fatalf("publish %d on edge %d: seq %d epoch %s, want seq %d epoch %s", seq, id, r.Seq, r.Epoch, seq, epoch)
+		}
+	}
+	// readTo reads the connection's messages up to seq in order.
+	readTo := func(ws *websocket.Conn, from uint64) {
+		t.Helper()
+		for i := from; i <= seq; i++ {
+			if m := readE(t, ws); m.Seq != i || m.Epoch != epoch || m.Gap {
+				t.Fatalf("got %+v, want seq %d of epoch %s", m, i, epoch)
+			}
+		}
+	}
+	// follow waits for the 4003 of the edge the user was on and resumes on
+	// edge to from the last seq read.
+	follow := func(ws *websocket.Conn, to uint32, last uint64) *websocket.Conn {
+		t.Helper()
+		if _, _, err := ws.Read(ctx(t)); websocket.CloseStatus(err) != edge.CloseMoved {
+			t.Fatalf("want close 4003, got %v", err)
+		}
+		next := c.dial(to, uid, fmt.Sprintf("&last_seq=%d&epoch=%s", last, epoch))
+		readTo(next, last+1)
+		return next
+	}
+	change := func(version uint64, edit func(d *ring.Document)) {
+		t.Helper()
+		d, err := st.Load(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Version = version + 1
+		edit(d)
+		if err := st.CompareAndSwap(ctx(t), version, d, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setState := func(id uint32, s ring.State) func(d *ring.Document) {
+		return func(d *ring.Document) {
+			for i := range d.Members {
+				if d.Members[i].ID == id {
+					d.Members[i].State = s
+				}
+			}
+		}
+	}
+	for range 3 {
+		publishOn(1)
+	}
+	readTo(ws, 1)
+	change(1, setState(1, ring.StateDraining)) // 1 drains: 2 owns the user
+	c.waitOwner(uid, 2)
+	publishOn(2)
+	publishOn(2)
+	ws = follow(ws, 2, 3)
+	change(2, func(d *ring.Document) { d.Members = append(d.Members, c.nodes[3].Member(3, 1)) }) // 3 joins: it owns the user
+	c.waitOwner(uid, 3)
+	publishOn(3)
+	publishOn(3)
+	ws = follow(ws, 3, 5)
+	change(3, setState(3, ring.StateDraining)) // 3 drains: back to 2, which handed the stream on
+	c.waitOwner(uid, 2)
+	publishOn(2)
+	follow(ws, 2, 7)
+}

@@ -168,10 +168,15 @@ func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra
 	// Already here (another path installed it meanwhile)?
 	here := false
 	var gone uint32
+	var gaveEpoch string // the stream this edge last handed over, if it did
+	var gaveLast uint64
 	s.reg.Do(uid, false, func(u *registry.User[*conn]) {
 		if u != nil {
 			here = u.Box != nil && u.Handed == nil
 			gone = u.GoneTo()
+			if u.Handed != nil && u.Handed.Gave != nil {
+				gaveEpoch, gaveLast = u.Handed.Gave.Epoch, u.Handed.Gave.Last
+			}
 		}
 	})
 	if here && len(extra) == 0 {
@@ -225,11 +230,23 @@ func (s *Server) establishNow(ctx context.Context, uid string, claim bool, extra
 			return &NotOwnerError{User: uid, Owner: id, RingVersion: resp.GetRingVersion()}
 		}
 		for _, us := range resp.GetStreams() {
-			if us.GetUserId() == uid {
-				got = append(got, streamFromProto(us))
+			if us.GetUserId() != uid {
+				continue
 			}
+			st := streamFromProto(us)
+			if st.Epoch == gaveEpoch && st.Last < gaveLast {
+				// A copy from before this edge held the stream (its
+				// earlier holder answering again): the stream went on
+				// from here, so this copy would reuse numbers.
+				s.m.staleStreams.Inc()
+				continue
+			}
+			got = append(got, st)
 		}
 	}
+	// Several members may answer with copies of one epoch (the holder
+	// now and one that handed it over earlier): the furthest along wins.
+	got = mailbox.Newest(got)
 	if !s.serving() {
 		return ErrFenced
 	}

@@ -169,3 +169,36 @@ func TestResumePassesMatchesResume(t *testing.T) {
 		}
 	}
 }
+
+// Of several copies of one epoch, the one furthest along is kept.
+func TestNewestKeepsTheFurthestCopy(t *testing.T) {
+	stale := Stream{Epoch: "e", Last: 3, Messages: []Message{{Seq: 3, Body: []byte("c")}}}
+	later := Stream{Epoch: "e", Last: 7, Messages: []Message{{Seq: 7, Body: []byte("g")}}}
+	other := Stream{Epoch: "f", Last: 1}
+	got := Newest([]Stream{stale, other, later})
+	if len(got) != 2 || got[0].Epoch != "e" || got[0].Last != 7 || got[1].Epoch != "f" {
+		t.Fatalf("Newest = %+v, want e@7 then f", got)
+	}
+	sentLater := Stream{Epoch: "e", Last: 3, Messages: []Message{{Seq: 3, Body: []byte("c"), Sent: true}}}
+	if got := Newest([]Stream{stale, sentLater}); len(got) != 1 || !got[0].Messages[0].Sent {
+		t.Fatalf("on equal Last the copy with more sent messages wins, got %+v", got)
+	}
+}
+
+// A box restored from a stale copy of the client's epoch (behind what the
+// client saw) reuses no number: what it holds unsent follows the client's
+// position.
+func TestResumeEpochAheadOfTheBox(t *testing.T) {
+	b := Restore(16, Stream{Epoch: "e", Last: 3, Messages: []Message{{Seq: 1, Sent: true}, {Seq: 2, Sent: true}, {Seq: 3, Sent: true}}})
+	seq := b.Push([]byte("new"), 1<<62, false) // published before the client came back
+	if seq != 4 {
+		t.Fatalf("push got %d", seq)
+	}
+	msgs, gap := b.ResumeEpoch(nil, "e", 7, true, 1)
+	if gap != (Gap{}) || len(msgs) != 1 || msgs[0].Seq != 8 || string(msgs[0].Body) != "new" {
+		t.Fatalf("resume at 7: %+v gap %+v, want the new message as seq 8", msgs, gap)
+	}
+	if next := b.Push([]byte("next"), 1<<62, false); next != 9 {
+		t.Fatalf("next push got seq %d, want 9", next)
+	}
+}

@@ -378,6 +378,14 @@ func (b *Box) ResumeEpoch(dst []Message, epoch string, lastSeq uint64, hasLast b
 	b.Expire(now)
 	var gap Gap
 	if epoch == b.Epoch {
+		if lastSeq > b.last {
+			// This copy of the epoch is behind the client: it was restored
+			// from a stale hand-over while another edge went on with the
+			// stream. Nothing may reuse a number the client has seen: what
+			// is held here unsent follows the client's position, in order.
+			b.renumberUnsent(lastSeq, lastSeq)
+			b.last = max(b.last, lastSeq)
+		}
 		if b.floor > lastSeq {
 			gap = Gap{From: lastSeq + 1, To: b.floor, Epoch: b.Epoch}
 		}
@@ -462,6 +470,40 @@ func (b *Box) Snapshot(now int64) Stream {
 		st.Messages = append(st.Messages, *b.at(i))
 	}
 	return st
+}
+
+// Newest keeps, of streams that name the same epoch (copies of one stream
+// handed along a chain of edges, some of them stale), the one furthest
+// along: the highest Last, then the most messages marked sent. Streams of
+// other epochs keep their order; the result reuses sts.
+func Newest(sts []Stream) []Stream {
+	out := sts[:0]
+	for _, st := range sts {
+		i := slices.IndexFunc(out, func(o Stream) bool { return o.Epoch == st.Epoch })
+		switch {
+		case i < 0:
+			out = append(out, st)
+		case furtherAlong(st, out[i]):
+			out[i] = st
+		}
+	}
+	return out
+}
+
+// furtherAlong reports whether a is a later copy of b's epoch than b.
+func furtherAlong(a, b Stream) bool {
+	if a.Last != b.Last {
+		return a.Last > b.Last
+	}
+	sent := func(st Stream) (n int) {
+		for _, m := range st.Messages {
+			if m.Sent {
+				n++
+			}
+		}
+		return n
+	}
+	return sent(a) > sent(b)
 }
 
 // Restore builds a box that continues st, keeping at most limit messages.
