@@ -254,24 +254,33 @@ func (v *Verifier) key(t *jwt.Token) (any, error) {
 // [Reason] for the HTTP 401 body. Error texts never contain the token or key
 // material.
 func (v *Verifier) Verify(token, uid string) error {
+	var claims tokenClaims
+	if err := v.verify(token, &claims); err != nil {
+		return err
+	}
+	// An empty sub never matches: a token minted without a subject must not
+	// authenticate a connection that simply omitted uid.
+	if claims.Sub == "" || claims.Sub != uid {
+		return ErrSubjectMismatch
+	}
+	return nil
+}
+
+// verify checks everything Verify does but the subject, leaving the
+// claims in c.
+func (v *Verifier) verify(token string, c *tokenClaims) error {
 	if token == "" {
 		return ErrMissingToken
 	}
 	if len(token) > MaxTokenLen {
 		return errTooLong
 	}
-	if err, ok := v.verifyFast(token, uid); ok {
+	if err, ok := v.verifyFast(token, c); ok {
 		return err
 	}
-	var claims tokenClaims
-	t, err := v.parser.ParseWithClaims(token, &claims, v.keyFunc)
+	t, err := v.parser.ParseWithClaims(token, c, v.keyFunc)
 	if err != nil {
 		return v.classify(t, err)
-	}
-	// An empty sub never matches: a token minted without a subject must not
-	// authenticate a connection that simply omitted uid.
-	if claims.Sub == "" || claims.Sub != uid {
-		return ErrSubjectMismatch
 	}
 	return nil
 }
@@ -282,10 +291,11 @@ func (v *Verifier) Verify(token, uid string) error {
 // a verification, to a few string fields. Validation stays in the library:
 // it calls the getters below.
 type tokenClaims struct {
-	Sub string      `json:"sub"`
-	Exp json.Number `json:"exp"`
-	Nbf json.Number `json:"nbf"`
-	Iat json.Number `json:"iat"`
+	Sub   string      `json:"sub"`
+	Exp   json.Number `json:"exp"`
+	Nbf   json.Number `json:"nbf"`
+	Iat   json.Number `json:"iat"`
+	Scope scopeClaim  `json:"scope"`
 }
 
 func numericDate(n json.Number) (*jwt.NumericDate, error) {
