@@ -22,6 +22,7 @@ import (
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/grpcauth"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
@@ -35,7 +36,7 @@ func run(args []string) error {
 	var c edge.Config
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8080", "WebSocket address (browsers connect to /ws here, through the router)")
 	grpcAddr := fs.String("grpc", "127.0.0.1:9090", "gRPC push.v1.Push address")
-	adminAddr := fs.String("admin", "127.0.0.1:9100", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
+	adminAddr := fs.String("admin", "127.0.0.1:9100", "admin HTTP address: /healthz /readyz /metrics open; /drain /debug/pprof with --admin-token")
 	id := fs.Uint("id", 1, "this edge's ring member id")
 	idFromHost := fs.Bool("id-from-hostname", false, "take the ring id from the hostname's ordinal suffix plus one (StatefulSet pod edge-0 is id 1)")
 	advWS := fs.String("advertise-ws", "", "WebSocket address routers reach this edge at (checked against the ring; default --listen)")
@@ -68,11 +69,19 @@ func run(args []string) error {
 	fs.IntVar(&c.BroadcastWriters, "broadcast-writers", runtime.GOMAXPROCS(0), "goroutines that write one broadcast, each to a share of the connections")
 	fs.IntVar(&c.MigrateRate, "migrate-rate", 500, "users per second closed with 4003 \"moved\" when the ring gives them to another edge")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins allowed besides the request's own host (https://*.example.com matches subdomains)")
-	fs.BoolVar(&c.Dev, "dev", false, "development: allow any Origin (authentication stays on)")
+	fs.BoolVar(&c.Dev, "dev", false, "development: allow any Origin (browser authentication stays on); serve gRPC without authentication or TLS on a non-loopback --grpc")
 	secretFile := fs.String("jwt-secret-file", "", "comma-separated files with HS256 secrets, the current one first; all are accepted, for rotation (default: $PUSH_JWT_SECRET)")
 	pubKeys := fs.String("jwt-public-keys", "", "comma-separated PEM files of RS256/EdDSA public keys also accepted")
 	keyReload := fs.Duration("jwt-reload", 10*time.Second, "re-read the key files this often and apply changes without restarting (0: never)")
 	gcPercent := fs.Int("gogc", 400, "Go GC target percentage (GOGC); the live heap is small per connection and garbage comes from publishes, so collecting less often cuts latency spikes; 0 keeps the runtime's setting")
+	// Security of the other planes (docs/security.md): gRPC callers, etcd,
+	// the admin port.
+	var grpcAuth grpcauth.Config
+	grpcAuth.RegisterFlags(fs)
+	var etcdSec store.EtcdSecurity
+	etcdSec.RegisterFlags(fs)
+	var adminAuth admin.Auth
+	adminAuth.RegisterFlags(fs)
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "json", "json or text")
 	flagenv.SetUsage(fs, "PUSH", "edge [flags]", "Terminates browser WebSockets (GET /ws?uid=&token=&last_seq=), Server-Sent Events (GET /sse) and long-polls (GET /poll) on epoll and delivers pushes received over gRPC.")
@@ -116,6 +125,14 @@ func run(args []string) error {
 	}
 	reg := admin.NewRegistry()
 	c.Metrics = reg
+	gauth, err := grpcauth.NewServer(grpcAuth, fmt.Sprintf("edge-%d", c.ID), log, reg)
+	if err != nil {
+		return err
+	}
+	if err := gauth.CheckListen(*grpcAddr, c.Dev); err != nil {
+		return err
+	}
+	c.ClusterDial = gauth.ClusterDialOptions()
 
 	soft, hard := rawtcp.FDLimit()
 	log.Info("file descriptor limit", "soft", soft, "hard", hard)
@@ -129,7 +146,7 @@ func run(args []string) error {
 	var st store.Store
 	var desired *ring.Ring
 	if *ringURL != "" {
-		if st, err = store.Open(*ringURL, log); err != nil {
+		if st, err = store.Open(*ringURL, log, store.WithEtcdSecurity(etcdSec)); err != nil {
 			return err
 		}
 		defer st.Close()
@@ -157,7 +174,7 @@ func run(args []string) error {
 		srv.SetRing(desired) // before serving: never a moment of owning everyone
 	}
 	// Room for a PublishMulti of MaxUserIDsPerCall ids of 128 bytes each.
-	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+userid.MaxPerCall*140+64<<10)
+	g, err := daemon.NewGRPC(*grpcAddr, c.MaxPayloadBytes+userid.MaxPerCall*140+64<<10, gauth.ServerOptions()...)
 	if err != nil {
 		return err
 	}
@@ -191,7 +208,7 @@ func run(args []string) error {
 			}
 		})
 	}
-	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: ready, Logger: log,
+	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: ready, Logger: log, Auth: adminAuth,
 		Extra: map[string]http.Handler{
 			// For a Kubernetes preStop hook: returns once the edge is drained.
 			"/drain": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -228,7 +245,8 @@ func run(args []string) error {
 		defer mem.Close()
 		joined.Store(true)
 	}
-	log.Info("edge up", "id", c.ID, "ws", srv.Addr().String(), "grpc", g.Addr().String(), "admin", adm.Addr().String())
+	log.Info("edge up", "id", c.ID, "ws", srv.Addr().String(), "grpc", g.Addr().String(), "admin", adm.Addr().String(),
+		"grpc_tls", gauth.TLS(), "grpc_open", gauth.Open())
 
 	select {
 	case sig := <-daemon.Signal():

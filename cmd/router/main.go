@@ -26,6 +26,7 @@ import (
 	"github.com/pushcluster/push/pkg/client"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/grpcauth"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/router"
 	"github.com/pushcluster/push/pkg/store"
@@ -39,7 +40,7 @@ func run(args []string) error {
 	var c router.Config
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:8000", "plaintext address browsers connect to (GET /ws?uid=...)")
 	grpcAddr := fs.String("grpc", "127.0.0.1:9000", "gRPC push.v1.Push forwarder address (health and reflection on)")
-	adminAddr := fs.String("admin", "127.0.0.1:9001", "admin HTTP address: /healthz /readyz /metrics /debug/pprof")
+	adminAddr := fs.String("admin", "127.0.0.1:9001", "admin HTTP address: /healthz /readyz /metrics open; /debug/pprof with --admin-token")
 	ringURL := fs.String("ring", "file:./ring.json", "ring store URL (file:./ring.json or etcd://host:2379/prefix)")
 	ringWait := fs.Duration("ring-wait", 30*time.Second, "how long to wait at start for the first ring document (and liveness reading)")
 	leaseTTL := fs.Duration("lease-ttl", store.DefaultLeaseTTL, "the edges' --lease-ttl: members whose leases vanish together (a store outage, a mass expiry) stay live for twice this, as on the edges")
@@ -66,6 +67,15 @@ func run(args []string) error {
 	key := fs.String("tls-key", "", "PEM private key for --tls-listen")
 	fs.DurationVar(&c.DrainPeriod, "drain-period", 10*time.Second, "on SIGTERM, keep relayed connections this long at most")
 	fs.IntVar(&c.Loops, "loops", router.DefaultLoops(), "epoll event loops")
+	// Security of the other planes (docs/security.md): gRPC callers, etcd,
+	// the admin port.
+	var grpcAuth grpcauth.Config
+	grpcAuth.RegisterFlags(fs)
+	var etcdSec store.EtcdSecurity
+	etcdSec.RegisterFlags(fs)
+	var adminAuth admin.Auth
+	adminAuth.RegisterFlags(fs)
+	fs.BoolVar(&c.Dev, "dev", false, "development: serve gRPC without authentication or TLS on a non-loopback --grpc")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "json", "json or text")
 	flagenv.SetUsage(fs, "PUSH", "router [flags]", "Routes browser WebSockets to the edge that owns the user (the ring store's view: ring document and edge leases) and relays the bytes on epoll; forwards push.v1.Push calls to the owning edges.")
@@ -98,6 +108,14 @@ func run(args []string) error {
 	}
 	reg := admin.NewRegistry()
 	c.Metrics = reg
+	gauth, err := grpcauth.NewServer(grpcAuth, "router", log, reg)
+	if err != nil {
+		return err
+	}
+	if err := gauth.CheckListen(*grpcAddr, c.Dev); err != nil {
+		return err
+	}
+	c.ClusterDial = gauth.ClusterDialOptions()
 
 	soft, hard := rawtcp.FDLimit()
 	log.Info("file descriptor limit", "soft", soft, "hard", hard, "relayed_connections_max", soft/2)
@@ -105,7 +123,7 @@ func run(args []string) error {
 		log.Warn(w)
 	}
 
-	st, err := store.Open(*ringURL, log)
+	st, err := store.Open(*ringURL, log, store.WithEtcdSecurity(etcdSec))
 	if err != nil {
 		return err
 	}
@@ -124,14 +142,16 @@ func run(args []string) error {
 	}
 	defer f.Close() // after the SDK's Close and the router's Shutdown
 	rt.Follow(f)
-	sdk := client.NewWithFollower(f, client.WithLogger(log))
+	// The forwarder checks each caller (scope, limits) and calls the edges
+	// as a member, marking its calls forwarded (docs/security.md).
+	sdk := client.NewWithFollower(f, client.WithLogger(log), client.WithDialOptions(c.ClusterDial...), client.WithForwarded())
 	defer sdk.Close()
-	g, err := daemon.NewGRPC(*grpcAddr, 1<<20+64<<10)
+	g, err := daemon.NewGRPC(*grpcAddr, 1<<20+64<<10, gauth.ServerOptions()...)
 	if err != nil {
 		return err
 	}
 	pushv1.RegisterPushServer(g.Server, sdk.Server())
-	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: rt.Ready, Logger: log})
+	adm, err := admin.New(admin.Config{Addr: *adminAddr, Registry: reg, Ready: rt.Ready, Logger: log, Auth: adminAuth})
 	if err != nil {
 		return err
 	}

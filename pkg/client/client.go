@@ -90,6 +90,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/pushcluster/push/pkg/grpcauth"
 	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
@@ -147,6 +148,19 @@ type options struct {
 // pass grpc.WithTransportCredentials for TLS.
 func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dial = append(o.dial, opts...) }
+}
+
+// CredentialsFromEnv returns the option that dials with the TLS and bearer
+// token named by PUSH_GRPC_CA, PUSH_GRPC_CERT, PUSH_GRPC_KEY,
+// PUSH_GRPC_TLS, PUSH_GRPC_SERVER_NAME, PUSH_GRPC_TOKEN and
+// PUSH_GRPC_TOKEN_FILE (grpcauth.ClientConfig; pushctl's --grpc-* flags),
+// and no option when none is set.
+func CredentialsFromEnv() (Option, error) {
+	opts, err := grpcauth.ClientFromEnv(nil).DialOptions(nil)
+	if err != nil {
+		return nil, fmt.Errorf("push client credentials: %w", err)
+	}
+	return WithDialOptions(opts...), nil
 }
 
 // WithLogger sets where ring changes and problems are logged
@@ -924,8 +938,10 @@ func (c *Client) Broadcast(ctx context.Context, data []byte) (*pushv1.BroadcastR
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	// forwarded: the SDK fans out itself, an edge must not fan out again.
-	req := &pushv1.BroadcastRequest{Data: data, Forwarded: true}
+	// Edges never fan a broadcast out (the SDK does); forwarded is set only
+	// by a member forwarding for others (WithForwarded): an edge refuses
+	// it from anybody else.
+	req := &pushv1.BroadcastRequest{Data: data, Forwarded: c.forwarded}
 	total := &pushv1.BroadcastResponse{}
 	done := make(map[uint32]bool)      // took it, or failed for good
 	failed := make(map[uint32]error)   // last failure of each member not done, or failed for good

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pushcluster/push/pkg/auth"
 )
@@ -122,6 +124,11 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics, when set, receives the edge's collectors.
 	Metrics prometheus.Registerer
+	// ClusterDial are the dial options toward other members' gRPC ports
+	// (push.v1.Cluster): their TLS and this edge's cluster credential
+	// (grpcauth.Server.ClusterDialOptions). Default: plaintext, no
+	// credential (an open, loopback cluster).
+	ClusterDial []grpc.DialOption
 }
 
 func (c *Config) setDefaults() {
@@ -160,6 +167,9 @@ func (c *Config) setDefaults() {
 	def(&c.BroadcastWriters, runtime.GOMAXPROCS(0))
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if len(c.ClusterDial) == 0 {
+		c.ClusterDial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
 }
 

@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // ErrConfig wraps every configuration error.
@@ -125,9 +127,20 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics, when set, receives the router's collectors.
 	Metrics prometheus.Registerer
+	// Dev lets the gRPC forwarder serve without authentication or TLS on
+	// a non-loopback address (cmd/router checks it).
+	Dev bool
+	// ClusterDial are the dial options toward the edges' gRPC ports (the
+	// grpc health check; the forwarder's SDK takes the same): their TLS and
+	// the router's cluster credential (grpcauth.Server.ClusterDialOptions).
+	// Default: plaintext, no credential (an open, loopback cluster).
+	ClusterDial []grpc.DialOption
 }
 
 func (c *Config) setDefaults() {
+	if len(c.ClusterDial) == 0 {
+		c.ClusterDial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
 	def := func(p *time.Duration, v time.Duration) {
 		if *p == 0 {
 			*p = v
