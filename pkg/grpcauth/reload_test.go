@@ -192,3 +192,20 @@ func TestServerNameIsVerified(t *testing.T) {
 		t.Fatalf("an IP address not in the certificate: %v", err)
 	}
 }
+
+func TestTokenCacheHoldsNoTokenPastItsExpiryOrTheTTL(t *testing.T) {
+	var c tokenCache
+	now := time.Unix(1000, 0)
+	id := &Identity{Name: "billing"}
+	c.put("a", id, now.Add(time.Second), now)
+	c.put("b", id, now.Add(time.Hour), now)
+	if c.get("a", now) != id || c.get("b", now) != id || c.get("c", now) != nil {
+		t.Fatal("cached tokens not found")
+	}
+	if c.get("a", now.Add(time.Second)) != nil {
+		t.Fatal("a token served past its exp")
+	}
+	if c.get("b", now.Add(tokenCacheTTL)) != nil {
+		t.Fatal("a token trusted past the cache TTL")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -127,6 +128,7 @@ type Server struct {
 	clusterMint *watched[[]byte]           // the first cluster secret
 	limiter     *limiter
 	m           *metrics
+	tokens      tokenCache
 }
 
 // NewServer loads c's files. name is this member's identity in the
@@ -461,30 +463,43 @@ func (s *Server) identify(ctx context.Context) (*Identity, error) {
 }
 
 func (s *Server) identifyToken(tok string) (*Identity, error) {
+	now := time.Now()
+	if id := s.tokens.get(tok, now); id != nil {
+		return id, nil
+	}
+	id, exp, err := s.verifyToken(tok)
+	if err != nil {
+		return nil, err
+	}
+	s.tokens.put(tok, id, exp, now)
+	return id, nil
+}
+
+func (s *Server) verifyToken(tok string) (*Identity, time.Time, error) {
 	if s.clusterKeys != nil {
 		c, err := s.clusterKeys.get().VerifyClaims(tok)
 		if err == nil {
 			if scopeLenient(c.Scope)&ScopeCluster == 0 {
-				return nil, fmt.Errorf("token signed with the cluster key for %q lacks scope cluster", c.Subject)
+				return nil, time.Time{}, fmt.Errorf("token signed with the cluster key for %q lacks scope cluster", c.Subject)
 			}
-			return &Identity{Name: c.Subject, Scope: scopeAll, Member: true, Via: "jwt"}, nil
+			return &Identity{Name: c.Subject, Scope: scopeAll, Member: true, Via: "jwt"}, c.Expires, nil
 		}
 		if s.backendKeys == nil || !errors.Is(err, auth.ErrBadSignature) && !errors.Is(err, auth.ErrMethod) {
-			return nil, fmt.Errorf("bearer token: %s", auth.Reason(err))
+			return nil, time.Time{}, fmt.Errorf("bearer token: %s", auth.Reason(err))
 		}
 	}
 	if s.backendKeys == nil {
-		return nil, errors.New("bearer token: this port takes no bearer tokens from backends (client certificates only)")
+		return nil, time.Time{}, errors.New("bearer token: this port takes no bearer tokens from backends (client certificates only)")
 	}
 	c, err := s.backendKeys.get().VerifyClaims(tok)
 	if err != nil {
 		if errors.Is(err, auth.ErrNoSubject) {
-			return nil, errors.New("bearer token: no sub")
+			return nil, time.Time{}, errors.New("bearer token: no sub")
 		}
-		return nil, fmt.Errorf("bearer token: %s", auth.Reason(err))
+		return nil, time.Time{}, fmt.Errorf("bearer token: %s", auth.Reason(err))
 	}
 	// A backend key never makes a member, whatever its token claims.
-	return &Identity{Name: c.Subject, Scope: scopeLenient(c.Scope) &^ ScopeCluster, Via: "jwt"}, nil
+	return &Identity{Name: c.Subject, Scope: scopeLenient(c.Scope) &^ ScopeCluster, Via: "jwt"}, c.Expires, nil
 }
 
 // scopeLenient reads a credential's scope: names it does not know grant
