@@ -309,6 +309,38 @@ func TestRouterRefusesWhatItMustAndForwardsToTheBrowser(t *testing.T) {
 	if err != nil || !strings.Contains(string(msg), `"data":{"hello":"carol"}`) {
 		t.Fatalf("browser got %s, %v", msg, err)
 	}
+	// The SDK straight to the edge (its PublishStream), with the
+	// credentials from PUSH_GRPC_* as a backend's process would have them.
+	t.Setenv("PUSH_GRPC_CA_FILE", e.clusterCA.CertFile)
+	t.Setenv("PUSH_GRPC_TOKEN", token(t, backendSecret, "billing", "publish", time.Hour, time.Now()))
+	creds, err := client.CredentialsFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sdk, err := client.New(ctxT(t), st, client.WithLogger(quiet()), creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdk.Close()
+	if r, err := sdk.Publish(ctxT(t), "carol", []byte(`{"via":"sdk"}`), 0); err != nil || r.Outcome != pushv1.Outcome_OUTCOME_DELIVERED {
+		t.Fatalf("SDK publish with PUSH_GRPC_* credentials: %v %v", r, err)
+	}
+	if _, msg, err = ws.Read(ctxT(t)); err != nil || !strings.Contains(string(msg), `"data":{"via":"sdk"}`) {
+		t.Fatalf("browser got %s, %v", msg, err)
+	}
+	t.Setenv("PUSH_GRPC_TOKEN", token(t, backendSecret, "billing", "presence", time.Hour, time.Now()))
+	if creds, err = client.CredentialsFromEnv(); err != nil {
+		t.Fatal(err)
+	}
+	weak, err := client.New(ctxT(t), st, client.WithLogger(quiet()), creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer weak.Close()
+	if _, err := weak.Publish(ctxT(t), "carol", []byte("x"), 0); code(err) != codes.PermissionDenied {
+		t.Fatalf("SDK publish with a presence token: %v", err)
+	}
+
 	// A broadcast needs its scope at the router, whatever the router may
 	// do at the edges.
 	if _, err := backend.Broadcast(ctxT(t), &pushv1.BroadcastRequest{Data: []byte("x")}); code(err) != codes.PermissionDenied {
