@@ -303,6 +303,9 @@ type Identity struct {
 	Member bool
 	// Via is "mtls" or "jwt".
 	Via string
+	// Expires is when the credential stops being valid (the token's exp,
+	// the certificate's NotAfter): a stream opened with it ends then.
+	Expires time.Time
 }
 
 type ctxKey struct{}
@@ -405,9 +408,18 @@ type checkedStream struct {
 
 func (c *checkedStream) Context() context.Context { return c.ctx }
 
+// errExpiredOnStream ends a stream whose credential expired after it
+// opened. UNAVAILABLE, so that a client opens a new stream, with the fresh
+// credential it should have by then, and retries (the SDK does, with the
+// same idempotency key): the message that met the expiry is not applied.
+var errExpiredOnStream = status.Error(codes.Unavailable, "the stream's credential expired: open a new stream with a fresh one")
+
 func (c *checkedStream) RecvMsg(m any) error {
 	if err := c.ServerStream.RecvMsg(m); err != nil {
 		return err
+	}
+	if !time.Now().Before(c.id.Expires) {
+		return errExpiredOnStream
 	}
 	if f, ok := m.(forwardable); ok && f.GetForwarded() && !c.id.Member {
 		c.s.m.failures.WithLabelValues("permission").Inc()
@@ -482,7 +494,7 @@ func (s *Server) verifyToken(tok string) (*Identity, time.Time, error) {
 			if scopeLenient(c.Scope)&ScopeCluster == 0 {
 				return nil, time.Time{}, fmt.Errorf("token signed with the cluster key for %q lacks scope cluster", c.Subject)
 			}
-			return &Identity{Name: c.Subject, Scope: scopeAll, Member: true, Via: "jwt"}, c.Expires, nil
+			return &Identity{Name: c.Subject, Scope: scopeAll, Member: true, Via: "jwt", Expires: c.Expires}, c.Expires, nil
 		}
 		if s.backendKeys == nil || !errors.Is(err, auth.ErrBadSignature) && !errors.Is(err, auth.ErrMethod) {
 			return nil, time.Time{}, fmt.Errorf("bearer token: %s", auth.Reason(err))
@@ -499,7 +511,7 @@ func (s *Server) verifyToken(tok string) (*Identity, time.Time, error) {
 		return nil, time.Time{}, fmt.Errorf("bearer token: %s", auth.Reason(err))
 	}
 	// A backend key never makes a member, whatever its token claims.
-	return &Identity{Name: c.Subject, Scope: scopeLenient(c.Scope) &^ ScopeCluster, Via: "jwt"}, c.Expires, nil
+	return &Identity{Name: c.Subject, Scope: scopeLenient(c.Scope) &^ ScopeCluster, Via: "jwt", Expires: c.Expires}, c.Expires, nil
 }
 
 // scopeLenient reads a credential's scope: names it does not know grant
@@ -519,10 +531,11 @@ func (s *Server) identifyCert(chains [][]*x509.Certificate) (*Identity, error) {
 	for _, ch := range chains {
 		leaf, root := ch[0], ch[len(ch)-1]
 		if cas.cluster.holds(root) {
-			return &Identity{Name: certName(leaf), Scope: scopeAll, Member: true, Via: "mtls"}, nil
+			return &Identity{Name: certName(leaf), Scope: scopeAll, Member: true, Via: "mtls", Expires: leaf.NotAfter}, nil
 		}
 		if cas.backend.holds(root) {
-			return &Identity{Name: certName(leaf), Scope: scopeLenient(strings.Join(leaf.Subject.OrganizationalUnit, " ")) &^ ScopeCluster, Via: "mtls"}, nil
+			return &Identity{Name: certName(leaf), Scope: scopeLenient(strings.Join(leaf.Subject.OrganizationalUnit, " ")) &^ ScopeCluster,
+				Via: "mtls", Expires: leaf.NotAfter}, nil
 		}
 	}
 	return nil, errors.New("client certificate is from neither the backend nor the cluster CA in use")

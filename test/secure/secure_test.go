@@ -445,3 +445,54 @@ func TestOpenPortOnlyOnLoopbackOrDev(t *testing.T) {
 		t.Errorf("backend auth without a member credential: %v", err)
 	}
 }
+
+// A PublishStream outlives no credential: a message after the token's exp
+// ends the stream (UNAVAILABLE, so clients reopen it), and the SDK,
+// reading a renewed token file, carries on over a new stream.
+func TestStreamEndsWhenItsCredentialExpires(t *testing.T) {
+	e := newEnv(t)
+	es, _ := e.server(t, "edge-1", nil)
+	ed := startEdge(t, es)
+	st := ringOf(t, ed)
+
+	short := token(t, backendSecret, "billing", "publish", 2*time.Second, time.Now())
+	exp := time.Now().Add(2 * time.Second).Truncate(time.Second) // exp is in whole seconds
+	ps, err := pushv1.NewPushClient(e.dial(t, ed.GRPCAddr(), grpcauth.ClientConfig{Token: short})).PublishStream(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.Send(&pushv1.PublishRequest{UserId: "dave", Data: []byte("1"), RequestId: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := ps.Recv(); err != nil || r.ErrorCode != 0 {
+		t.Fatalf("before exp: %v %v", r, err)
+	}
+	time.Sleep(time.Until(exp) + 100*time.Millisecond)
+	ps.Send(&pushv1.PublishRequest{UserId: "dave", Data: []byte("2"), RequestId: 2})
+	if _, err := ps.Recv(); code(err) != codes.Unavailable || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("after exp: %v", err)
+	}
+
+	// The SDK with a token file renewed before the old token runs out.
+	file := filepath.Join(t.TempDir(), "token")
+	writeFile(t, file, []byte(token(t, backendSecret, "billing", "publish", 2*time.Second, time.Now())))
+	exp = time.Now().Add(2 * time.Second).Truncate(time.Second)
+	opts, err := grpcauth.ClientConfig{CA: e.clusterCA.CertFile, TokenFile: file}.DialOptions(quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sdk, err := client.New(ctxT(t), st, client.WithLogger(quiet()), client.WithDialOptions(opts...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdk.Close()
+	if _, err := sdk.Publish(ctxT(t), "dave", []byte("3"), 0); err != nil {
+		t.Fatalf("SDK before exp: %v", err)
+	}
+	writeFile(t, file, []byte(token(t, backendSecret, "billing", "publish", time.Hour, time.Now())))
+	time.Sleep(time.Until(exp) + 100*time.Millisecond)
+	r, err := sdk.Publish(ctxT(t), "dave", []byte("4"), 0)
+	if err != nil || r.Seq != 3 {
+		t.Fatalf("SDK after the first token's exp: %v %v (want seq 3: message 2 was refused, 3 applied once)", r, err)
+	}
+}
