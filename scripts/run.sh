@@ -3,6 +3,10 @@
 # router, three edges, a ring in a file store and the demo page — and stops
 # it cleanly on Ctrl-C. State (dev secret, ring, logs)
 # lives in .run/.
+#
+# Every port is on 127.0.0.1, so the gRPC and admin ports run open. With
+# PUSH_SECURE=1 they take the credentials of docs/security.md instead:
+# TLS from a dev CA made here with openssl, backend tokens, an admin token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
@@ -12,6 +16,32 @@ if [ ! -s .run/secret ]; then
 fi
 export PUSH_JWT_SECRET_FILE="$PWD/.run/secret"
 export PUSH_RING="file:$PWD/.run/ring.json"
+
+if [ "${PUSH_SECURE:-}" = 1 ]; then
+  tls="$PWD/.run/tls"
+  mkdir -p "$tls"
+  if [ ! -s "$tls/node.crt" ]; then
+    curve=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${curve[@]}" -days 30 -subj "/CN=push dev cluster CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+    openssl req "${curve[@]}" -subj "/CN=push-dev-node" -keyout "$tls/node.key" -out "$tls/node.csr" 2>/dev/null
+    openssl x509 -req -in "$tls/node.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 30 \
+      -out "$tls/node.crt" -extfile <(printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        "extendedKeyUsage=serverAuth,clientAuth" "keyUsage=digitalSignature") 2>/dev/null
+    head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tls/backend-jwt.key"
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tls/admin.token"
+    chmod 600 "$tls"/*.key "$tls/admin.token"
+  fi
+  # The daemons: TLS (the node certificate is also each member's client
+  # certificate toward the others), backends' tokens, the admin token.
+  export PUSH_GRPC_TLS_CERT_FILE="$tls/node.crt" PUSH_GRPC_TLS_KEY_FILE="$tls/node.key"
+  export PUSH_CLUSTER_CA_FILE="$tls/ca.crt" PUSH_BACKEND_JWT_SECRET_FILE="$tls/backend-jwt.key"
+  export PUSH_ADMIN_TOKEN_FILE="$tls/admin.token"
+  # pushctl and the demo: the CA and a backend token with every scope.
+  export PUSH_GRPC_CA_FILE="$tls/ca.crt"
+  PUSH_GRPC_TOKEN=$(bin/pushctl token --scope "publish publish_multi broadcast kick presence" --user dev --ttl 24h)
+  export PUSH_GRPC_TOKEN
+fi
 
 # A fresh ring each run: ids 1-3, WebSocket ports 8081-8083, gRPC 9091-9093.
 rm -f .run/ring.json .run/ring.json.lock
@@ -65,7 +95,10 @@ push cluster is up (logs and the ring in .run/):
   demo     http://127.0.0.1:8000/?uid=alice   (pick a user, publish from the form; a second tab shares the connection)
 
 Try it (in another terminal, from this directory):
-  export PUSH_JWT_SECRET_FILE=$PWD/.run/secret PUSH_RING=$PUSH_RING
+  export PUSH_JWT_SECRET_FILE=$PWD/.run/secret PUSH_RING=$PUSH_RING${PUSH_GRPC_CA_FILE:+
+  # PUSH_SECURE=1: TLS and a backend token for pushctl; /drain and pprof want the admin token
+  export PUSH_GRPC_CA_FILE=$PUSH_GRPC_CA_FILE PUSH_ADMIN_TOKEN_FILE=$PUSH_ADMIN_TOKEN_FILE
+  export PUSH_GRPC_TOKEN=\$(bin/pushctl token --scope 'publish publish_multi broadcast kick presence' --user dev --backend-jwt-secret-file $PUSH_BACKEND_JWT_SECRET_FILE)}
   TOKEN=\$(bin/pushctl token --user alice)
   # connect through the router with any WebSocket client, e.g. in a browser console:
   #   ws = new WebSocket("ws://127.0.0.1:8080/ws?uid=alice&token=\$TOKEN"); ws.onmessage = e => console.log(e.data)
