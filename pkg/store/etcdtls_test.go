@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/pushcluster/push/pkg/grpcauth/certtest"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
@@ -73,5 +75,60 @@ func TestEtcdWithTLSAndClientCertificates(t *testing.T) {
 	}
 	if _, err := store.Open(url, quiet(), store.WithEtcdSecurity(store.EtcdSecurity{User: "push"})); err == nil {
 		t.Error("--etcd-user without a password file was accepted")
+	}
+}
+
+// etcd with authentication enabled: the store works with --etcd-user and
+// its password file, and is refused without them or with a wrong password.
+func TestEtcdWithUserAndPassword(t *testing.T) {
+	srv := etcdtest.Start(t)
+	admin, err := clientv3.New(clientv3.Config{Endpoints: []string{"http://" + srv.Endpoint}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, step := range []func() error{
+		func() error { _, err := admin.UserAdd(ctx, "root", "root-password"); return err },
+		func() error { _, err := admin.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := admin.UserAdd(ctx, "push", "push-password"); return err },
+		func() error { _, err := admin.RoleAdd(ctx, "push"); return err },
+		func() error {
+			_, err := admin.RoleGrantPermission(ctx, "push", "/push", clientv3.GetPrefixRangeEnd("/push"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := admin.UserGrantRole(ctx, "push", "push"); return err },
+		func() error { _, err := admin.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good"), filepath.Join(dir, "bad")
+	os.WriteFile(good, []byte("push-password\n"), 0o600)
+	os.WriteFile(bad, []byte("guess\n"), 0o600)
+	load := func(sec store.EtcdSecurity) error {
+		st, err := store.Open(srv.URL("/push"), quiet(), store.WithEtcdSecurity(sec))
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		lctx, lcancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer lcancel()
+		_, err = st.Load(lctx)
+		return err
+	}
+	if err := load(store.EtcdSecurity{User: "push", PasswordFile: good}); err != store.ErrNotFound {
+		t.Fatalf("with the user and its password: %v, want %v", err, store.ErrNotFound)
+	}
+	for name, sec := range map[string]store.EtcdSecurity{
+		"no user":        {},
+		"wrong password": {User: "push", PasswordFile: bad},
+	} {
+		if err := load(sec); err == nil || err == store.ErrNotFound {
+			t.Errorf("%s: %v, want refused", name, err)
+		}
 	}
 }
