@@ -169,7 +169,10 @@ func WithLogger(log *slog.Logger) Option { return func(o *options) { o.log = log
 
 // WithForwarded marks every request as forwarded (the requests'
 // forwarded field), for a process that hands on calls it received and
-// wants the edge to handle them itself and never pass them on again.
+// wants the edge to handle them itself and never pass them on again. An
+// authenticated edge honours it only from cluster members (the router's
+// forwarder dials with its member credential); from anybody else the call
+// is PERMISSION_DENIED.
 func WithForwarded() Option { return func(o *options) { o.forwarded = true } }
 
 // WithForwardTimeout sets the forwarder's (Client.Server) cap on each
