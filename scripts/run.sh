@@ -12,6 +12,7 @@
 # Environment:
 #   PUSH_RUN_DIR          state directory (default .run)
 #   PUSH_RUN_BIN          where the binaries are (default bin)
+#   PUSH_SECURE=1         gRPC with TLS and tokens, an admin token (docs/security.md)
 #   PUSH_RUN_PORT_OFFSET  added to every port below (default 0), to run a
 #                         second cluster beside the first
 # Ports (plus the offset): router ws 8080, gRPC 9090, admin 9200; edges ws
@@ -82,6 +83,35 @@ if [ ! -s "$RUN_DIR/secret" ]; then
 fi
 export PUSH_JWT_SECRET_FILE="$RUN_DIR/secret"
 export PUSH_RING="file:$RUN_DIR/ring.json"
+
+# Every port is on 127.0.0.1, so the gRPC and admin ports run open. With
+# PUSH_SECURE=1 they take the credentials of docs/security.md instead: TLS
+# from a dev CA made here with openssl, backend tokens, an admin token.
+if [ "${PUSH_SECURE:-}" = 1 ]; then
+  tls="$RUN_DIR/tls"
+  mkdir -p "$tls"
+  if [ ! -s "$tls/node.crt" ]; then
+    curve=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${curve[@]}" -days 30 -subj "/CN=push dev cluster CA" \
+      -keyout "$tls/ca.key" -out "$tls/ca.crt" 2>/dev/null
+    openssl req "${curve[@]}" -subj "/CN=push-dev-node" -keyout "$tls/node.key" -out "$tls/node.csr" 2>/dev/null
+    openssl x509 -req -in "$tls/node.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" -CAcreateserial -days 30 \
+      -out "$tls/node.crt" -extfile <(printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        "extendedKeyUsage=serverAuth,clientAuth" "keyUsage=digitalSignature") 2>/dev/null
+    head -c 48 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tls/backend-jwt.key"
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tls/admin.token"
+    chmod 600 "$tls"/*.key "$tls/admin.token"
+  fi
+  # The daemons: TLS (the node certificate is also each member's client
+  # certificate toward the others), backends' tokens, the admin token.
+  export PUSH_GRPC_TLS_CERT_FILE="$tls/node.crt" PUSH_GRPC_TLS_KEY_FILE="$tls/node.key"
+  export PUSH_CLUSTER_CA_FILE="$tls/ca.crt" PUSH_BACKEND_JWT_SECRET_FILE="$tls/backend-jwt.key"
+  export PUSH_ADMIN_TOKEN_FILE="$tls/admin.token"
+  # pushctl and the demo: the CA and a backend token with every scope.
+  export PUSH_GRPC_CA_FILE="$tls/ca.crt"
+  PUSH_GRPC_TOKEN=$("$BIN/pushctl" token --scope "publish publish_multi broadcast kick presence" --user dev --ttl 24h)
+  export PUSH_GRPC_TOKEN
+fi
 
 # A fresh ring each run: ids 1-3.
 rm -rf "$RUN_DIR/ring.json" "$RUN_DIR/ring.json.lock" "$RUN_DIR/ring.json.live"
@@ -167,7 +197,10 @@ push cluster is up (ring, logs and pids in $RUN_DIR):
   demo     http://$DEMO/?uid=alice   (pick a user, publish from the form; a second tab shares the connection)
 
 Try it (from this directory; README.md walks through it):
-  export PUSH_JWT_SECRET_FILE=$PUSH_JWT_SECRET_FILE PUSH_RING=$PUSH_RING
+  export PUSH_JWT_SECRET_FILE=$PUSH_JWT_SECRET_FILE PUSH_RING=$PUSH_RING${PUSH_GRPC_CA_FILE:+
+  # PUSH_SECURE=1: TLS and a backend token for pushctl; /drain and pprof want the admin token
+  export PUSH_GRPC_CA_FILE=$PUSH_GRPC_CA_FILE PUSH_ADMIN_TOKEN_FILE=$PUSH_ADMIN_TOKEN_FILE
+  export PUSH_GRPC_TOKEN=\$(bin/pushctl token --scope 'publish publish_multi broadcast kick presence' --user dev --backend-jwt-secret-file $PUSH_BACKEND_JWT_SECRET_FILE)}
   # in one terminal: print alice's messages (Ctrl-C stops it)
   bin/pushctl listen --user alice$flags
   # in another: publish to her through the router, then resize the ring while she listens

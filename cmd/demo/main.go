@@ -11,13 +11,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/client"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/demo"
 	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/grpcauth"
 	"github.com/pushcluster/push/pkg/store"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
@@ -44,6 +44,11 @@ func run(args []string) error {
 	ringURL := fs.String("ring", "", "ring store the SDK follows to publish (file:./ring.json or etcd://host:2379/prefix)")
 	grpcAddr := fs.String("push-grpc", "127.0.0.1:9090", "without --ring: push.v1.Push address to publish through (an edge or a router)")
 	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret tokens are minted with (default: $PUSH_JWT_SECRET)")
+	// Credentials toward the edges or the router, and etcd (docs/security.md).
+	var creds grpcauth.ClientConfig
+	creds.RegisterFlags(fs)
+	var etcdSec store.EtcdSecurity
+	etcdSec.RegisterFlags(fs)
 	var logFlags daemon.LogFlags
 	logFlags.Bind(fs)
 	flagenv.SetUsage(fs, "PUSH", "demo [flags]", "Serves the push cluster's browser demo page and JavaScript client; with --dev also mints tokens and publishes for the page.")
@@ -60,14 +65,18 @@ func run(args []string) error {
 			return err
 		}
 	}
+	dial, err := creds.DialOptions(log)
+	if err != nil {
+		return err
+	}
 	if *ringURL != "" {
-		st, err := store.Open(*ringURL, log)
+		st, err := store.Open(*ringURL, log, store.WithEtcdSecurity(etcdSec))
 		if err != nil {
 			return err
 		}
 		defer st.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		sdk, err := client.New(ctx, st, client.WithLogger(log))
+		sdk, err := client.New(ctx, st, client.WithLogger(log), client.WithDialOptions(dial...))
 		cancel()
 		if err != nil {
 			return err
@@ -75,7 +84,7 @@ func run(args []string) error {
 		defer sdk.Close()
 		c.Publisher = sdk
 	} else {
-		cc, err := grpc.NewClient(*grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(*grpcAddr, dial...)
 		if err != nil {
 			return fmt.Errorf("--push-grpc %s: %w", *grpcAddr, err)
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/grpcauth"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
@@ -35,8 +36,10 @@ func main() { daemon.Main("edge", run) }
 
 func run(args []string) error {
 	var o edge.Options
+	var sec security
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	o.BindFlags(fs)
+	sec.bindFlags(fs)
 	flagenv.SetUsage(fs, "PUSH", "edge [flags]", "Terminates browser WebSockets (GET /ws?uid=&token=&last_seq=), Server-Sent Events (GET /sse) and long-polls (GET /poll) on epoll and delivers pushes received over gRPC.\n\n"+
 		"Exit codes: 0 drained after SIGTERM/SIGINT, 1 failed, 2 bad flags or arguments, 3 refused by the ring store (its entry names other addresses, or another edge with this id is live).")
 	if err := daemon.ParseFlags(fs, args); err != nil {
@@ -62,11 +65,19 @@ func run(args []string) error {
 	reg := admin.NewRegistry()
 	c.Metrics, c.AdminAddr = reg, o.Admin // the lease publishes where the metrics are (the cluster console reads them)
 	warnLimits(c, log)
+	gauth, err := grpcauth.NewServer(sec.grpc, fmt.Sprintf("edge-%d", c.ID), log, reg)
+	if err != nil {
+		return err
+	}
+	if err := gauth.CheckListen(o.GRPC, c.Dev); err != nil {
+		return err
+	}
+	c.ClusterDial = gauth.ClusterDialOptions()
 
 	var st store.Store
 	var desired *ring.Ring
 	if o.Ring != "" {
-		if st, desired, err = openRing(&o, log); err != nil {
+		if st, desired, err = openRing(&o, sec.etcd, log); err != nil {
 			return err
 		}
 		defer st.Close()
@@ -81,7 +92,7 @@ func run(args []string) error {
 	if desired != nil {
 		srv.SetRing(desired) // before serving: never a moment of owning everyone
 	}
-	return serve(&o, srv, st, reg, log)
+	return serve(&o, srv, st, reg, gauth, sec.admin, log)
 }
 
 // loadKeys sets the token verifier from the key flags and, with
@@ -114,8 +125,8 @@ func warnLimits(c *edge.Config, log *slog.Logger) {
 
 // openRing opens the ring store, reads the ring and checks that this edge
 // may start against it (edge.CheckStart): a refusal is ExitRefused.
-func openRing(o *edge.Options, log *slog.Logger) (store.Store, *ring.Ring, error) {
-	st, err := store.Open(o.Ring, log)
+func openRing(o *edge.Options, etcd store.EtcdSecurity, log *slog.Logger) (store.Store, *ring.Ring, error) {
+	st, err := store.Open(o.Ring, log, store.WithEtcdSecurity(etcd))
 	if err != nil {
 		return nil, nil, fmt.Errorf("--ring %s: %w", o.Ring, err)
 	}
@@ -131,7 +142,7 @@ func openRing(o *edge.Options, log *slog.Logger) (store.Store, *ring.Ring, error
 		log.Warn("this edge is not in the ring: it owns no users until it is added", "id", id, "ring_version", desired.Version())
 	}
 	ws, grpcAddr := o.Advertised()
-	err = edge.CheckStart(ctx, st, desired, edge.StartCheck{ID: id, WS: ws, GRPC: grpcAddr, LeaseTTL: o.LeaseTTL, Log: log})
+	err = edge.CheckStart(ctx, st, desired, edge.StartCheck{ID: id, WS: ws, GRPC: grpcAddr, LeaseTTL: o.LeaseTTL, Log: log, Dial: o.Config.ClusterDial})
 	if err != nil {
 		st.Close()
 		if errors.Is(err, edge.ErrAddressMismatch) || errors.Is(err, edge.ErrIDLive) {
@@ -143,10 +154,10 @@ func openRing(o *edge.Options, log *slog.Logger) (store.Store, *ring.Ring, error
 }
 
 // serve runs the edge until a signal (or the admin /drain) has drained it.
-func serve(o *edge.Options, srv *edge.Server, st store.Store, reg *prometheus.Registry, log *slog.Logger) error {
+func serve(o *edge.Options, srv *edge.Server, st store.Store, reg *prometheus.Registry, gauth *grpcauth.Server, adminAuth admin.Auth, log *slog.Logger) error {
 	c := &o.Config
 	// Room for a PublishMulti of MaxUserIDsPerCall ids of 128 bytes each.
-	g, err := daemon.NewGRPC(o.GRPC, c.MaxPayloadBytes+userid.MaxPerCall*140+64<<10)
+	g, err := daemon.NewGRPC(o.GRPC, c.MaxPayloadBytes+userid.MaxPerCall*140+64<<10, gauth.ServerOptions()...)
 	if err != nil {
 		return err
 	}
@@ -159,7 +170,7 @@ func serve(o *edge.Options, srv *edge.Server, st store.Store, reg *prometheus.Re
 		return srv.Ready()
 	}
 	d := &drainer{srv: srv, g: g, log: log, period: c.DrainPeriod, closeTimeout: c.CloseTimeout, done: make(chan struct{})}
-	adm, err := admin.New(admin.Config{Addr: o.Admin, Registry: reg, Ready: ready, Logger: log,
+	adm, err := admin.New(admin.Config{Addr: o.Admin, Registry: reg, Ready: ready, Logger: log, Auth: adminAuth,
 		Extra: map[string]http.Handler{"/drain": d}})
 	if err != nil {
 		return err
@@ -188,7 +199,8 @@ func serve(o *edge.Options, srv *edge.Server, st store.Store, reg *prometheus.Re
 		d.setMembership(mem)
 		joined.Store(true)
 	}
-	log.Info("edge up", "id", c.ID, "ws", srv.Addr().String(), "grpc", g.Addr().String(), "admin", adm.Addr().String())
+	log.Info("edge up", "id", c.ID, "ws", srv.Addr().String(), "grpc", g.Addr().String(), "admin", adm.Addr().String(),
+		"grpc_tls", gauth.TLS(), "grpc_open", gauth.Open())
 
 	select {
 	case sig := <-daemon.Signal():
@@ -254,4 +266,18 @@ func (d *drainer) drain(why string) {
 			d.log.Warn("drain cut short", "err", err)
 		}
 	})
+}
+
+// security is the configuration of the other planes (docs/security.md):
+// gRPC callers, etcd, the admin port.
+type security struct {
+	grpc  grpcauth.Config
+	etcd  store.EtcdSecurity
+	admin admin.Auth
+}
+
+func (s *security) bindFlags(fs *flag.FlagSet) {
+	s.grpc.RegisterFlags(fs)
+	s.etcd.RegisterFlags(fs)
+	s.admin.RegisterFlags(fs)
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/pushcluster/push/pkg/console"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/grpcauth"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/router"
 	"github.com/pushcluster/push/pkg/store"
@@ -38,8 +39,10 @@ func main() { daemon.Main("router", run) }
 
 func run(args []string) error {
 	var o router.Options
+	var sec security
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
 	o.BindFlags(fs)
+	sec.bindFlags(fs)
 	flagenv.SetUsage(fs, "PUSH", "router [flags]", "Routes browser WebSockets to the edge that owns the user (the ring store's view: ring document and edge leases) and relays the bytes on epoll; forwards push.v1.Push calls to the owning edges.\n\n"+
 		"Exit codes: 0 drained after SIGTERM/SIGINT, 1 failed, 2 bad flags or arguments.")
 	if err := daemon.ParseFlags(fs, args); err != nil {
@@ -56,13 +59,21 @@ func run(args []string) error {
 	c.Logger = log
 	reg := admin.NewRegistry()
 	c.Metrics = reg
+	gauth, err := grpcauth.NewServer(sec.grpc, "router", log, reg)
+	if err != nil {
+		return err
+	}
+	if err := gauth.CheckListen(o.GRPC, c.Dev); err != nil {
+		return err
+	}
+	c.ClusterDial = gauth.ClusterDialOptions()
 	soft, hard := rawtcp.FDLimit()
 	log.Info("file descriptor limit", "soft", soft, "hard", hard, "relayed_connections_max", soft/2)
 	if w := rawtcp.BacklogWarning(c.Backlog); w != "" {
 		log.Warn(w)
 	}
 
-	st, err := store.Open(o.Ring, log)
+	st, err := store.Open(o.Ring, log, store.WithEtcdSecurity(sec.etcd))
 	if err != nil {
 		return err
 	}
@@ -84,30 +95,36 @@ func run(args []string) error {
 	}
 	defer f.Close() // after the SDK's Close and the router's Shutdown
 	rt.Follow(f)
-	sdk := client.NewWithFollower(f, client.WithLogger(log))
+	// The forwarder checks each caller (scope, limits) and calls the edges
+	// as a member, marking its calls forwarded (docs/security.md).
+	sdk := client.NewWithFollower(f, client.WithLogger(log), client.WithDialOptions(c.ClusterDial...), client.WithForwarded())
 	defer sdk.Close()
-	return serve(&o, rt, sdk, f, reg, log)
+	return serve(&o, rt, sdk, f, reg, gauth, sec.admin, log)
 }
 
 // serve runs the router until a signal, then drains it.
-func serve(o *router.Options, rt *router.Router, sdk *client.Client, f *store.Follower, reg *prometheus.Registry, log *slog.Logger) error {
+func serve(o *router.Options, rt *router.Router, sdk *client.Client, f *store.Follower, reg *prometheus.Registry, gauth *grpcauth.Server, adminAuth admin.Auth, log *slog.Logger) error {
 	c := &o.Config
 	// Room for the largest payload an edge can be set to accept (its
 	// --max-payload-bytes, at most 16 MiB): the edge decides.
-	g, err := daemon.NewGRPC(o.GRPC, 16<<20+64<<10)
+	g, err := daemon.NewGRPC(o.GRPC, 16<<20+64<<10, gauth.ServerOptions()...)
 	if err != nil {
 		return err
 	}
 	pushv1.RegisterPushServer(g.Server, sdk.Server())
-	var extra map[string]http.Handler
+	adminToken, err := adminAuth.Current()
+	if err != nil {
+		return err
+	}
+	var open map[string]http.Handler
 	if o.Console {
-		cons, err := console.New(console.Config{Follower: f, Token: o.AdminToken, Sessions: rt.Sessions, Logger: log})
+		cons, err := console.New(console.Config{Follower: f, Token: adminToken, Sessions: rt.Sessions, Logger: log, Dial: c.ClusterDial})
 		if err != nil {
 			return err
 		}
-		extra = cons.Routes()
+		open = cons.Routes() // readable; its ring changes check the admin token themselves
 	}
-	adm, err := admin.New(admin.Config{Addr: o.Admin, Registry: reg, Ready: rt.Ready, Logger: log, Extra: extra})
+	adm, err := admin.New(admin.Config{Addr: o.Admin, Registry: reg, Ready: rt.Ready, Logger: log, Open: open, Auth: adminAuth})
 	if err != nil {
 		return err
 	}
@@ -126,7 +143,7 @@ func serve(o *router.Options, rt *router.Router, sdk *client.Client, f *store.Fo
 	}()
 	v := rt.View()
 	log.Info("router up", "listen", rt.Addr().String(), "tls", c.TLSListen, "grpc", g.Addr().String(),
-		"admin", adm.Addr().String(), "console", o.Console, "console_token", o.AdminToken != "", "ring_version", v.Version(), "liveness", v.HasLiveness(), "hash_key", c.HashKey)
+		"admin", adm.Addr().String(), "console", o.Console, "admin_token", adminToken != "", "grpc_tls", gauth.TLS(), "grpc_open", gauth.Open(), "ring_version", v.Version(), "liveness", v.HasLiveness(), "hash_key", c.HashKey)
 
 	sig := daemon.WaitForSignal()
 	log.Info("shutting down", "signal", sig, "drain_period", c.DrainPeriod.String())
@@ -139,4 +156,18 @@ func serve(o *router.Options, rt *router.Router, sdk *client.Client, f *store.Fo
 	adm.Shutdown(sctx)
 	log.Info("router stopped")
 	return nil
+}
+
+// security is the configuration of the other planes (docs/security.md):
+// gRPC callers, etcd, the admin port.
+type security struct {
+	grpc  grpcauth.Config
+	etcd  store.EtcdSecurity
+	admin admin.Auth
+}
+
+func (s *security) bindFlags(fs *flag.FlagSet) {
+	s.grpc.RegisterFlags(fs)
+	s.etcd.RegisterFlags(fs)
+	s.admin.RegisterFlags(fs)
 }

@@ -53,7 +53,8 @@ var plainEnv = []string{"POD_NAME", "POD_NAMESPACE", "GOMEMLIMIT"}
 
 // externalSecrets are Secrets an overlay references but does not contain:
 // the operator creates them (docs/operations.md).
-var externalSecrets = map[string]bool{"push-jwt": true}
+var externalSecrets = map[string]bool{"push-jwt": true, "push-grpc-tls": true, "push-backend-jwt": true,
+	"push-admin": true, "push-etcd-server": true, "push-etcd-client": true}
 
 // Sizing constants measured by bench/ (docs/decisions.md §2,
 // bench/README.md); the edge's memory limit must hold PUSH_MAX_CONNS idle
@@ -1204,7 +1205,7 @@ func (c *cluster) checkPinnedImages(t *testing.T) {
 func registeredMetrics(t *testing.T) map[string]bool {
 	known := map[string]bool{}
 	re := regexp.MustCompile(`Name:\s*"(push_[a-z_]+)"`)
-	for _, f := range []string{"../../pkg/edge/metrics.go", "../../pkg/router/metrics.go"} {
+	for _, f := range []string{"../../pkg/edge/metrics.go", "../../pkg/router/metrics.go", "../../pkg/grpcauth/limit.go"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

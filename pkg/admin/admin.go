@@ -4,6 +4,14 @@
 // separate listener means it can stay on a private address and keeps
 // responding when the public port is saturated.
 //
+// Probes (/healthz, /readyz) and /metrics are open to whoever reaches the
+// port (the kubelet and Prometheus carry no credentials). Everything else —
+// /debug/pprof (costly, and it reveals memory), /drain and any route a
+// daemon adds (Config.Extra) — needs the admin token as
+// "Authorization: Bearer <token>" (Auth: --admin-token-file or
+// PUSH_ADMIN_TOKEN); without a token configured those routes are served
+// only when the port listens on loopback, and answer 403 otherwise.
+//
 // All handlers live on the Server's own mux. Importing net/http/pprof also
 // registers its handlers on http.DefaultServeMux as a side effect, so no
 // daemon may ever serve http.DefaultServeMux on a public port.
@@ -11,13 +19,17 @@ package admin
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -68,9 +80,99 @@ type Config struct {
 	// Logger receives server errors (e.g. malformed requests, metric
 	// gathering failures). Nil discards them.
 	Logger *slog.Logger
-	// Extra adds routes, keyed by ServeMux pattern (e.g. "/dev/token" or
-	// "POST /dev/token"), for daemon-specific handlers.
+	// Extra adds routes, keyed by ServeMux pattern (e.g. "/drain" or
+	// "POST /dev/token"), for daemon-specific handlers; they need the admin
+	// token, as pprof does.
 	Extra map[string]http.Handler
+	// Open adds routes that decide their own authorization (the cluster
+	// console: its pages and GET endpoints are readable, its ring changes
+	// check the admin token themselves); the admin guard does not wrap them.
+	Open map[string]http.Handler
+	// Auth is the admin token guarding pprof and Extra.
+	Auth Auth
+}
+
+// Auth is the admin token: Token, or the contents of TokenFile (read on
+// each guarded request, so a rotated Secret applies at once).
+type Auth struct {
+	Token, TokenFile string
+}
+
+// RegisterFlags adds a's flags to fs.
+func (a *Auth) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&a.Token, "admin-token", "", "bearer token the admin port's /drain and /debug/pprof require (prefer $PUSH_ADMIN_TOKEN or --admin-token-file; without one they are served only on a loopback --admin)")
+	fs.StringVar(&a.TokenFile, "admin-token-file", "", "file holding the admin token, read on each guarded request")
+}
+
+// Current returns the configured token ("" when none): Token, or the
+// contents of TokenFile as they are now.
+func (a Auth) Current() (string, error) { return a.token() }
+
+// token is the configured token, "" when none.
+func (a Auth) token() (string, error) {
+	if a.TokenFile == "" {
+		return a.Token, nil
+	}
+	b, err := os.ReadFile(a.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("admin token file: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("admin token file %s is empty", a.TokenFile)
+	}
+	return t, nil
+}
+
+// guard serves h to requests with the admin token, or to anybody when no
+// token is configured and the port is on loopback.
+func guard(a Auth, loopback bool, log *slog.Logger, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		want, err := a.token()
+		if err != nil {
+			log.Error("admin request refused: admin token unreadable", "path", r.URL.Path, "err", err)
+			http.Error(w, "admin token unreadable on the server", http.StatusServiceUnavailable)
+			return
+		}
+		if want == "" {
+			if loopback {
+				h.ServeHTTP(w, r)
+				return
+			}
+			http.Error(w, "forbidden: this endpoint needs an admin token and none is configured (--admin-token-file or PUSH_ADMIN_TOKEN)", http.StatusForbidden)
+			return
+		}
+		got := r.Header.Get("Authorization")
+		if len(got) < 7 || !strings.EqualFold(got[:7], "bearer ") {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="push-admin"`)
+			http.Error(w, "unauthorized: send Authorization: Bearer <admin token>", http.StatusUnauthorized)
+			return
+		}
+		// Compared as digests: equal length, so the time taken says
+		// nothing about the token's length or its first differing byte.
+		gs, ws := sha256.Sum256([]byte(strings.TrimSpace(got[7:]))), sha256.Sum256([]byte(want))
+		if subtle.ConstantTimeCompare(gs[:], ws[:]) != 1 {
+			log.Debug("admin request with a wrong token", "path", r.URL.Path, "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="push-admin", error="invalid_token"`)
+			http.Error(w, "unauthorized: wrong admin token", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// isLoopback reports whether a listen address is reachable from this host
+// only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Server is a running admin HTTP endpoint. Its listener is bound by New, so
@@ -123,12 +225,28 @@ func New(c Config) (*Server, error) {
 		Registry:            reg,
 		MaxRequestsInFlight: maxScrapesInFlight,
 	}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.Handle("/debug/pprof/profile", capSeconds(pprof.Profile))
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.Handle("/debug/pprof/trace", capSeconds(pprof.Trace))
+	lo := isLoopback(c.Addr)
+	if _, err := c.Auth.token(); err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if c.Auth.Token == "" && c.Auth.TokenFile == "" && !lo {
+		logger.Warn("admin port is not loopback and has no admin token: /drain and /debug/pprof answer 403 (set --admin-token-file or PUSH_ADMIN_TOKEN)", "addr", c.Addr)
+	}
+	g := func(h http.Handler) http.Handler { return guard(c.Auth, lo, logger, h) }
+	mux.Handle("/debug/pprof/", g(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/cmdline", g(http.HandlerFunc(pprof.Cmdline)))
+	mux.Handle("/debug/pprof/profile", g(capSeconds(pprof.Profile)))
+	mux.Handle("/debug/pprof/symbol", g(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("/debug/pprof/trace", g(capSeconds(pprof.Trace)))
 	for pattern, h := range c.Extra {
+		if h != nil {
+			h = g(h)
+		}
+		if err := handle(mux, pattern, h); err != nil {
+			return nil, err
+		}
+	}
+	for pattern, h := range c.Open {
 		if err := handle(mux, pattern, h); err != nil {
 			return nil, err
 		}

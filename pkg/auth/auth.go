@@ -270,29 +270,38 @@ func (v *Verifier) Verify(token, uid string) error {
 // VerifyClaims is Verify that also returns the verified token's exp and
 // iat (the zero Claims on failure).
 func (v *Verifier) VerifyClaims(token, uid string) (Claims, error) {
-	if token == "" {
-		return Claims{}, ErrMissingToken
-	}
-	if len(token) > MaxTokenLen {
-		return Claims{}, errTooLong
-	}
-	if c, err, ok := v.verifyFast(token, uid); ok {
-		return c, err
-	}
 	var claims tokenClaims
-	t, err := v.parser.ParseWithClaims(token, &claims, v.keyFunc)
-	if err != nil {
-		return Claims{}, v.classify(t, err)
+	if err := v.verify(token, &claims); err != nil {
+		return Claims{}, err
 	}
 	// An empty sub never matches: a token minted without a subject must not
 	// authenticate a connection that simply omitted uid.
 	if claims.Sub == "" || claims.Sub != uid {
 		return Claims{}, ErrSubjectMismatch
 	}
-	// The parser validated both dates, so they parse.
+	// verify validated both dates, so they parse.
 	exp, _ := numericDate(claims.Exp)
 	iat, _ := numericDate(claims.Iat)
 	return lifetime(exp, iat), nil
+}
+
+// verify checks everything Verify does but the subject, leaving the
+// claims in c.
+func (v *Verifier) verify(token string, c *tokenClaims) error {
+	if token == "" {
+		return ErrMissingToken
+	}
+	if len(token) > MaxTokenLen {
+		return errTooLong
+	}
+	if err, ok := v.verifyFast(token, c); ok {
+		return err
+	}
+	t, err := v.parser.ParseWithClaims(token, c, v.keyFunc)
+	if err != nil {
+		return v.classify(t, err)
+	}
+	return nil
 }
 
 // tokenClaims decodes only what Verify checks. jwt.RegisteredClaims parses
@@ -301,10 +310,11 @@ func (v *Verifier) VerifyClaims(token, uid string) (Claims, error) {
 // a verification, to a few string fields. Validation stays in the library:
 // it calls the getters below.
 type tokenClaims struct {
-	Sub string      `json:"sub"`
-	Exp json.Number `json:"exp"`
-	Nbf json.Number `json:"nbf"`
-	Iat json.Number `json:"iat"`
+	Sub   string      `json:"sub"`
+	Exp   json.Number `json:"exp"`
+	Nbf   json.Number `json:"nbf"`
+	Iat   json.Number `json:"iat"`
+	Scope scopeClaim  `json:"scope"`
 }
 
 func numericDate(n json.Number) (*jwt.NumericDate, error) {

@@ -90,6 +90,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/pushcluster/push/pkg/grpcauth"
 	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
@@ -149,13 +150,29 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 	return func(o *options) { o.dial = append(o.dial, opts...) }
 }
 
+// CredentialsFromEnv returns the option that dials with the TLS and bearer
+// token named by PUSH_GRPC_CA, PUSH_GRPC_CERT, PUSH_GRPC_KEY,
+// PUSH_GRPC_TLS, PUSH_GRPC_SERVER_NAME, PUSH_GRPC_TOKEN and
+// PUSH_GRPC_TOKEN_FILE (grpcauth.ClientConfig; pushctl's --grpc-* flags),
+// and no option when none is set.
+func CredentialsFromEnv() (Option, error) {
+	opts, err := grpcauth.ClientFromEnv(nil).DialOptions(nil)
+	if err != nil {
+		return nil, fmt.Errorf("push client credentials: %w", err)
+	}
+	return WithDialOptions(opts...), nil
+}
+
 // WithLogger sets where ring changes and problems are logged
 // (slog.Default() otherwise). New passes it to the Follower it starts.
 func WithLogger(log *slog.Logger) Option { return func(o *options) { o.log = log } }
 
 // WithForwarded marks every request as forwarded (the requests'
 // forwarded field), for a process that hands on calls it received and
-// wants the edge to handle them itself and never pass them on again.
+// wants the edge to handle them itself and never pass them on again. An
+// authenticated edge honours it only from cluster members (the router's
+// forwarder dials with its member credential); from anybody else the call
+// is PERMISSION_DENIED.
 func WithForwarded() Option { return func(o *options) { o.forwarded = true } }
 
 // WithForwardTimeout sets the forwarder's (Client.Server) cap on each
@@ -924,8 +941,10 @@ func (c *Client) Broadcast(ctx context.Context, data []byte) (*pushv1.BroadcastR
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	// forwarded: the SDK fans out itself, an edge must not fan out again.
-	req := &pushv1.BroadcastRequest{Data: data, Forwarded: true}
+	// Edges never fan a broadcast out (the SDK does); forwarded is set only
+	// by a member forwarding for others (WithForwarded): an edge refuses
+	// it from anybody else.
+	req := &pushv1.BroadcastRequest{Data: data, Forwarded: c.forwarded}
 	total := &pushv1.BroadcastResponse{}
 	done := make(map[uint32]bool)      // took it, or failed for good
 	failed := make(map[uint32]error)   // last failure of each member not done, or failed for good

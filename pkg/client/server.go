@@ -10,7 +10,9 @@ import (
 // Server returns a push.v1.Push server that forwards every call through c:
 // the router serves it for backends that do not embed the SDK. Requests
 // with forwarded=true are forwarded all the same, since the router is not
-// an edge and owns nobody.
+// an edge and owns nobody (on an authenticated port grpcauth refuses them
+// from non-members before they get here, and checks each caller's scope
+// and limits: c calls the edges with the router's own credential).
 //
 // Each call runs on its own, concurrently with the others (Publish calls
 // share each edge's PublishStream, where no call waits for another), with

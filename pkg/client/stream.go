@@ -210,8 +210,10 @@ func (s *pubStream) publish(ctx context.Context, req *pushv1.PublishRequest) (*p
 
 // publishOn sends req to the edge at addr over its stream, opening one when
 // there is none (or the last one broke or is stuck); an edge without
-// PublishStream (codes.Unimplemented) gets unary calls from then on. It
-// returns the owner a not-owner answer named (0: none).
+// PublishStream (codes.Unimplemented) gets unary calls from then on; a
+// stream the edge ended as UNAUTHENTICATED or PERMISSION_DENIED fails the
+// call with that status. It returns the owner a not-owner answer named
+// (0: none).
 func (c *Client) publishOn(ctx context.Context, addr string, pc pushv1.PushClient, req *pushv1.PublishRequest) (*pushv1.PublishResponse, uint32, error) {
 	c.mu.Lock()
 	s := c.streams[addr]
@@ -235,13 +237,21 @@ func (c *Client) publishOn(ctx context.Context, addr string, pc pushv1.PushClien
 		c.mu.Unlock()
 	}
 	resp, named, err := s.publish(ctx, req)
-	if err == errStreamBroke && status.Code(s.broken()) == codes.Unimplemented {
-		c.mu.Lock()
-		if c.unaryOnly != nil {
-			c.unaryOnly[addr] = true
+	if err == errStreamBroke {
+		switch why := s.broken(); status.Code(why) {
+		case codes.Unimplemented:
+			c.mu.Lock()
+			if c.unaryOnly != nil {
+				c.unaryOnly[addr] = true
+			}
+			c.mu.Unlock()
+			return publishUnary(ctx, pc, req)
+		case codes.Unauthenticated, codes.PermissionDenied:
+			// The edge refused the stream's credential or scope (or a
+			// forwarded request): another attempt would be refused the
+			// same way, so the caller learns why at once.
+			return nil, 0, why
 		}
-		c.mu.Unlock()
-		return publishUnary(ctx, pc, req)
 	}
 	return resp, named, err
 }

@@ -25,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -59,6 +60,9 @@ type Config struct {
 	// "Authorization: Bearer <Token>". Empty: only loopback clients may
 	// change the ring.
 	Token string
+	// Dial are the dial options of an added edge's health check (the
+	// cluster's TLS and credential; plaintext when none).
+	Dial []grpc.DialOption
 	// Keys is how many user ids a preview counts moves over unless the
 	// request says otherwise (default pushctl.DefaultSimulateKeys, as
 	// "pushctl ring simulate").
@@ -486,7 +490,7 @@ func (c *Console) apply(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second+c.cfg.ProbeTimeout)
 	defer cancel()
-	sim, err := pushctl.Edit(ctx, c.st, req.Version, req.Changes, pushctl.EditOptions{
+	sim, err := pushctl.Edit(ctx, c.st, req.Version, req.Changes, pushctl.EditOptions{Dial: c.cfg.Dial,
 		Keys: req.Keys, Force: req.Force, ProbeTimeout: c.cfg.ProbeTimeout, Connections: c.connections})
 	switch {
 	case errors.Is(err, store.ErrVersionConflict):

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/pushcluster/push/pkg/auth"
 )
@@ -134,6 +136,11 @@ type Config struct {
 	// the edge's lease (owner.Live.Admin) so that the cluster console
 	// finds its /metrics. Empty: not published.
 	AdminAddr string
+	// ClusterDial are the dial options toward other members' gRPC ports
+	// (push.v1.Cluster): their TLS and this edge's cluster credential
+	// (grpcauth.Server.ClusterDialOptions). Default: plaintext, no
+	// credential (an open, loopback cluster).
+	ClusterDial []grpc.DialOption
 }
 
 // defaults holds every default of Config in one place: setDefaults fills
@@ -214,6 +221,9 @@ func (c *Config) setDefaults() {
 	def(&c.BroadcastWriters, runtime.GOMAXPROCS(0))
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if len(c.ClusterDial) == 0 {
+		c.ClusterDial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/pushcluster/push/pkg/grpcauth"
 	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/userid"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
@@ -43,6 +44,9 @@ func (g *Service) Register(gs *grpc.Server) {
 
 func (g *Service) status(err error) error {
 	var no *NotOwnerError
+	if _, ok := err.(interface{ GRPCStatus() *status.Status }); ok {
+		return err // already a status (grpcauth.Limit)
+	}
 	switch {
 	case errors.As(err, &no):
 		return status.Error(codes.Unavailable, err.Error())
@@ -172,8 +176,9 @@ const maxStreamInFlight = 256
 
 // PublishStream implements push.v1.Push: each request is handled as
 // Publish is and answered on the stream with its request_id, or with
-// error_code and error (and owner_id, ring_version for a not-owner refusal)
-// when it fails; one bad request does not end the stream. Requests are
+// error_code and error (and owner_id, ring_version for a not-owner refusal;
+// RESOURCE_EXHAUSTED beyond the caller's publish limit) when it fails; one
+// bad request does not end the stream. Requests are
 // served in order as they come, except one that must wait for a user's
 // stream to be handed over: it is served on its own (up to 256 per stream),
 // so it holds no other, and its answer may come after later ones.
@@ -231,6 +236,12 @@ func (g *Service) PublishStream(stream pushv1.Push_PublishStreamServer) error {
 				sendErr = stream.Send(resp)
 			}
 			sendMu.Unlock()
+		}
+		// The interceptor checked the stream's caller; each message
+		// counts against its publish limit, answered like any failure.
+		if err := grpcauth.Limit(stream.Context(), grpcauth.Publishes, 1); err != nil {
+			answer(nil, err)
+			continue
 		}
 		resp, err := g.publish(stream.Context(), req, true)
 		if !errors.Is(err, errWouldWait) {

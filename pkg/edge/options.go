@@ -40,7 +40,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	c, d := &o.Config, &defaults
 	fs.StringVar(&c.Listen, "listen", DefaultListen, "WebSocket address (browsers connect to /ws here, through the router)")
 	fs.StringVar(&o.GRPC, "grpc", DefaultGRPC, "gRPC push.v1.Push address")
-	fs.StringVar(&o.Admin, "admin", DefaultAdmin, "admin HTTP address: /healthz /readyz /metrics /debug/pprof /drain")
+	fs.StringVar(&o.Admin, "admin", DefaultAdmin, "admin HTTP address: /healthz /readyz /metrics open; /drain /debug/pprof with --admin-token (or from loopback)")
 	fs.UintVar(&o.ID, "id", 1, "this edge's ring member id")
 	fs.BoolVar(&o.IDFromHostname, "id-from-hostname", false, "take the ring id from the hostname's ordinal suffix plus one (StatefulSet pod edge-0 is id 1)")
 	fs.StringVar(&o.AdvertiseWS, "advertise-ws", "", "WebSocket address routers reach this edge at (default --listen); the edge refuses to start when its ring entry names another")
@@ -75,7 +75,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.BroadcastWriters, "broadcast-writers", 0, "goroutines that write one broadcast, each to a share of the connections (0: GOMAXPROCS)")
 	fs.IntVar(&c.MigrateRate, "migrate-rate", d.MigrateRate, "users per second closed with 4003 \"moved\" when the ring gives them to another edge")
 	fs.StringVar(&o.AllowedOrigins, "allowed-origins", "", "comma-separated browser origins allowed besides the request's own host (https://*.example.com matches subdomains)")
-	fs.BoolVar(&c.Dev, "dev", false, "development: allow any Origin (authentication stays on)")
+	fs.BoolVar(&c.Dev, "dev", false, "development: allow any Origin (browser authentication stays on); serve gRPC without authentication or TLS on a non-loopback --grpc")
 	fs.StringVar(&o.JWTSecretFile, "jwt-secret-file", "", "comma-separated files with HS256 secrets, the current one first; all are accepted, for rotation (default: $PUSH_JWT_SECRET)")
 	fs.StringVar(&o.JWTPublic, "jwt-public-keys", "", "comma-separated PEM files of RS256/EdDSA public keys also accepted")
 	fs.DurationVar(&o.JWTReload, "jwt-reload", DefaultJWTReload, "re-read the key files this often and apply changes without restarting (0: never)")

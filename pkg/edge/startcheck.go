@@ -36,7 +36,10 @@ type StartCheck struct {
 	// ProbeTimeout bounds the health check of the address a live lease's
 	// edge is reached at (default 2s).
 	ProbeTimeout time.Duration
-	Log          *slog.Logger
+	// Dial are the options of that health check: the cluster's TLS and
+	// credential (Config.ClusterDial; plaintext when none).
+	Dial []grpc.DialOption
+	Log  *slog.Logger
 }
 
 // CheckStart runs before an edge binds its ports: its ring entry (in r)
@@ -88,7 +91,7 @@ func CheckStart(ctx context.Context, st store.Store, r *ring.Ring, c StartCheck)
 		}
 		if inRing {
 			pctx, cancel := context.WithTimeout(ctx, c.ProbeTimeout)
-			answered := answers(pctx, m.GRPC)
+			answered := answers(pctx, m.GRPC, c.Dial)
 			cancel()
 			if answered {
 				return fmt.Errorf("%w: member %d (%s) holds a live lease (incarnation %q) and an edge answers at %s; stop it first, or give this edge another id",
@@ -111,8 +114,11 @@ func CheckStart(ctx context.Context, st store.Store, r *ring.Ring, c StartCheck)
 
 // answers reports whether a gRPC server answers the health check at addr
 // (with any status: a draining edge is still alive).
-func answers(ctx context.Context, addr string) bool {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func answers(ctx context.Context, addr string, opts []grpc.DialOption) bool {
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return false
 	}

@@ -9,7 +9,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/pushcluster/push/pkg/mailbox"
@@ -109,7 +108,7 @@ func (s *Server) peer(id uint32) (pushv1.ClusterClient, bool) {
 	cc := st.peers[m.GRPC]
 	if cc == nil {
 		var err error
-		cc, err = grpc.NewClient(m.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err = grpc.NewClient(m.GRPC, s.cfg.ClusterDial...)
 		if err != nil {
 			return nil, false
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc"
 	"io"
 	"slices"
 	"strconv"
@@ -219,6 +220,9 @@ type EditOptions struct {
 	Force bool
 	// ProbeTimeout bounds an added member's health check (default 2s).
 	ProbeTimeout time.Duration
+	// Dial are the dial options of that health check: the cluster's TLS
+	// and credential (plaintext when none).
+	Dial []grpc.DialOption
 	// Connections reports how many connections member id's edge holds;
 	// a member is removed only when it reports 0. Nil: removal needs
 	// Force.
@@ -258,7 +262,7 @@ func Edit(ctx context.Context, st store.Store, from uint64, changes []Change, op
 			switch c.Op {
 			case OpAdd:
 				pctx, cancel := context.WithTimeout(ctx, opt.ProbeTimeout)
-				err := checkHealth(pctx, c.Member.GRPC)
+				err := checkHealth(pctx, c.Member.GRPC, opt.Dial)
 				cancel()
 				if err != nil {
 					if !errors.As(err, new(notServingError)) {

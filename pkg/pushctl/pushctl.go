@@ -9,16 +9,20 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/pushcluster/push/pkg/admin"
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/flagenv"
+	"github.com/pushcluster/push/pkg/grpcauth"
+	"github.com/pushcluster/push/pkg/store"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
@@ -42,6 +46,9 @@ type App struct {
 	Stdin          io.Reader // where "ring lookup" reads user ids and "publish --data -" the payload (os.Stdin when nil)
 	// Context stops "listen" when it ends (default: SIGINT or SIGTERM).
 	Context context.Context
+
+	creds grpcauth.ClientConfig // --grpc-ca-file, --grpc-cert-file, --grpc-token...: toward edges and routers
+	etcd  store.EtcdSecurity    // --etcd-ca-file, --etcd-cert-file, --etcd-user...: toward the ring store
 }
 
 type command struct {
@@ -53,13 +60,14 @@ var commands []command
 
 func init() {
 	commands = []command{
-		{"token", "--user U [--ttl 1h]", "mint a dev token (HS256) from $PUSH_JWT_SECRET or --jwt-secret-file", (*App).token},
+		{"token", "--user U [--ttl 1h] [--scope S]", "mint a dev browser token (HS256, $PUSH_JWT_SECRET or --jwt-secret-file), or with --scope a backend token (--backend-jwt-secret-file)", (*App).token},
 		{"publish", "--user U --data JSON|@FILE|- [--ttl 30s]", "publish a message to a user", (*App).publish},
 		{"listen", "--user U [--last-seq N] [--epoch E]", "connect as a user through the router and print each message", (*App).listen},
 		{"broadcast", "--data JSON", "send a message to every connection", (*App).broadcast},
 		{"kick", "[--reason R] U...", "close every connection of the users (4004)", (*App).kick},
 		{"presence", "U...", "show whether users are connected", (*App).presence},
 		{"revoke", "--user U [--before TIME] | --list", "refuse a user's tokens issued before TIME (default now) on every edge; --list shows revocations in force", (*App).revoke},
+		{"admin", "[--admin-url URL] PATH", "call a daemon's admin port with the admin token (e.g. /drain)", (*App).admin},
 		{"ring", "SUBCOMMAND [flags] ...", "the ring store: lookup, show, simulate (read); init, add, drain, weight, remove (change)", (*App).ring},
 	}
 }
@@ -125,6 +133,7 @@ func (a *App) flags(name, usage string) (*flag.FlagSet, *string, *time.Duration)
 	fs.SetOutput(a.Stderr)
 	addr := fs.String("grpc", "127.0.0.1:9090", "push.v1.Push address of an edge or router")
 	timeout := fs.Duration("timeout", 5*time.Second, "deadline for the call")
+	a.creds.RegisterFlags(fs)
 	flagenv.SetUsage(fs, "PUSH", "pushctl "+name+" "+usage, "")
 	return fs, addr, timeout
 }
@@ -155,8 +164,21 @@ func (a *App) parseFlagsOnly(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// dialOptions are the --grpc-* credentials as dial options.
+func (a *App) dialOptions() ([]grpc.DialOption, error) {
+	opts, err := a.creds.DialOptions(slog.New(slog.NewTextHandler(a.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return opts, nil
+}
+
 func (a *App) dial(addr string, timeout time.Duration) (pushv1.PushClient, context.Context, func(), error) {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts, err := a.dialOptions()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, nil, nil, usageError{fmt.Errorf("--grpc %q: %w", addr, err)}
 	}
@@ -178,9 +200,34 @@ func (a *App) token(args []string) error {
 	user := fs.String("user", "", "user id (the token's sub)")
 	ttl := fs.Duration("ttl", time.Hour, "validity")
 	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret (default: $PUSH_JWT_SECRET)")
-	flagenv.SetUsage(fs, "PUSH", "pushctl token --user U [--ttl 1h]", "Prints a token for development; production tokens come from your login service.")
+	scope := fs.String("scope", "", "mint a backend token for the gRPC API instead, --user naming the backend, with these scopes (publish publish_multi broadcast kick presence)")
+	backendSecret := fs.String("backend-jwt-secret-file", "", "with --scope: the edges' and routers' --backend-jwt-secret-file (the first file signs)")
+	flagenv.SetUsage(fs, "PUSH", "pushctl token --user U [--ttl 1h] [--scope S]", "Prints a browser token for development (production tokens come from your login service), or with --scope a backend token for the gRPC API.")
 	if err := a.parseFlagsOnly(fs, args); err != nil {
 		return err
+	}
+	if *scope != "" {
+		if *user == "" || *ttl <= 0 {
+			return usageError{errors.New("--user and a positive --ttl are required")}
+		}
+		sc, err := grpcauth.ParseScope(*scope)
+		if err != nil || sc == 0 || sc&grpcauth.ScopeCluster != 0 {
+			return usageError{fmt.Errorf("--scope %q: want some of publish, publish_multi, broadcast, kick, presence (members use their own credential)", *scope)}
+		}
+		files := strings.Split(*backendSecret, ",")
+		if files[0] == "" {
+			return usageError{errors.New("--scope needs --backend-jwt-secret-file (or PUSH_BACKEND_JWT_SECRET_FILE)")}
+		}
+		secret, err := auth.LoadSecret(strings.TrimSpace(files[0]))
+		if err != nil {
+			return err
+		}
+		tok, err := auth.MintScoped(secret, *user, sc.String(), *ttl, time.Now())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(a.Stdout, tok)
+		return nil
 	}
 	if *user == "" {
 		return usageError{errors.New("--user is required")}
@@ -322,4 +369,53 @@ func (a *App) presence(args []string) error {
 		fmt.Fprintf(a.Stdout, "%s\t%s\tconnections=%d\tedge=%d\n", p.UserId, state, p.Connections, p.EdgeId)
 	}
 	return nil
+}
+
+// admin calls a path on a daemon's admin port with the admin token: the
+// edge's preStop hook runs `pushctl admin /drain` inside the pod, where
+// the token file is mounted.
+func (a *App) admin(args []string) error {
+	fs := flag.NewFlagSet("pushctl admin", flag.ContinueOnError)
+	fs.SetOutput(a.Stderr)
+	base := fs.String("admin-url", "http://127.0.0.1:9100", "the daemon's admin port")
+	var tok admin.Auth
+	tok.RegisterFlags(fs)
+	method := fs.String("method", http.MethodGet, "HTTP method")
+	timeout := fs.Duration("timeout", 2*time.Minute, "deadline for the answer (/drain answers once the edge is drained)")
+	flagenv.SetUsage(fs, "PUSH", "pushctl admin [--admin-url URL] PATH", "Calls PATH on the admin port with Authorization: Bearer <admin token>; prints the answer; fails on a status other than 2xx.")
+	rest, err := a.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) != 1 || !strings.HasPrefix(rest[0], "/") {
+		return usageError{errors.New("name one path, e.g. /drain")}
+	}
+	token := tok.Token
+	if tok.TokenFile != "" {
+		b, err := os.ReadFile(tok.TokenFile)
+		if err != nil {
+			return usageError{fmt.Errorf("--admin-token-file: %w", err)}
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, *method, strings.TrimRight(*base, "/")+rest[0], nil)
+	if err != nil {
+		return usageError{err}
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s %s: %s: %s", *method, req.URL, resp.Status, strings.TrimSpace(string(body)))
+	}
+	_, err = a.Stdout.Write(body)
+	return err
 }

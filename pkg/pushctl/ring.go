@@ -90,6 +90,8 @@ func (a *App) ringFlags(name, usage, description string) (*flag.FlagSet, *string
 	fs.SetOutput(a.Stderr)
 	url := fs.String("ring", "", "ring store URL: file:./ring.json, file:/abs/ring.json or a bare path")
 	timeout := fs.Duration("timeout", 5*time.Second, "deadline for reading and writing the store")
+	a.etcd.RegisterFlags(fs)
+	a.creds.RegisterFlags(fs) // for the edges' health (ring show, ring add)
 	flagenv.SetUsage(fs, "PUSH", "pushctl ring "+name+" "+usage, description)
 	return fs, url, timeout
 }

@@ -104,7 +104,7 @@ func (a *App) openStore(url string) (store.Store, error) {
 		return nil, usageError{errors.New("--ring (or PUSH_RING) is required, e.g. --ring file:./ring.json")}
 	}
 	log := slog.New(slog.NewTextHandler(a.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	st, err := store.Open(url, log)
+	st, err := store.Open(url, log, store.WithEtcdSecurity(a.etcd))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no ring document in %s: its directory does not exist", url)
 	}
@@ -354,7 +354,7 @@ func (a *App) ringAdd(args []string) error {
 			return "", usageError{err}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), *probeTimeout)
-		err := checkHealth(ctx, m.GRPC)
+		err := a.checkHealth(ctx, m.GRPC)
 		cancel()
 		if err != nil {
 			if !errors.As(err, new(notServingError)) {

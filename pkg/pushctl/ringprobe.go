@@ -73,7 +73,7 @@ func (a *App) probe(members []ring.Member, liveTimeout time.Duration, metrics ma
 			defer func() { <-sem }()
 			if liveTimeout > 0 {
 				ctx, cancel := context.WithTimeout(context.Background(), liveTimeout)
-				res[i].live = healthCheck(ctx, m.GRPC)
+				res[i].live = a.healthCheck(ctx, m.GRPC)
 				cancel()
 			}
 			if hasMetrics {
@@ -101,8 +101,8 @@ func (a *App) probe(members []ring.Member, liveTimeout time.Duration, metrics ma
 // healthCheck asks the gRPC health service at addr about the whole
 // server: "yes" when SERVING, "no" when it answers anything else (or has
 // no health service), "unreachable" when no answer came in time.
-func healthCheck(ctx context.Context, addr string) string {
-	err := checkHealth(ctx, addr)
+func (a *App) healthCheck(ctx context.Context, addr string) string {
+	err := a.checkHealth(ctx, addr)
 	switch {
 	case err == nil:
 		return "yes"
@@ -117,8 +117,21 @@ func healthCheck(ctx context.Context, addr string) string {
 // nil when it answers SERVING, a notServingError when it answers anything
 // else, the call's gRPC status otherwise (Unavailable when nothing listens,
 // DeadlineExceeded when no answer came before ctx ended).
-func checkHealth(ctx context.Context, addr string) error {
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func (a *App) checkHealth(ctx context.Context, addr string) error {
+	opts, err := a.dialOptions()
+	if err != nil {
+		return err
+	}
+	return checkHealth(ctx, addr, opts)
+}
+
+// checkHealth is App.checkHealth with the given dial options (plaintext
+// when none).
+func checkHealth(ctx context.Context, addr string, opts []grpc.DialOption) error {
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return err
 	}

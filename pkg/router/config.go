@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // ErrConfig wraps every configuration error.
@@ -138,6 +140,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics, when set, receives the router's collectors.
 	Metrics prometheus.Registerer
+	// Dev lets the gRPC forwarder serve without authentication or TLS on
+	// a non-loopback address (cmd/router checks it).
+	Dev bool
+	// ClusterDial are the dial options toward the edges' gRPC ports (the
+	// grpc health check; the forwarder's SDK takes the same): their TLS and
+	// the router's cluster credential (grpcauth.Server.ClusterDialOptions).
+	// Default: plaintext, no credential (an open, loopback cluster).
+	ClusterDial []grpc.DialOption
 }
 
 // defaults holds every default of Config in one place: setDefaults fills
@@ -172,6 +182,9 @@ const (
 )
 
 func (c *Config) setDefaults() {
+	if len(c.ClusterDial) == 0 {
+		c.ClusterDial = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
 	defD := func(p *time.Duration, v time.Duration) {
 		if *p == 0 {
 			*p = v

@@ -3,11 +3,11 @@ package router
 import (
 	"context"
 	"net"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -35,7 +35,7 @@ func (r *Router) check(ctx context.Context, m *member) {
 	var probe func(context.Context) error
 	switch r.cfg.Check {
 	case CheckGRPC:
-		g := &grpcProbe{target: m.grpc, interval: r.cfg.CheckInterval, timeout: r.cfg.CheckTimeout}
+		g := &grpcProbe{target: m.grpc, interval: r.cfg.CheckInterval, timeout: r.cfg.CheckTimeout, dial: r.cfg.ClusterDial}
 		defer g.close()
 		probe = g.probe
 	case CheckTCP:
@@ -121,6 +121,7 @@ func (r *Router) check(ctx context.Context, m *member) {
 // (MinConnectTimeout) rather than gRPC's default 20 s.
 type grpcProbe struct {
 	target            string
+	dial              []grpc.DialOption // Config.ClusterDial
 	interval, timeout time.Duration
 	cc                *grpc.ClientConn
 	hc                healthpb.HealthClient
@@ -131,8 +132,8 @@ func (g *grpcProbe) probe(ctx context.Context) error {
 		bo := backoff.DefaultConfig
 		bo.BaseDelay = min(bo.BaseDelay, g.interval)
 		bo.MaxDelay = g.interval
-		cc, err := grpc.NewClient(g.target, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: g.timeout}))
+		cc, err := grpc.NewClient(g.target, append(slices.Clip(g.dial),
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: g.timeout}))...)
 		if err != nil {
 			return err
 		}

@@ -18,10 +18,9 @@ import (
 type Options struct {
 	Config            Config
 	GRPC, Admin, Ring string
-	// Console serves the cluster console and its API on the admin port;
-	// AdminToken is what its ring changes need (empty: loopback only).
+	// Console serves the cluster console and its API on the admin port
+	// (its ring changes need the admin token: --admin-token, or loopback).
 	Console         bool
-	AdminToken      string
 	RingWait        time.Duration
 	LeaseTTL        time.Duration
 	SourceAddrs     string
@@ -35,9 +34,9 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	c, d := &o.Config, &defaults
 	fs.StringVar(&c.Listen, "listen", d.Listen, "plaintext address browsers connect to (GET /ws?uid=...)")
 	fs.StringVar(&o.GRPC, "grpc", DefaultGRPC, "gRPC push.v1.Push forwarder address (health and reflection on)")
-	fs.StringVar(&o.Admin, "admin", DefaultAdmin, "admin HTTP address: /healthz /readyz /metrics /debug/pprof, the cluster console /console/ and its API /api/v1/")
+	fs.StringVar(&o.Admin, "admin", DefaultAdmin, "admin HTTP address: /healthz /readyz /metrics and the cluster console /console/ with its API /api/v1/ open; /debug/pprof and the console's ring changes with --admin-token (or from loopback)")
 	fs.BoolVar(&o.Console, "console", true, "serve the cluster console (/console/) and its JSON API (/api/v1/) on the admin port")
-	fs.StringVar(&o.AdminToken, "admin-token", "", "bearer token the console's ring changes (POST /api/v1/ring/apply) need; empty: only loopback clients may change the ring")
+	fs.BoolVar(&o.Config.Dev, "dev", false, "development: serve gRPC without authentication or TLS on a non-loopback --grpc")
 	fs.StringVar(&o.Ring, "ring", DefaultRing, "ring store URL (file:./ring.json or etcd://host:2379/prefix)")
 	fs.DurationVar(&o.RingWait, "ring-wait", DefaultRingWait, "how long to wait at start for the first ring document (and liveness reading)")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", store.DefaultLeaseTTL, "the edges' --lease-ttl: members whose leases vanish together (a store outage, a mass expiry) stay live for twice this, as on the edges")

@@ -35,15 +35,23 @@ type Etcd struct {
 
 // OpenEtcd connects to an etcd URL: etcd://host:2379[,host2:2379][/prefix]
 // (prefix default "/push").
-func OpenEtcd(raw string, log *slog.Logger) (*Etcd, error) {
+func OpenEtcd(raw string, log *slog.Logger, opts ...Option) (*Etcd, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme != "etcd" || u.Host == "" {
 		return nil, fmt.Errorf("store %q: want etcd://host:port[,host:port...][/prefix]", raw)
 	}
+	scheme := "http://"
+	if o.etcd.tls() {
+		scheme = "https://"
+	}
 	var eps []string
 	for _, h := range strings.Split(u.Host, ",") {
 		if h = strings.TrimSpace(h); h != "" {
-			eps = append(eps, "http://"+h)
+			eps = append(eps, scheme+h)
 		}
 	}
 	prefix := strings.TrimRight(u.Path, "/")
@@ -53,7 +61,7 @@ func OpenEtcd(raw string, log *slog.Logger) (*Etcd, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	cli, err := clientv3.New(clientv3.Config{
+	cfg := clientv3.Config{
 		Endpoints:   eps,
 		DialTimeout: 5 * time.Second,
 		// The etcd client logs through zap, as JSON lines of its own
@@ -61,7 +69,11 @@ func OpenEtcd(raw string, log *slog.Logger) (*Etcd, error) {
 		// quiet: the error it returns is logged, or printed, through
 		// slog by the caller, once and in the caller's words.
 		Logger: zap.NewNop(),
-	})
+	}
+	if err := o.etcd.config(&cfg, log); err != nil {
+		return nil, fmt.Errorf("store %q: %w", raw, err)
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("store %q: %w", raw, err)
 	}

@@ -70,8 +70,9 @@ var (
 //	etcd://host:2379[,host:2379...][/prefix]
 //	    the etcd store (see Etcd): desired document, leases for liveness
 //
-// log receives the store's warnings (slog.Default() when nil).
-func Open(url string, log *slog.Logger) (Store, error) {
+// log receives the store's warnings (slog.Default() when nil); opts set
+// the etcd store's TLS and credentials (WithEtcdSecurity).
+func Open(url string, log *slog.Logger, opts ...Option) (Store, error) {
 	scheme, rest, hasScheme := strings.Cut(url, ":")
 	if !hasScheme || !isScheme(scheme) {
 		scheme, rest = "file", url
@@ -96,7 +97,7 @@ func Open(url string, log *slog.Logger) (Store, error) {
 		}
 		return f, nil
 	case "etcd":
-		e, err := OpenEtcd(url, log)
+		e, err := OpenEtcd(url, log, opts...)
 		if err != nil {
 			return nil, err // not a typed nil in the interface
 		}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/daemon"
 	"github.com/pushcluster/push/pkg/edge"
@@ -27,8 +29,9 @@ type Edge struct {
 
 // Start runs an edge whose tokens are HS256 with secret. Fields of cfg left
 // zero get test defaults: a loopback port, no logs, a 20 ms tick and short
-// drain and close waits (Verifier is set from secret when nil).
-func Start(t testing.TB, secret []byte, cfg edge.Config) *Edge {
+// drain and close waits (Verifier is set from secret when nil). opts are
+// added to the gRPC server's (grpcauth's TLS and interceptors).
+func Start(t testing.TB, secret []byte, cfg edge.Config, opts ...grpc.ServerOption) *Edge {
 	t.Helper()
 	if cfg.Verifier == nil {
 		v, err := auth.NewVerifier(auth.Config{HMACSecret: secret})
@@ -59,7 +62,7 @@ func Start(t testing.TB, secret []byte, cfg edge.Config) *Edge {
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	g, err := daemon.NewGRPC("127.0.0.1:0", 4<<20)
+	g, err := daemon.NewGRPC("127.0.0.1:0", 4<<20, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,17 +20,36 @@ type Server struct {
 	Endpoint string // host:port for clients
 }
 
-func freeURL(t testing.TB) url.URL {
+func freeURL(t testing.TB, scheme string) url.URL {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	return url.URL{Scheme: "http", Host: l.Addr().String()}
+	return url.URL{Scheme: scheme, Host: l.Addr().String()}
+}
+
+// TLS is the server side of a TLS etcd: its certificate and key, and the
+// CA its clients' certificates must come from (client-certificate
+// authentication, etcd's --client-cert-auth).
+type TLS struct {
+	CertFile, KeyFile, ClientCAFile string
 }
 
 // Start runs etcd in t.TempDir() until the test ends.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	return start(t, nil)
+}
+
+// StartTLS runs etcd serving clients over TLS only, requiring a client
+// certificate from tls.ClientCAFile.
+func StartTLS(t testing.TB, tls TLS) *Server {
+	t.Helper()
+	return start(t, &tls)
+}
+
+func start(t testing.TB, tls *TLS) *Server {
 	t.Helper()
 	var lastErr error
 	for try := 0; try < 5; try++ { // free ports can be taken between pick and bind
@@ -41,7 +60,13 @@ func Start(t testing.TB) *Server {
 		// Its shutdown always logs "server closed" errors: keep them out
 		// of test output, beside the data.
 		cfg.LogOutputs = []string{filepath.Join(cfg.Dir, "etcd.log")}
-		client, peer := freeURL(t), freeURL(t)
+		scheme := "http"
+		if tls != nil {
+			scheme = "https"
+			cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = tls.CertFile, tls.KeyFile
+			cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = tls.ClientCAFile, true
+		}
+		client, peer := freeURL(t, scheme), freeURL(t, "http")
 		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
 		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 		cfg.InitialCluster = fmt.Sprintf("%s=%s", cfg.Name, peer.String())
