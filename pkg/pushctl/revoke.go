@@ -30,6 +30,7 @@ func (a *App) revoke(args []string) error {
 	before := fs.String("before", "", "revoke the tokens issued (iat) before this RFC 3339 time (default now)")
 	lifetime := fs.Duration("max-token-lifetime", DefaultMaxTokenLifetime, "longest token lifetime (exp - iat) issued: the revocation is kept until --before plus this")
 	list := fs.Bool("list", false, "list the revocations in force instead")
+	a.etcd.RegisterFlags(fs)
 	flagenv.SetUsage(fs, "PUSH", "pushctl revoke --user U [--before TIME] | --list",
 		"Refuses the user's tokens issued before TIME at every edge's handshake (401) and closes the user's connections holding one (4001), within the store's propagation time (250 ms).")
 	if _, err := a.parse(fs, args); err != nil {
