@@ -104,8 +104,10 @@ import (
 const DefaultTimeout = 10 * time.Second
 
 // DefaultForwardTimeout is the forwarder's (Client.Server) cap on one
-// forwarded call unless WithForwardTimeout sets another.
-const DefaultForwardTimeout = 2 * time.Second
+// forwarded call unless WithForwardTimeout sets another: a publish to the
+// users of a dead or paused edge fails within it until their ownership has
+// moved (docs/protocol.md, "What is guaranteed").
+const DefaultForwardTimeout = time.Second
 
 // Trailer metadata keys of an edge's not-owner answer to a unary call: the
 // ring id of the owner the edge sees (decimal) and the ring version of its
