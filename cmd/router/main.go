@@ -118,7 +118,7 @@ func serve(o *router.Options, rt *router.Router, sdk *client.Client, f *store.Fo
 	}
 	var open map[string]http.Handler
 	if o.Console {
-		cons, err := console.New(console.Config{Follower: f, Token: adminToken, Sessions: rt.Sessions, Logger: log, Dial: c.ClusterDial})
+		cons, err := console.New(console.Config{Follower: f, TokenSource: adminAuth.Current, Sessions: rt.Sessions, Logger: log, Dial: c.ClusterDial})
 		if err != nil {
 			return err
 		}

@@ -60,6 +60,10 @@ type Config struct {
 	// "Authorization: Bearer <Token>". Empty: only loopback clients may
 	// change the ring.
 	Token string
+	// TokenSource, when set, is asked for the token on every mutating
+	// request instead of Token (the admin token file, re-read so that a
+	// rotation applies at once); "" means none.
+	TokenSource func() (string, error)
 	// Dial are the dial options of an added edge's health check (the
 	// cluster's TLS and credential; plaintext when none).
 	Dial []grpc.DialOption
@@ -86,7 +90,6 @@ type Console struct {
 	cfg     Config
 	f       *store.Follower
 	st      store.Store
-	tokenH  [32]byte // sha256 of cfg.Token: compared in constant time whatever its length
 	static  http.Handler
 	preview chan struct{} // one preview computes at a time
 	log     *slog.Logger
@@ -123,7 +126,7 @@ func New(c Config) (*Console, error) {
 	if err != nil {
 		return nil, fmt.Errorf("console: %w", err)
 	}
-	return &Console{cfg: c, f: c.Follower, st: c.Follower.Store(), tokenH: sha256.Sum256([]byte(c.Token)),
+	return &Console{cfg: c, f: c.Follower, st: c.Follower.Store(),
 		static:  http.StripPrefix("/console/", http.FileServerFS(page)),
 		preview: make(chan struct{}, 1), log: c.Logger, prev: map[uint32]sample{}}, nil
 }
@@ -251,7 +254,7 @@ func (c *Console) cluster(w http.ResponseWriter, r *http.Request) {
 	}
 	out := clusterJSON{Version: d.Version, Algorithm: d.Algorithm, Params: d.Params, Liveness: v.HasLiveness(),
 		StoreReachable: reachable, LastRead: lastRead, Members: []memberJSON{}, Unlisted: []leaseJSON{}, Sessions: -1,
-		TokenRequired: c.cfg.Token != "", Keys: c.cfg.Keys, Document: d}
+		TokenRequired: c.tokenSet(), Keys: c.cfg.Keys, Document: d}
 	if c.cfg.Sessions != nil {
 		out.Sessions = c.cfg.Sessions()
 	}
@@ -427,7 +430,12 @@ func (c *Console) authorize(w http.ResponseWriter, r *http.Request) bool {
 		fail(w, http.StatusForbidden, "cross-origin request refused (Origin %s, Host %s)", origin, r.Host)
 		return false
 	}
-	if c.cfg.Token == "" {
+	want, err := c.token()
+	if err != nil {
+		fail(w, http.StatusInternalServerError, "admin token: %v", err)
+		return false
+	}
+	if want == "" {
 		// A loopback client, that asked for a loopback name: a page that
 		// rebinds its own DNS name to 127.0.0.1 is not let in.
 		if !loopback(r.RemoteAddr) || !loopbackHost(r.Host) {
@@ -436,14 +444,14 @@ func (c *Console) authorize(w http.ResponseWriter, r *http.Request) bool {
 		}
 		return true
 	}
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	got, ok := cutBearer(r.Header.Get("Authorization"))
 	if !ok || got == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="push console"`)
 		fail(w, http.StatusUnauthorized, "this change needs the admin token: Authorization: Bearer <token>")
 		return false
 	}
-	gotH := sha256.Sum256([]byte(got))
-	if subtle.ConstantTimeCompare(gotH[:], c.tokenH[:]) != 1 {
+	gotH, wantH := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
+	if subtle.ConstantTimeCompare(gotH[:], wantH[:]) != 1 {
 		fail(w, http.StatusForbidden, "wrong admin token")
 		return false
 	}
@@ -536,4 +544,27 @@ func (c *Console) connections(ctx context.Context, id uint32) (int64, error) {
 		return int64(s.get("push_edge_connections")), nil
 	}
 	return l.Users, nil
+}
+
+// token is the admin token mutating requests need now ("" for none).
+func (c *Console) token() (string, error) {
+	if c.cfg.TokenSource != nil {
+		return c.cfg.TokenSource()
+	}
+	return c.cfg.Token, nil
+}
+
+// tokenSet reports whether mutating requests need a token.
+func (c *Console) tokenSet() bool {
+	t, err := c.token()
+	return err != nil || t != ""
+}
+
+// cutBearer returns the credentials of an Authorization header of the
+// Bearer scheme, whose name is case-insensitive (RFC 9110 section 11.1).
+func cutBearer(h string) (string, bool) {
+	if len(h) < 7 || !strings.EqualFold(h[:7], "Bearer ") {
+		return "", false
+	}
+	return h[7:], true
 }
