@@ -65,6 +65,9 @@ func run(args []string) error {
 	reg := admin.NewRegistry()
 	c.Metrics, c.AdminAddr = reg, o.Admin // the lease publishes where the metrics are (the cluster console reads them)
 	warnLimits(c, log)
+	if err := sec.grpc.CheckBrowserSecrets(o.JWTSecretFile); err != nil {
+		return daemon.Usage(err)
+	}
 	gauth, err := grpcauth.NewServer(sec.grpc, fmt.Sprintf("edge-%d", c.ID), log, reg)
 	if err != nil {
 		return err

@@ -8,14 +8,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/pushcluster/push/pkg/auth"
 )
@@ -168,16 +172,59 @@ func (r *reloadingTLS) OverrideServerName(name string) error {
 }
 
 // bearer sends "authorization: Bearer <token>" with every call. Plaintext
-// is allowed: a daemon serves a non-loopback port only with TLS (unless
+// is allowed to loopback addresses only: a daemon serves a non-loopback port only with TLS (unless
 // --dev), so a plaintext token stays on this host.
 type bearer struct{ token func() (string, error) }
 
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+// GetRequestMetadata adds the token. Over a connection without transport
+// security it is sent only to a loopback address: a plaintext token must
+// not leave this host (a mistyped --grpc, or a ring entry naming another
+// machine, would hand it to whoever listens there).
+func (b bearer) GetRequestMetadata(ctx context.Context, uri ...string) (map[string]string, error) {
+	if ri, ok := credentials.RequestInfoFromContext(ctx); ok {
+		if err := plaintextTokenAllowed(ri.AuthInfo, uri); err != nil {
+			return nil, err
+		}
+	}
 	t, err := b.token()
 	if err != nil {
 		return nil, err
 	}
 	return map[string]string{"authorization": "Bearer " + t}, nil
+}
+
+// plaintextTokenAllowed refuses a bearer token on a connection without
+// transport security (ai) unless the request URI names a loopback host.
+func plaintextTokenAllowed(ai credentials.AuthInfo, uri []string) error {
+	if credentials.CheckSecurityLevel(ai, credentials.PrivacyAndIntegrity) == nil {
+		return nil
+	}
+	if host := uriHost(uri); !loopbackHost(host) {
+		return status.Errorf(codes.Unauthenticated, "refusing to send a bearer token without TLS to %s, which is not a loopback address: give the server's CA (--grpc-ca-file, PUSH_GRPC_CA_FILE) or --grpc-tls", host)
+	}
+	return nil
+}
+
+// uriHost is the host of the first request URI gRPC passes
+// ("https://host:port/service").
+func uriHost(uri []string) string {
+	if len(uri) == 0 {
+		return ""
+	}
+	u, err := url.Parse(uri[0])
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
+}
+
+// loopbackHost reports whether host is localhost or a loopback address.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 func (bearer) RequireTransportSecurity() bool { return false }

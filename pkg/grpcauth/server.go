@@ -130,6 +130,9 @@ func NewServer(c Config, name string, log *slog.Logger, reg prometheus.Registere
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
+	if err := c.distinct(); err != nil {
+		return nil, err
+	}
 	if log == nil {
 		log = slog.Default()
 	}
