@@ -29,6 +29,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -136,6 +137,13 @@ func guard(a Auth, loopback bool, log *slog.Logger, h http.Handler) http.Handler
 		}
 		if want == "" {
 			if loopback {
+				// Without a token, a web page the operator has open could
+				// still reach a loopback port (an <img> pointing at /drain):
+				// requests a browser marks as cross-site are refused.
+				if crossSite(r) {
+					http.Error(w, "forbidden: a cross-site browser request to a guarded admin endpoint", http.StatusForbidden)
+					return
+				}
 				h.ServeHTTP(w, r)
 				return
 			}
@@ -159,6 +167,22 @@ func guard(a Auth, loopback bool, log *slog.Logger, h http.Handler) http.Handler
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// crossSite reports whether a browser sent r from another site: its
+// Sec-Fetch-Site is cross-site or same-site (Fetch Metadata, which browsers
+// send on every request), or its Origin names another host than r.Host.
+// Tools (curl, pushctl, Kubernetes hooks) send neither header.
+func crossSite(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "cross-site", "same-site":
+		return true
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		return err != nil || u.Host != r.Host
+	}
+	return false
 }
 
 // isLoopback reports whether a listen address is reachable from this host

@@ -96,3 +96,31 @@ func TestNoAdminTokenServesGuardedRoutesOnLoopbackOnly(t *testing.T) {
 		t.Fatalf("all interfaces without a token: /metrics %d", got)
 	}
 }
+
+// Without a token, a loopback admin port still refuses what a browser marks
+// as cross-site (a page the operator has open pointing an <img> at /drain).
+func TestNoAdminTokenRefusesCrossSiteBrowserRequests(t *testing.T) {
+	drained := 0
+	_, base := start(t, Config{Extra: drainRoute(&drained)})
+	for _, h := range []map[string]string{
+		{"Sec-Fetch-Site": "cross-site"},
+		{"Sec-Fetch-Site": "same-site"},
+		{"Origin": "http://evil.example"},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, base+"/drain", nil)
+		for k, v := range h {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || drained != 0 {
+			t.Fatalf("%v: %d (drained %d), want 403", h, resp.StatusCode, drained)
+		}
+	}
+	if got := request(t, base+"/drain", ""); got != http.StatusOK || drained != 1 {
+		t.Fatalf("a tool's request: %d", got)
+	}
+}

@@ -21,6 +21,9 @@ const DefaultMaxTokenLifetime = 24 * time.Hour
 
 // revoke runs "pushctl revoke": store a revocation of a user's tokens, or
 // list those in force.
+// maxRevokeAhead is how far in the future --before may lie (clock skew).
+const maxRevokeAhead = time.Minute
+
 func (a *App) revoke(args []string) error {
 	fs := flag.NewFlagSet("pushctl revoke", flag.ContinueOnError)
 	fs.SetOutput(a.Stderr)
@@ -53,6 +56,12 @@ func (a *App) revoke(args []string) error {
 		t, err := time.Parse(time.RFC3339Nano, *before)
 		if err != nil {
 			return usageError{fmt.Errorf("--before %q: want an RFC 3339 time such as 2026-01-02T15:04:05Z", *before)}
+		}
+		// A revocation of tokens not issued yet would refuse every token
+		// of the user until then, with nothing to undo it: the clock
+		// skew between hosts is all that is allowed.
+		if t.After(at.Add(maxRevokeAhead)) {
+			return usageError{fmt.Errorf("--before %s is in the future: a revocation covers tokens already issued (at most %v ahead of now, for clock skew)", *before, maxRevokeAhead)}
 		}
 		at = t
 	}

@@ -87,13 +87,16 @@ func TestRevokeFlags(t *testing.T) {
 		{"revoke", "--ring", path, "--user", "u", "--before", "2000-01-01T00:00:00Z"},
 		{"revoke", "--ring", path, "--list", "--user", "u"},
 		{"revoke", "--user", "u"},
+		{"revoke", "--ring", path, "--user", "u", "--before", "2100-01-02T03:04:05Z"},
 	} {
 		if code, _, errOut := run(nil, args...); code != pushctl.ExitUsage || errOut == "" {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and a message", args, code, errOut)
 		}
 	}
-	code, out, errOut := run(nil, "revoke", "--ring", path, "--user", "u", "--before", "2100-01-02T03:04:05Z", "--max-token-lifetime", "1h")
-	if code != 0 || out != "revoked u: tokens issued before 2100-01-02T03:04:05Z, kept until 2100-01-02T04:04:05Z\n" {
-		t.Fatalf("revoke with --before: %d %q %q", code, out, errOut)
+	before := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
+	code, out, errOut := run(nil, "revoke", "--ring", path, "--user", "u", "--before", before.Format(time.RFC3339), "--max-token-lifetime", "1h")
+	want := fmt.Sprintf("revoked u: tokens issued before %s, kept until %s\n", before.Format(time.RFC3339), before.Add(time.Hour).Format(time.RFC3339))
+	if code != 0 || out != want {
+		t.Fatalf("revoke with --before: %d %q %q, want %q", code, out, errOut, want)
 	}
 }
