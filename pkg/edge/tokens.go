@@ -63,7 +63,14 @@ func (t *tokenState) init(reg prometheus.Registerer) {
 }
 
 // revocation is store.Revocation in Unix nanoseconds.
-type revocation struct{ before, expires int64 }
+type revocation struct{ before, expires, seen int64 } // seen: when this edge first had it (Unix ns)
+
+// recheckFor is how long after a revocation first arrives its user's
+// connections are checked again on every reading: a handshake that
+// verified its token just before the revocation arrived registers within
+// it. Older revocations are only enforced at handshakes and renewals, so a
+// reading costs the recent revocations, not all of them.
+const recheckFor = 5 * time.Second
 
 // Close reasons of 4001.
 const (
@@ -167,11 +174,16 @@ func (s *Server) clientTextLocked(c *conn, p []byte) {
 // SetRevocations replaces the revocations the edge enforces (expired ones
 // are dropped) and closes, with 4001 "token revoked", every open connection
 // of a listed user whose token was issued before the user's revocation. It
-// returns how many it closed. Every listed user is checked on every call,
-// not only new ones, so a handshake that verified its token just before a
-// revocation arrived is cut off by the next call.
+// returns how many it closed. A user is checked when its revocation is new
+// or changed and on every call for recheckFor after that, so a handshake
+// that verified its token just before a revocation arrived is cut off too.
 func (s *Server) SetRevocations(list []store.Revocation) int {
 	now := time.Now()
+	ns := now.UnixNano()
+	var prev map[string]revocation
+	if p := s.tokens.revoked.Load(); p != nil {
+		prev = *p
+	}
 	next := make(map[string]revocation, len(list))
 	for _, r := range list {
 		if !r.Expires.After(now) {
@@ -183,11 +195,20 @@ func (s *Server) SetRevocations(list []store.Revocation) int {
 		}
 		next[r.User] = v
 	}
+	for uid, v := range next {
+		v.seen = ns
+		if o, ok := prev[uid]; ok && o.before == v.before {
+			v.seen = o.seen
+		}
+		next[uid] = v
+	}
 	s.tokens.revoked.Store(&next)
 	s.tokens.inForce.Set(float64(len(next)))
 	n := 0
 	for uid, r := range next {
-		n += s.cutOff(uid, r.before)
+		if ns-r.seen < int64(recheckFor) {
+			n += s.cutOff(uid, r.before)
+		}
 	}
 	return n
 }

@@ -60,6 +60,8 @@ type File struct {
 	raw      []byte               // bytes of the last read, valid or not, to skip re-parsing
 	problem  string               // last problem logged, so a 1 s re-read logs it once
 	subs     map[*sub]func() bool // watcher -> stop of its context.AfterFunc
+
+	revs revCache // the revocations file's last parse
 }
 
 // sub is one Watch call. Its channel has room for one document, and the

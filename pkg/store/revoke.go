@@ -8,7 +8,10 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"slices"
 	"sort"
+	"sync"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -176,11 +179,54 @@ func (f *File) Revocations(ctx context.Context, now time.Time) ([]Revocation, er
 	if f.isClosed() {
 		return nil, ErrClosed
 	}
-	list, err := f.readRevocations()
+	list, err := f.cachedRevocations()
 	if err != nil {
 		return nil, err
 	}
 	return inForce(list, now), nil
+}
+
+// revCache is the last parse of the revocations file and the file's
+// identity then: edges read the revocations four times a second, and the
+// file only changes when somebody revokes.
+type revCache struct {
+	mu    sync.Mutex
+	ok    bool
+	size  int64
+	mtime time.Time
+	ino   uint64
+	list  []Revocation
+}
+
+// cachedRevocations is readRevocations, parsed again only when the file's
+// size, modification time or inode (the writer replaces it by rename)
+// changed.
+func (f *File) cachedRevocations() ([]Revocation, error) {
+	c := &f.revs
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fi, err := os.Stat(f.RevocationsPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		c.ok, c.list = false, nil
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("revocations %s: %w", f.RevocationsPath(), err)
+	}
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	if c.ok && fi.Size() == c.size && fi.ModTime().Equal(c.mtime) && ino == c.ino {
+		return slices.Clone(c.list), nil // the caller filters its copy in place
+	}
+	list, err := f.readRevocations()
+	if err != nil {
+		c.ok = false
+		return nil, err
+	}
+	c.ok, c.size, c.mtime, c.ino, c.list = true, fi.Size(), fi.ModTime(), ino, list
+	return slices.Clone(list), nil
 }
 
 func (e *Etcd) revokedPrefix() string { return e.prefix + "/revoked/" }
