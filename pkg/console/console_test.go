@@ -127,7 +127,7 @@ func newCluster(t *testing.T, tokenValue string) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	adm, err := admin.New(admin.Config{Addr: "127.0.0.1:0", Ready: rt.Ready, Logger: quiet(), Extra: cons.Routes()})
+	adm, err := admin.New(admin.Config{Addr: "127.0.0.1:0", Ready: rt.Ready, Logger: quiet(), Open: cons.Routes()})
 	if err != nil {
 		t.Fatal(err)
 	}
