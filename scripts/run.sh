@@ -48,6 +48,7 @@ alive() {
   [ -s "$f" ] || return 1
   pid=$(cat "$f")
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  exe=${exe% (deleted)} # the binary was rebuilt while the daemon runs
   case $1 in
     run) [ "$(basename "$exe")" = bash ] || [ "$(basename "$exe")" = sh ] ;;
     *) [ "$(basename "$exe")" = "${1%-[0-9]}" ] ;;
@@ -66,7 +67,15 @@ if ! flock -n 9 || [ ${#running[@]} -gt 0 ]; then
   if alive run; then
     msg+=" Stop it with Ctrl-C in its terminal (or: kill -INT $(cat "$RUN_DIR/run.pid")), or use it as it is."
   else
-    msg+=" Its run.sh is gone; stop the daemons with: kill -TERM $(for n in $DAEMONS; do alive "$n" && cat "$RUN_DIR/$n.pid"; done | tr '\n' ' ')"
+    pids=""
+    for n in $DAEMONS; do
+      if alive "$n"; then pids+="$(cat "$RUN_DIR/$n.pid") "; fi
+    done
+    if [ -n "$pids" ]; then
+      msg+=" Its run.sh is gone; stop the daemons with: kill -TERM $pids"
+    else
+      msg+=" Another run.sh holds $RUN_DIR/run.lock (starting, or stopping its daemons)."
+    fi
   fi
   refuse "$msg To run a second cluster beside it: PUSH_RUN_DIR=.run2 PUSH_RUN_PORT_OFFSET=100 make run"
 fi

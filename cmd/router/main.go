@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -91,7 +92,7 @@ func run(args []string) error {
 	f, err := store.Follow(ctx, st, store.FollowOptions{Grace: 2 * o.LeaseTTL, Log: log})
 	cancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("--ring %s (waited --ring-wait %v): %w", o.Ring, o.RingWait, err)
 	}
 	defer f.Close() // after the SDK's Close and the router's Shutdown
 	rt.Follow(f)

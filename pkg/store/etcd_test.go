@@ -233,3 +233,28 @@ func TestEtcdLeaseLost(t *testing.T) {
 		t.Fatal("Lost not closed after the lease was revoked")
 	}
 }
+
+// Follow gives up on an etcd that does not answer when its context ends
+// (the router's --ring-wait), instead of waiting in the watch's first read.
+func TestFollowUnreachableEtcdEndsWithItsContext(t *testing.T) {
+	st, err := store.OpenEtcd("etcd://127.0.0.1:1/push-unreachable", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := store.Follow(ctx, st, store.FollowOptions{})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "no ring document") {
+			t.Fatalf("Follow: %v, want a no-ring-document error", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Follow still waiting 30 s after its context ended")
+	}
+}

@@ -64,7 +64,14 @@ func Follow(ctx context.Context, st Store, opt FollowOptions) (*Follower, error)
 		opt.Log = slog.Default()
 	}
 	wctx, stop := context.WithCancel(context.Background())
+	// The watch outlives ctx, but its first read of the store (an etcd
+	// that does not answer) is bounded by it.
+	unbind := context.AfterFunc(ctx, stop)
 	docs, err := st.Watch(wctx)
+	if !unbind() {
+		stop()
+		return nil, fmt.Errorf("no ring document: the store did not answer: %w", ctx.Err())
+	}
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("watch the ring: %w", err)

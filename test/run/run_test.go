@@ -343,6 +343,25 @@ func TestCtrlCDrains(t *testing.T) {
 		conns = append(conns, ws)
 	}
 
+	// A rebuild while the cluster runs (make build in another terminal)
+	// replaces the edge binary: /proc/<pid>/exe of the running edges then
+	// ends in " (deleted)", and they must still be drained.
+	edgeBin := filepath.Join(c.work, "bin", "edge")
+	data, err := os.ReadFile(edgeBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	real, err := filepath.EvalSymlinks(edgeBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(real+".new", data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(real+".new", real); err != nil {
+		t.Fatal(err)
+	}
+
 	ctrlC(t, c.make)
 	codes := map[websocket.StatusCode]int{}
 	defer func() { t.Logf("close codes the %d clients saw: %v", len(conns), codes) }()

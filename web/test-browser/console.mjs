@@ -165,6 +165,11 @@ step('apply-moves-users', async () => {
 // moves).
 step('apply-conflict', async () => {
   await page.selectOption('#op', 'weight');
+  // Only the fields of the chosen change show (the hidden attribute wins
+  // over the form's CSS); the router has an admin token, so its field does.
+  expect('ws field shown for a weight change', await page.locator('#ws').isVisible(), false);
+  expect('grpc field shown for a weight change', await page.locator('#grpc').isVisible(), false);
+  expect('admin token field shown', await page.locator('#token-label').isVisible(), Boolean(process.env.TOKEN));
   await page.fill('#id', '1');
   await page.fill('#weight', '2');
   await page.click('#preview-btn');
