@@ -19,6 +19,7 @@
 package console
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -314,10 +315,23 @@ func decodeChange(w http.ResponseWriter, r *http.Request) (changeRequest, bool) 
 		fail(w, http.StatusUnsupportedMediaType, "send the change as application/json")
 		return req, false
 	}
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		fail(w, http.StatusBadRequest, "bad change: reading the body: %v", err)
+		return req, false
+	}
+	if len(body) > maxBody {
+		fail(w, http.StatusRequestEntityTooLarge, "bad change: the body is over %d bytes", maxBody)
+		return req, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		fail(w, http.StatusBadRequest, "bad change: %v", err)
+		return req, false
+	}
+	if dec.More() {
+		fail(w, http.StatusBadRequest, "bad change: data after the JSON object")
 		return req, false
 	}
 	if len(req.Changes) == 0 {

@@ -14,9 +14,10 @@ import (
 	"github.com/pushcluster/push/pkg/store"
 )
 
-// The admin token is asked for on every change (TokenSource), so a rotated
-// token applies at once: the old one is refused, the new one accepted.
-func TestAdminTokenRotationAppliesAtOnce(t *testing.T) {
+// lightConsole serves a console over a one-member file ring, without
+// edges or router, with the admin token TokenSource gives.
+func lightConsole(t *testing.T, token func() (string, error)) *httptest.Server {
+	t.Helper()
 	st, err := store.OpenFile(filepath.Join(t.TempDir(), "ring.json"), quiet())
 	if err != nil {
 		t.Fatal(err)
@@ -32,10 +33,7 @@ func TestAdminTokenRotationAppliesAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(f.Close)
-	var current atomic.Value
-	current.Store("first-admin-token")
-	cons, err := console.New(console.Config{Follower: f, Logger: quiet(),
-		TokenSource: func() (string, error) { return current.Load().(string), nil }})
+	cons, err := console.New(console.Config{Follower: f, Logger: quiet(), TokenSource: token})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +43,15 @@ func TestAdminTokenRotationAppliesAtOnce(t *testing.T) {
 	}
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
+	return srv
+}
+
+// The admin token is asked for on every change (TokenSource), so a rotated
+// token applies at once: the old one is refused, the new one accepted.
+func TestAdminTokenRotationAppliesAtOnce(t *testing.T) {
+	var current atomic.Value
+	current.Store("first-admin-token")
+	srv := lightConsole(t, func() (string, error) { return current.Load().(string), nil })
 	// A malformed body is refused with 400 only once the token passed.
 	apply := func(tok string) int {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/api/v1/ring/apply", strings.NewReader("{bad"))
@@ -66,5 +73,29 @@ func TestAdminTokenRotationAppliesAtOnce(t *testing.T) {
 	}
 	if got := apply("rotated-admin-token"); got != http.StatusBadRequest {
 		t.Fatalf("rotated token: %d, want 400", got)
+	}
+}
+
+// A change body over 64 KiB is 413, data after the JSON object 400, both
+// before anything is read from the store.
+func TestChangeBodyLimits(t *testing.T) {
+	srv := lightConsole(t, func() (string, error) { return "", nil })
+	post := func(body string) int {
+		resp, err := http.Post(srv.URL+"/api/v1/ring/preview", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	valid := `{"changes":[{"op":"weight","id":1,"weight":2}]}`
+	if got := post(valid); got != http.StatusOK {
+		t.Fatalf("valid preview: %d", got)
+	}
+	if got := post(valid + ` {"x":1}`); got != http.StatusBadRequest {
+		t.Fatalf("trailing data: %d, want 400", got)
+	}
+	if got := post(`{"changes":[` + strings.Repeat(" ", 70<<10) + `]}`); got != http.StatusRequestEntityTooLarge {
+		t.Fatalf("70 KiB body: %d, want 413", got)
 	}
 }
