@@ -293,12 +293,17 @@ func (a *App) readData(data string, limit int) ([]byte, error) {
 	switch {
 	case data == "-":
 		r, from = a.stdin(), "stdin"
+	case data == "@":
+		return nil, usageError{errors.New("--data @ names no file: @FILE reads the payload from FILE")}
 	case len(data) > 1 && data[0] == '@':
 		f, err := os.Open(data[1:])
 		if err != nil {
 			return nil, usageError{fmt.Errorf("--data %s: %w", data, err)}
 		}
 		defer f.Close()
+		if fi, err := f.Stat(); err == nil && fi.IsDir() {
+			return nil, usageError{fmt.Errorf("--data %s: %s is a directory", data, data[1:])}
+		}
 		r, from = f, data[1:]
 	default:
 		if len(data) > limit {

@@ -121,6 +121,8 @@ func TestListenUsage(t *testing.T) {
 		{[]string{"listen", "--user", "a", "--ws-url", "http://x/ws"}, `--ws-url "http://x/ws": want ws://host:port/ws`},
 		{[]string{"listen", "--user", "a"}, "no --token, and no secret to mint one"},
 		{[]string{"publish", "--user", "a", "--data", "@/no/such/file"}, "--data @/no/such/file: open /no/such/file: no such file or directory"},
+		{[]string{"publish", "--user", "a", "--data", "@" + os.TempDir()}, "--data @" + os.TempDir() + ": " + os.TempDir() + " is a directory"},
+		{[]string{"publish", "--user", "a", "--data", "@"}, "--data @ names no file"},
 		{[]string{"publish", "stray", "--user", "a", "--data", "x"}, `pushctl publish: unexpected argument "stray": pushctl publish takes flags only; nothing after it was read ("--user a --data x")`},
 		{[]string{"listen", "--user", "a", "stray"}, `pushctl listen: unexpected argument "stray": pushctl listen takes flags only`},
 	} {
