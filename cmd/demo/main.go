@@ -41,6 +41,7 @@ func run(args []string) error {
 	fs.StringVar(&c.WSURL, "ws-url", "ws://127.0.0.1:8080/ws", "WebSocket endpoint the page connects to (the router's, or an edge's)")
 	fs.BoolVar(&c.Dev, "dev", false, "development: POST /token mints a token for any user and POST /publish publishes to any user (404 without)")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", time.Hour, "lifetime of the tokens --dev mints")
+	devPublic := fs.Bool("dev-public", false, "allow --dev on a non-loopback --listen (anyone who reaches it gets tokens for any user)")
 	ringURL := fs.String("ring", "", "ring store the SDK follows to publish (file:./ring.json or etcd://host:2379/prefix)")
 	grpcAddr := fs.String("push-grpc", "127.0.0.1:9090", "without --ring: push.v1.Push address to publish through (an edge or a router)")
 	secretFile := fs.String("jwt-secret-file", "", "file with the HS256 secret tokens are minted with (default: $PUSH_JWT_SECRET)")
@@ -60,6 +61,11 @@ func run(args []string) error {
 		return err
 	}
 	c.Logger = log
+	if c.Dev && !grpcauth.IsLoopback(c.Listen) && !*devPublic {
+		// --dev mints a token for any user and publishes to any user:
+		// on a reachable address that is everybody's messages.
+		return daemon.Usage(fmt.Errorf("--dev on %s, which is not a loopback address, would mint tokens and publish for anyone who reaches it: listen on 127.0.0.1, or add --dev-public if that is what you want", c.Listen))
+	}
 	if c.Dev {
 		if c.Secret, err = auth.LoadSecret(*secretFile); err != nil {
 			return err
