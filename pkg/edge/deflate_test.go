@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/edge/edgetest"
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
 
@@ -140,25 +141,9 @@ func deflated(t *testing.T, p []byte) []byte {
 
 // send writes one masked client frame with first byte b0.
 func (z *zraw) send(b0 byte, payload []byte) {
-	h := []byte{b0, 0x80}
-	switch n := len(payload); {
-	case n < 126:
-		h[1] |= byte(n)
-	case n < 65536:
-		h[1] |= 126
-		h = binary.BigEndian.AppendUint16(h, uint16(n))
-	default:
-		h[1] |= 127
-		h = binary.BigEndian.AppendUint64(h, uint64(n))
-	}
 	var key [4]byte
 	rand.Read(key[:])
-	h = append(h, key[:]...)
-	p := append([]byte(nil), payload...)
-	for i := range p {
-		p[i] ^= key[i%4]
-	}
-	z.Write(append(h, p...))
+	z.Write(edgetest.ClientFrame(b0, payload, key))
 }
 
 // closeCode reads frames until the edge's close frame.

@@ -3,7 +3,6 @@ package edge_test
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,19 +27,7 @@ var fakeClose = []byte{0x88, 0x80, 0, 0, 0, 0}
 // frameWithZeroMask encodes a masked client frame whose mask key is zero,
 // so the payload goes on the wire as given.
 func frameWithZeroMask(b0 byte, payload []byte) []byte {
-	h := []byte{b0, 0x80}
-	switch n := len(payload); {
-	case n < 126:
-		h[1] |= byte(n)
-	case n < 65536:
-		h[1] |= 126
-		h = binary.BigEndian.AppendUint16(h, uint16(n))
-	default:
-		h[1] |= 127
-		h = binary.BigEndian.AppendUint64(h, uint64(n))
-	}
-	h = append(h, 0, 0, 0, 0)
-	return append(h, payload...)
+	return edgetest.ClientFrame(b0, payload, [4]byte{})
 }
 
 // payloadWithFakeCloses is n bytes of 'a' (valid UTF-8) with fakeClose

@@ -63,9 +63,10 @@ func (r *rawWS) closeCode(t *testing.T) int {
 	}
 }
 
-// maskedZero is a masked client frame with a zero mask key (the payload
-// is on the wire as given).
-func maskedZero(b0 byte, p []byte) []byte {
+// ClientFrame encodes one masked client frame (RFC 6455 section 5.2) with
+// first byte b0 (FIN, RSV and opcode), payload p and mask key key; a zero
+// key puts the payload on the wire as given.
+func ClientFrame(b0 byte, p []byte, key [4]byte) []byte {
 	h := []byte{b0, 0x80}
 	switch n := len(p); {
 	case n < 126:
@@ -77,8 +78,19 @@ func maskedZero(b0 byte, p []byte) []byte {
 		h[1] |= 127
 		h = binary.BigEndian.AppendUint64(h, uint64(n))
 	}
-	return append(append(h, 0, 0, 0, 0), p...)
+	h = append(h, key[:]...)
+	start := len(h)
+	h = append(h, p...)
+	if key != [4]byte{} {
+		for i := range h[start:] {
+			h[start+i] ^= key[i%4]
+		}
+	}
+	return h
 }
+
+// maskedZero is ClientFrame with a zero mask key.
+func maskedZero(b0 byte, p []byte) []byte { return ClientFrame(b0, p, [4]byte{}) }
 
 // RefusedFrameCases runs finding 1 and 2 of issue 11 against addr (an
 // edge with the default --max-message-bytes, or a router in front of
