@@ -14,10 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/pushcluster/push/pkg/admin"
-	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/console"
 	"github.com/pushcluster/push/pkg/edge"
 	"github.com/pushcluster/push/pkg/edge/edgetest"
@@ -478,9 +475,9 @@ func TestApplyAddMovesUsersToTheNewEdge(t *testing.T) {
 		t.Fatal(err)
 	}
 	nr, _ := ring.New(nd)
-	var moving []*user
+	var moving []*edgetest.User
 	for _, u := range users.all {
-		if nr.LookupString(u.uid) == 4 {
+		if nr.LookupString(u.UID) == 4 {
 			moving = append(moving, u)
 		}
 	}
@@ -504,8 +501,8 @@ func TestApplyAddMovesUsersToTheNewEdge(t *testing.T) {
 	waitFor(t, "the moved users on edge 4", func() (bool, string) {
 		var missing []string
 		for _, u := range moving {
-			if c.nodes[4].Srv.Presence(u.uid) != 1 || u.movedCount() == 0 {
-				missing = append(missing, fmt.Sprintf("%s(presence %d, 4003s %d)", u.uid, c.nodes[4].Srv.Presence(u.uid), u.movedCount()))
+			if c.nodes[4].Srv.Presence(u.UID) != 1 || u.Moved() == 0 {
+				missing = append(missing, fmt.Sprintf("%s(presence %d, 4003s %d)", u.UID, c.nodes[4].Srv.Presence(u.UID), u.Moved()))
 			}
 		}
 		return len(missing) == 0, strings.Join(missing, " ")
@@ -523,8 +520,8 @@ func TestApplyAddMovesUsersToTheNewEdge(t *testing.T) {
 	}
 	waitFor(t, "every user whose owner changed moved", func() (bool, string) {
 		for _, u := range users.all {
-			if changed := pr.LookupString(u.uid) != nr.LookupString(u.uid); changed != (u.movedCount() > 0) {
-				return false, fmt.Sprintf("%s: owner %d -> %d, %d 4003 closes", u.uid, pr.LookupString(u.uid), nr.LookupString(u.uid), u.movedCount())
+			if changed := pr.LookupString(u.UID) != nr.LookupString(u.UID); changed != (u.Moved() > 0) {
+				return false, fmt.Sprintf("%s: owner %d -> %d, %d 4003 closes", u.UID, pr.LookupString(u.UID), nr.LookupString(u.UID), u.Moved())
 			}
 		}
 		return true, ""
@@ -554,20 +551,9 @@ func TestApplyAddMovesUsersToTheNewEdge(t *testing.T) {
 
 // user is a WebSocket client through the router that reconnects after
 // every close, as the browser client does.
-type user struct {
-	uid   string
-	mu    sync.Mutex
-	moved int // 4003 closes seen
-}
-
-func (u *user) movedCount() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.moved
-}
 
 type users struct {
-	all    []*user
+	all    []*edgetest.User
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -584,9 +570,9 @@ func connect(t *testing.T, c *cluster, n int) *users {
 	us := &users{cancel: cancel}
 	t.Cleanup(us.stop)
 	for i := range n {
-		u := &user{uid: fmt.Sprintf("console-user-%d", i)}
+		u := &edgetest.User{UID: fmt.Sprintf("console-user-%d", i)}
 		us.all = append(us.all, u)
-		us.wg.Go(func() { u.run(ctx, c.rt.Addr().String()) })
+		us.wg.Go(func() { u.Run(ctx, c.rt.Addr().String(), secret) })
 	}
 	waitFor(t, fmt.Sprintf("%d users connected", n), func() (bool, string) {
 		total := int64(0)
@@ -596,34 +582,6 @@ func connect(t *testing.T, c *cluster, n int) *users {
 		return total == int64(n), fmt.Sprint(total)
 	})
 	return us
-}
-
-func (u *user) run(ctx context.Context, addr string) {
-	tok, _ := auth.Mint(secret, u.uid, time.Hour, time.Now())
-	url := fmt.Sprintf("ws://%s/ws?uid=%s&token=%s", addr, u.uid, tok)
-	for ctx.Err() == nil {
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		conn, _, err := websocket.Dial(dctx, url, nil)
-		cancel()
-		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(20 * time.Millisecond):
-			}
-			continue
-		}
-		for {
-			if _, _, err := conn.Read(ctx); err != nil {
-				if websocket.CloseStatus(err) == edge.CloseMoved {
-					u.mu.Lock()
-					u.moved++
-					u.mu.Unlock()
-				}
-				conn.CloseNow()
-				break
-			}
-		}
-	}
 }
 
 // waitFor polls cond every 50 ms for up to 60 s (a busy machine is slow,

@@ -34,11 +34,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
-	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/client"
-	"github.com/pushcluster/push/pkg/edge"
+	"github.com/pushcluster/push/pkg/edge/edgetest"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
 )
@@ -235,14 +232,14 @@ func TestConsoleInChromium(t *testing.T) {
 	waitReady(t, "router", "http://"+routerAdmin+"/readyz")
 
 	// 30 users through the router, reconnecting after every close.
-	var users []*user
+	var users []*edgetest.User
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
 	for i := range 30 {
-		u := &user{uid: fmt.Sprintf("console-web-%d", i)}
+		u := &edgetest.User{UID: fmt.Sprintf("console-web-%d", i)}
 		users = append(users, u)
-		wg.Go(func() { u.run(ctx, routerWS, secret) })
+		wg.Go(func() { u.Run(ctx, routerWS, secret) })
 	}
 	// A backend publishing to them (the SDK, on the same ring), so the
 	// console has publishes per second to show.
@@ -266,7 +263,7 @@ func TestConsoleInChromium(t *testing.T) {
 			case <-tick.C:
 			}
 			pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-			sdk.Publish(pctx, users[i%len(users)].uid, fmt.Appendf(nil, `{"n":%d}`, i), 0) // errors: retried by the next tick's user
+			sdk.Publish(pctx, users[i%len(users)].UID, fmt.Appendf(nil, `{"n":%d}`, i), 0) // errors: retried by the next tick's user
 			pcancel()
 		}
 	})
@@ -301,9 +298,9 @@ func TestConsoleInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var movers []*user
+	var movers []*edgetest.User
 	for _, u := range users {
-		if next.LookupString(u.uid) == 4 {
+		if next.LookupString(u.UID) == 4 {
 			movers = append(movers, u)
 		}
 	}
@@ -387,9 +384,9 @@ func TestConsoleInChromium(t *testing.T) {
 	// Bounded loads may also hand a few users from one old member to
 	// another: those move too, and only those.
 	for _, u := range users {
-		moved := u.movedCount()
-		if changed := prev.LookupString(u.uid) != next.LookupString(u.uid); changed != (moved > 0) {
-			t.Errorf("%s: %d 4003 closes, owner %d -> %d", u.uid, moved, prev.LookupString(u.uid), next.LookupString(u.uid))
+		moved := u.Moved()
+		if changed := prev.LookupString(u.UID) != next.LookupString(u.UID); changed != (moved > 0) {
+			t.Errorf("%s: %d 4003 closes, owner %d -> %d", u.UID, moved, prev.LookupString(u.UID), next.LookupString(u.UID))
 		}
 	}
 	t.Logf("%d of %d users moved to edge 4; screenshots in %s", len(movers), len(users), shots)
@@ -421,45 +418,6 @@ func gauge(t *testing.T, admin, name string) float64 {
 
 // user is a WebSocket client through the router that reconnects after
 // every close, as the browser client does.
-type user struct {
-	uid   string
-	mu    sync.Mutex
-	moved int // 4003 closes seen
-}
-
-func (u *user) movedCount() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.moved
-}
-
-func (u *user) run(ctx context.Context, addr string, secret []byte) {
-	tok, _ := auth.Mint(secret, u.uid, time.Hour, time.Now())
-	url := fmt.Sprintf("ws://%s/ws?uid=%s&token=%s", addr, u.uid, tok)
-	for ctx.Err() == nil {
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		conn, _, err := websocket.Dial(dctx, url, nil)
-		cancel()
-		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
-		for {
-			if _, _, err := conn.Read(ctx); err != nil {
-				if websocket.CloseStatus(err) == edge.CloseMoved {
-					u.mu.Lock()
-					u.moved++
-					u.mu.Unlock()
-				}
-				conn.CloseNow()
-				break
-			}
-		}
-	}
-}
 
 // waitFor polls cond every 100 ms for up to 60 s (a busy machine is slow,
 // never wrong) and fails with cond's last detail.
