@@ -251,13 +251,11 @@ func (s *Server) closeNowLocked(c *conn, code int) {
 		s.m.closed(code)
 	}
 	c.state = stClosed
-	s.table[c.fd].CompareAndSwap(c, nil)
+	s.table.Clear(int(c.fd), c)
 	unix.Close(int(c.fd))
 	c.out = nil
 	c.rd = nil
-	s.wheelMu.Lock()
-	s.wheel.Cancel(&c.tm)
-	s.wheelMu.Unlock()
+	s.timers.Cancel(&c.tm)
 }
 
 // release unlocks c and, if it stopped being open while registered, takes

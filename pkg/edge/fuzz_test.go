@@ -84,9 +84,9 @@ func feedFrames(t *testing.T, l *loop, data []byte, chunk int) ([]byte, connStat
 	}
 	defer unix.Close(fds[1])
 	s := l.s
-	c := &conn{fd: int32(fds[0]), gen: s.gen.Add(1), state: stOpen, kind: kindWS}
+	c := &conn{fd: int32(fds[0]), gen: s.table.Gen(), state: stOpen, kind: kindWS}
 	c.tm.Value = c
-	s.table[fds[0]].Store(c)
+	s.table.Store(fds[0], c)
 	s.open.Add(1)
 	c.mu.Lock()
 	var pending []byte

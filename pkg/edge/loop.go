@@ -12,20 +12,24 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/pushcluster/push/pkg/evloop"
 	"github.com/pushcluster/push/pkg/httphead"
 	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/proxyproto"
 	"github.com/pushcluster/push/pkg/rawtcp"
 )
 
-// loop is one epoll instance and the goroutine that waits on it. Reads,
-// handshakes and frame parsing for its connections run here, on the loop's
-// scratch buffer, so an idle connection owns no buffer.
+// loop is one event loop (package evloop: an epoll instance, the
+// goroutine that waits on it, accept batching) with the edge's own state.
+// Reads, handshakes and frame parsing for its connections run on the
+// loop's goroutine, on its scratch buffer, so an idle connection owns no
+// buffer.
 type loop struct {
 	id   int
 	s    *Server
-	poll *poller.Poller
-	buf  []byte // read scratch, owned by this goroutine
+	ev   *evloop.Loop
+	poll *poller.Poller // ev.Poll
+	buf  []byte         // read scratch, owned by this goroutine
 	hs   handshake
 	// Inflating compressed client messages (deflate.go): one
 	// decompressor and output buffer per loop, made on first use.
@@ -35,10 +39,6 @@ type loop struct {
 }
 
 func newLoop(s *Server, id int) (*loop, error) {
-	p, err := poller.New(256)
-	if err != nil {
-		return nil, err
-	}
 	size := 64 << 10
 	if need := 2*s.cfg.MaxMessageBytes + 64; need > size {
 		size = need
@@ -50,30 +50,26 @@ func newLoop(s *Server, id int) (*loop, error) {
 		// The longest PROXY header and a whole request head behind it.
 		size = max(size, proxyproto.MaxV2Len+s.cfg.MaxHeaderBytes+1)
 	}
-	l := &loop{id: id, s: s, poll: p, buf: make([]byte, size)}
+	l := &loop{id: id, s: s, buf: make([]byte, size)}
+	ev, err := evloop.New(id, l)
+	if err != nil {
+		return nil, err
+	}
+	l.ev, l.poll = ev, ev.Poll
 	l.hs.init(s)
 	return l, nil
 }
 
 func (l *loop) run() {
-	defer l.poll.Release()
-	if err := l.poll.Run(l.onEvent); !errors.Is(err, poller.ErrClosed) {
+	if err := l.ev.Run(); err != nil {
 		l.s.log.Error("event loop", "loop", l.id, "err", err)
 	}
 }
 
-func (l *loop) onEvent(fd int, gen uint32, ev poller.Event) {
+// Event handles readiness of a connection's descriptor (evloop.Handler).
+func (l *loop) Event(fd int, gen uint32, ev poller.Event) {
 	s := l.s
-	if gen == listenTag {
-		if ln := s.listener(fd); ln != nil {
-			l.acceptBatch(ln)
-		}
-		return
-	}
-	if fd >= len(s.table) {
-		return
-	}
-	c := s.table[fd].Load()
+	c := s.table.Load(fd)
 	if c == nil || c.gen != gen {
 		return // stale event for a closed descriptor
 	}
@@ -447,57 +443,43 @@ func (l *loop) onClose(c *conn, p []byte) {
 	}
 }
 
-// listenTag marks the listener's events; connection generations start at 1
-// and would need 2^32-1 accepts to reach it.
-const listenTag = ^uint32(0)
-
-// acceptBatch takes pending connections (every loop watches the listener,
-// EPOLLEXCLUSIVE wakes one) and starts each handshake right here: with
-// TCP_DEFER_ACCEPT the request head has usually arrived already, so most
-// upgrades finish without ever waiting in epoll. Bounded per event so a
-// storm cannot starve established connections.
-func (l *loop) acceptBatch(ln *rawtcp.Listener) {
-	s := l.s
-	for i := 0; i < 64; i++ {
-		fd, err := ln.AcceptFD()
-		if err != nil {
-			if err == unix.EAGAIN {
-				return
-			}
-			s.m.acceptErrors.Inc()
-			if rawtcp.IsTemporary(err) {
-				s.log.Warn("accept", "err", err)
-				time.Sleep(5 * time.Millisecond) // let closes free descriptors
-				return
-			}
-			s.log.Error("accept", "err", err)
-			return
-		}
-		if fd >= len(s.table) || s.draining.Load() {
-			unix.Close(fd)
-			continue
-		}
-		now := time.Now()
-		c := &conn{fd: int32(fd), gen: s.gen.Add(1), loop: uint8(l.id), lastSeen: now.UnixNano()}
-		c.tm.Value = c
-		s.table[fd].Store(c)
-		for m := s.maxFD.Load(); int64(fd) > m && !s.maxFD.CompareAndSwap(m, int64(fd)); m = s.maxFD.Load() {
-		}
-		s.m.handshaking.Inc()
-		s.schedule(c, now.Add(s.cfg.HandshakeTimeout))
-		c.mu.Lock()
-		l.readLocked(c)
-		if c.state != stClosed {
-			c.wantWrite = c.out != nil
-			if err := l.poll.Start(fd, c.gen, c.interest(c.wantWrite)); err != nil {
-				s.log.Error("epoll add", "err", err)
-				s.closeNowLocked(c, -1)
-			} else {
-				c.polled = true
-			}
-		}
-		s.release(c)
+// AcceptError counts a failed accept (evloop.Handler).
+func (l *loop) AcceptError(err error, temporary bool) {
+	l.s.m.acceptErrors.Inc()
+	if temporary {
+		l.s.log.Warn("accept", "err", err)
+	} else {
+		l.s.log.Error("accept", "err", err)
 	}
+}
+
+// Accept starts a new connection's handshake right here (evloop.Handler):
+// with TCP_DEFER_ACCEPT the request head has usually arrived already, so
+// most upgrades finish without ever waiting in epoll.
+func (l *loop) Accept(_ *evloop.Loop, _ *rawtcp.Listener, fd int) {
+	s := l.s
+	if !s.table.Fits(fd) || s.draining.Load() {
+		unix.Close(fd)
+		return
+	}
+	now := time.Now()
+	c := &conn{fd: int32(fd), gen: s.table.Gen(), loop: uint8(l.id), lastSeen: now.UnixNano()}
+	c.tm.Value = c
+	s.table.Store(fd, c)
+	s.m.handshaking.Inc()
+	s.schedule(c, now.Add(s.cfg.HandshakeTimeout))
+	c.mu.Lock()
+	l.readLocked(c)
+	if c.state != stClosed {
+		c.wantWrite = c.out != nil
+		if err := l.poll.Start(fd, c.gen, c.interest(c.wantWrite)); err != nil {
+			s.log.Error("epoll add", "err", err)
+			s.closeNowLocked(c, -1)
+		} else {
+			c.polled = true
+		}
+	}
+	s.release(c)
 }
 
 var headEnd = []byte("\r\n\r\n")

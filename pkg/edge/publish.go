@@ -323,7 +323,7 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 	workers := s.cfg.BroadcastWriters
 	var total atomic.Int64
 	var wg sync.WaitGroup
-	top := int(s.maxFD.Load()) + 1
+	top := s.table.Top()
 	chunk := (top + workers - 1) / workers
 	for w := 0; w < workers; w++ {
 		lo, hi := w*chunk, min((w+1)*chunk, top)
@@ -332,7 +332,7 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 			defer wg.Done()
 			n := 0
 			for i := lo; i < hi; i++ {
-				c := s.table[i].Load()
+				c := s.table.Load(i)
 				if c == nil {
 					continue
 				}

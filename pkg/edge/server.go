@@ -11,9 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pushcluster/push/pkg/evloop"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
-	"github.com/pushcluster/push/pkg/wheel"
 )
 
 // Server is one edge. Create it with New, run it with Start, stop it with
@@ -25,11 +25,11 @@ type Server struct {
 
 	lns   []*rawtcp.Listener // Listen's port and the next ListenSpan-1 ones
 	loops []*loop
-	gen   atomic.Uint32 // connection generation, stored in epoll events
 
-	// table maps a descriptor to its conn; the slot is cleared before the
-	// descriptor is closed so a reused number never sees a stale conn.
-	table []atomic.Pointer[conn]
+	// table maps a descriptor to its conn and hands out the generations
+	// stored in epoll events; the slot is cleared before the descriptor
+	// is closed so a reused number never sees a stale conn.
+	table *evloop.Table[conn]
 
 	reg *registry.Registry[*conn]
 
@@ -48,11 +48,10 @@ type Server struct {
 	fenced        atomic.Bool
 	storeStatusFn atomic.Pointer[func(id uint32) (bool, bool)]
 
-	// wheelMu guards wheel; taken after conn.mu, never before.
-	wheelMu sync.Mutex
-	wheel   *wheel.Wheel[*conn]
+	// timers hold every connection deadline; their lock is taken after
+	// conn.mu, never before.
+	timers *evloop.Timers[*conn]
 
-	maxFD    atomic.Int64 // highest descriptor seen; bounds table scans
 	open     atomic.Int64 // upgraded connections
 	draining atomic.Bool
 	stop     chan struct{}
@@ -66,12 +65,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Metrics), stop: make(chan struct{}), ringChanged: make(chan struct{}, 1)}
-	_, hard := rawtcp.FDLimit()
-	size := hard
-	if size == 0 || size > 1<<22 {
-		size = 1 << 22
-	}
-	s.table = make([]atomic.Pointer[conn], size)
+	s.table = evloop.NewTable[conn]()
 	s.reg = registry.New[*conn](256)
 	s.tokens.init(cfg.Metrics)
 	if cfg.HandshakesPerIP > 0 {
@@ -81,7 +75,7 @@ func New(cfg Config) (*Server, error) {
 	s.own.inc = newIncarnation()
 	s.streams.init()
 	s.moves.init()
-	s.wheel = wheel.New[*conn](cfg.Tick, 4096, time.Now())
+	s.timers = evloop.NewTimers[*conn](cfg.Tick, 4096, time.Now())
 
 	if err := s.listen(); err != nil {
 		return nil, err
@@ -90,6 +84,9 @@ func New(cfg Config) (*Server, error) {
 		l, err := newLoop(s, i)
 		if err != nil {
 			s.closeListeners()
+			for _, l := range s.loops {
+				l.ev.Release()
+			}
 			return nil, err
 		}
 		s.loops = append(s.loops, l)
@@ -130,16 +127,6 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// listener returns the listener with descriptor fd, or nil.
-func (s *Server) listener(fd int) *rawtcp.Listener {
-	for _, ln := range s.lns {
-		if ln.FD == fd {
-			return ln
-		}
-	}
-	return nil
-}
-
 // Addr is the (first) WebSocket listener's address.
 func (s *Server) Addr() *net.TCPAddr { return s.lns[0].Addr }
 
@@ -159,8 +146,8 @@ func (s *Server) Ready() error {
 func (s *Server) Start() error {
 	for _, l := range s.loops {
 		for _, ln := range s.lns {
-			if err := l.poll.StartExclusive(ln.FD, listenTag); err != nil {
-				return fmt.Errorf("watch listener: %w", err)
+			if err := l.ev.Listen(ln); err != nil {
+				return err
 			}
 		}
 	}
@@ -175,40 +162,22 @@ func (s *Server) Start() error {
 }
 
 func (s *Server) schedule(c *conn, at time.Time) {
-	s.wheelMu.Lock()
-	s.wheel.Add(&c.tm, at)
-	s.wheelMu.Unlock()
+	s.timers.Schedule(&c.tm, at)
 }
 
 // tickLoop is the one ticker behind every deadline: it advances the timing
-// wheel and expires mailboxes.
+// wheel and, once a second, expires mailboxes.
 func (s *Server) tickLoop() {
-	t := time.NewTicker(s.cfg.Tick)
-	defer t.Stop()
-	var fired []*conn
 	lastSweep := time.Now()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case now := <-t.C:
-			s.wheelMu.Lock()
-			s.wheel.Advance(now, func(tm *wheel.Timer[*conn]) { fired = append(fired, tm.Value) })
-			s.wheelMu.Unlock()
-			for i, c := range fired {
-				s.onTimer(c, now)
-				fired[i] = nil
-			}
-			fired = fired[:0]
-			if now.Sub(lastSweep) >= time.Second {
-				lastSweep = now
-				s.sweep(now)
-				if s.limiter != nil {
-					s.limiter.sweep(now)
-				}
+	s.timers.Run(s.stop, s.onTimer, func(now time.Time) {
+		if now.Sub(lastSweep) >= time.Second {
+			lastSweep = now
+			s.sweep(now)
+			if s.limiter != nil {
+				s.limiter.sweep(now)
 			}
 		}
-	}
+	})
 }
 
 // sweep expires stored messages and forgets idle mailboxes.
@@ -237,18 +206,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	for _, l := range s.loops {
 		for _, ln := range s.lns {
-			l.poll.Stop(ln.FD)
+			l.ev.Unlisten(ln)
 		}
 	}
 	s.closeListeners()
 
 	var open []*conn
-	top := int(s.maxFD.Load()) + 1
-	for i := 0; i < top; i++ {
-		if c := s.table[i].Load(); c != nil {
-			open = append(open, c)
-		}
-	}
+	s.table.Range(func(_ int, c *conn) bool { open = append(open, c); return true })
 	s.log.Info("draining", "connections", len(open), "period", s.cfg.DrainPeriod)
 	var pace time.Duration
 	if len(open) > 0 {
@@ -280,16 +244,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for s.liveDescriptors() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
-	for i := 0; i < top; i++ {
-		if c := s.table[i].Load(); c != nil {
-			c.mu.Lock()
-			s.closeNowLocked(c, -1)
-			s.release(c)
-		}
-	}
+	s.table.Range(func(_ int, c *conn) bool {
+		c.mu.Lock()
+		s.closeNowLocked(c, -1)
+		s.release(c)
+		return true
+	})
 	close(s.stop)
 	for _, l := range s.loops {
-		l.poll.Close()
+		l.ev.Close()
 	}
 	s.wg.Wait()
 	return ctx.Err()
@@ -298,21 +261,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // eachConn calls fn for every connection in the descriptor table (fn locks
 // what it needs).
 func (s *Server) eachConn(fn func(c *conn)) {
-	top := int(s.maxFD.Load()) + 1
-	for i := 0; i < top; i++ {
-		if c := s.table[i].Load(); c != nil {
-			fn(c)
-		}
-	}
+	s.table.Range(func(_ int, c *conn) bool { fn(c); return true })
 }
 
-func (s *Server) liveDescriptors() int {
-	n := 0
-	top := int(s.maxFD.Load()) + 1
-	for i := 0; i < top; i++ {
-		if s.table[i].Load() != nil {
-			n++
-		}
-	}
-	return n
-}
+func (s *Server) liveDescriptors() int { return s.table.Count() }

@@ -2,7 +2,6 @@ package router
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -11,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/pushcluster/push/pkg/evloop"
 	"github.com/pushcluster/push/pkg/httphead"
 	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/proxyproto"
@@ -51,6 +51,7 @@ type session struct {
 	cpolled    bool         // cfd is in the loop's epoll
 	epolled    bool
 	lowat      bool    // SO_RCVLOWAT raised on cfd while waiting for the head
+	tls        bool    // accepted on the TLS listener: its tlsConn is r.tlsTab's entry for cfd
 	timed      bool    // a deadline is scheduled in the wheel
 	ended      [2]bool // a direction saw EOF and shut its destination down
 	cfd, efd   int32   // efd is -1 until a dial starts
@@ -95,12 +96,15 @@ func (s *session) fds(d int) (src, dst int) {
 	return int(s.efd), int(s.cfd)
 }
 
-// loop is one epoll instance and the goroutine that waits on it. Peeks and
-// small copies use its scratch buffer, so an idle session owns none.
+// loop is one event loop (package evloop: an epoll instance, the
+// goroutine that waits on it, accept batching) with the router's own
+// state. Peeks, small copies and TLS records use its scratch buffer, so an
+// idle session owns none.
 type loop struct {
 	id      int
 	r       *Router
-	poll    *poller.Poller
+	ev      *evloop.Loop
+	poll    *poller.Poller   // ev.Poll
 	buf     []byte           // scratch, owned by this loop's goroutine
 	req     httphead.Request // the head being routed, reused (owned like buf)
 	discard []byte           // where a consumed PROXY header goes
@@ -115,34 +119,26 @@ type loop struct {
 const copyMax = 64 << 10
 
 func newLoop(r *Router, id int) (*loop, error) {
-	p, err := poller.New(256)
+	size := max(64<<10, r.cfg.MaxHeadBytes+proxyproto.MaxV2Len+1)
+	l := &loop{id: id, r: r, buf: make([]byte, size), discard: make([]byte, proxyproto.MaxV2Len)}
+	ev, err := evloop.New(id, l)
 	if err != nil {
 		return nil, err
 	}
-	size := max(64<<10, r.cfg.MaxHeadBytes+proxyproto.MaxV2Len+1)
-	return &loop{id: id, r: r, poll: p, buf: make([]byte, size), discard: make([]byte, proxyproto.MaxV2Len)}, nil
+	l.ev, l.poll = ev, ev.Poll
+	return l, nil
 }
 
 func (l *loop) run() {
-	defer l.poll.Release()
-	if err := l.poll.Run(l.onEvent); !errors.Is(err, poller.ErrClosed) {
+	if err := l.ev.Run(); err != nil {
 		l.r.log.Error("event loop", "loop", l.id, "err", err)
 	}
 }
 
-// listenTag marks the listener's events; generations start at 1.
-const listenTag = ^uint32(0)
-
-func (l *loop) onEvent(fd int, tag uint32, ev poller.Event) {
+// Event handles readiness of a session's descriptor (evloop.Handler).
+func (l *loop) Event(fd int, tag uint32, ev poller.Event) {
 	r := l.r
-	if tag == listenTag && fd == r.ln.FD {
-		l.acceptBatch()
-		return
-	}
-	if fd >= len(r.table) {
-		return
-	}
-	s := r.table[fd].Load()
+	s := r.table.Load(fd)
 	if s == nil {
 		return
 	}
@@ -168,46 +164,38 @@ func (l *loop) onEvent(fd int, tag uint32, ev poller.Event) {
 	s.mu.Unlock()
 }
 
-// acceptBatch takes pending connections (every loop watches the listener,
-// EPOLLEXCLUSIVE wakes one) and peeks at the head right away: with
-// TCP_DEFER_ACCEPT it has usually arrived, so most connections are dialed
-// without waiting in epoll first.
-func (l *loop) acceptBatch() {
-	r := l.r
-	for i := 0; i < 64; i++ {
-		fd, err := r.ln.AcceptFD()
-		if err != nil {
-			if err == unix.EAGAIN {
-				return
-			}
-			r.m.acceptErrors.Inc()
-			if rawtcp.IsTemporary(err) {
-				r.log.Warn("accept", "err", err)
-				time.Sleep(5 * time.Millisecond) // let closes free descriptors
-				return
-			}
-			r.log.Error("accept", "err", err)
-			return
-		}
-		if fd >= len(r.table) || r.draining.Load() {
-			unix.Close(fd)
-			continue
-		}
-		r.m.accepted.Inc()
-		s := &session{cfd: int32(fd), efd: -1, cgen: r.gen.Add(1), loop: uint8(l.id)}
-		s.tm.Value = s
-		r.register(fd, s)
-		r.sessions.Add(1)
-		s.mu.Lock()
-		l.headLocked(s, 0)
-		s.mu.Unlock()
+// AcceptError counts a failed accept (evloop.Handler).
+func (l *loop) AcceptError(err error, temporary bool) {
+	l.r.m.acceptErrors.Inc()
+	if temporary {
+		l.r.log.Warn("accept", "err", err)
+	} else {
+		l.r.log.Error("accept", "err", err)
 	}
 }
 
-func (r *Router) register(fd int, s *session) {
-	r.table[fd].Store(s)
-	for m := r.maxFD.Load(); int64(fd) > m && !r.maxFD.CompareAndSwap(m, int64(fd)); m = r.maxFD.Load() {
+// Accept takes a new connection (evloop.Handler). A plaintext one is
+// peeked at right away: with TCP_DEFER_ACCEPT its head has usually
+// arrived, so most connections are dialed without waiting in epoll first.
+// A TLS one gets its handshake goroutine (tls.go).
+func (l *loop) Accept(_ *evloop.Loop, ln *rawtcp.Listener, fd int) {
+	r := l.r
+	if !r.table.Fits(fd) || r.draining.Load() {
+		unix.Close(fd)
+		return
 	}
+	r.m.accepted.Inc()
+	s := &session{cfd: int32(fd), efd: -1, cgen: r.table.Gen(), loop: uint8(l.id)}
+	s.tm.Value = s
+	if ln == r.tlsLn {
+		r.acceptTLS(l, s)
+		return
+	}
+	r.table.Store(fd, s)
+	r.sessions.Add(1)
+	s.mu.Lock()
+	l.headLocked(s, 0)
+	s.mu.Unlock()
 }
 
 // watch sets the events epoll reports for one of s's descriptors
@@ -421,12 +409,12 @@ func (r *Router) connectLocked(l *loop, s *session, m *member, to netip.AddrPort
 		}
 		return dialFailed, err
 	}
-	if fd >= len(r.table) {
+	if !r.table.Fits(fd) {
 		unix.Close(fd)
 		return dialLocal, unix.EMFILE
 	}
-	s.efd, s.egen, s.epolled, s.eint = int32(fd), r.gen.Add(1), false, 0
-	r.register(fd, s)
+	s.efd, s.egen, s.epolled, s.eint = int32(fd), r.table.Gen(), false, 0
+	r.table.Store(fd, s)
 	s.edge = m
 	s.state = stDial
 	s.setup.started = time.Now()
@@ -484,11 +472,18 @@ func (r *Router) connectedLocked(l *loop, s *session, ev poller.Event) {
 	s.state = stRelay
 	s.edge.routed.Inc()
 	r.m.active.Inc()
-	// The head is still queued on the client socket: move it now rather
-	// than after another epoll round.
-	// (connectedLocked runs only from onEvent, on l's goroutine, which
-	// owns l.buf.)
-	l.moveLocked(s, c2e)
+	if s.tls {
+		r.m.tlsActive.Inc()
+		// The head was decrypted by the handshake goroutine: replay it.
+		r.replayHeadLocked(s)
+	}
+	// The head is still queued on the client socket (TLS: more records
+	// may wait in the tls.Conn): move it now rather than after another
+	// epoll round. (connectedLocked runs only from Event, on l's
+	// goroutine, which owns l.buf.)
+	if s.state == stRelay {
+		l.moveLocked(s, c2e)
+	}
 	if s.state == stRelay {
 		l.updateLocked(s)
 	}
@@ -525,7 +520,7 @@ func (r *Router) closeEdgeLocked(s *session) {
 	if s.efd < 0 {
 		return
 	}
-	r.table[s.efd].CompareAndSwap(s, nil)
+	r.table.Clear(int(s.efd), s)
 	unix.Close(int(s.efd))
 	s.efd, s.epolled, s.eint, s.edge = -1, false, 0, nil
 }
@@ -575,6 +570,10 @@ func refusal(status int, label string) *httphead.Error {
 func (r *Router) rejectLocked(s *session, label string, e *httphead.Error) {
 	r.m.rejected.WithLabelValues(label).Inc()
 	resp := e.Append(nil)
+	if s.tls {
+		r.tlsRejectLocked(s, resp)
+		return
+	}
 	fd := int(s.cfd)
 	var b [4096]byte
 	for i := 0; i < 32; i++ {
@@ -594,9 +593,15 @@ func (r *Router) closeLocked(s *session) {
 	}
 	if s.state == stRelay {
 		r.m.active.Dec()
+		if s.tls {
+			r.m.tlsActive.Dec()
+		}
 	}
 	s.state = stClosed
-	r.table[s.cfd].CompareAndSwap(s, nil)
+	if s.tls {
+		r.closeTLSLocked(s)
+	}
+	r.table.Clear(int(s.cfd), s)
 	unix.Close(int(s.cfd))
 	r.closeEdgeLocked(s)
 	for d, f := range s.fl {

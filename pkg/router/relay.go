@@ -28,7 +28,7 @@ func (l *loop) relayEventLocked(s *session, client bool, ev poller.Event) {
 			return
 		}
 	}
-	if ev&(poller.Read|poller.Hup) != 0 {
+	if ev&(poller.Read|poller.Hup) != 0 || (client && s.tls && l.r.tlsOf(s).more) {
 		// A hang-up still leaves the socket's queued bytes to read, and
 		// those still in flight to the other side; moveLocked reads only
 		// when nothing is in flight, and updateLocked takes a finished
@@ -52,7 +52,11 @@ func (l *loop) updateLocked(s *session) {
 	if !s.ended[e2c] && s.fl[e2c] == nil {
 		eev |= poller.Read
 	}
-	if s.fl[e2c] != nil {
+	if s.fl[e2c] != nil || (s.tls && l.r.tlsOf(s).more && cev&poller.Read != 0) {
+		// EPOLLOUT while the client owes bytes; for TLS also while the
+		// tls.Conn may hold records that no readiness of the socket will
+		// report (a read cut short by tlsReadRounds): the writable
+		// socket brings the session back on the next round.
 		cev |= poller.Write
 	}
 	if s.fl[c2e] != nil {
@@ -83,6 +87,14 @@ func retry(err error) bool { return err == unix.EAGAIN || err == unix.EINTR }
 func (l *loop) moveLocked(s *session, d int) {
 	r := l.r
 	if s.fl[d] != nil || s.ended[d] {
+		return
+	}
+	if s.tls {
+		if d == c2e {
+			l.tlsInLocked(s)
+		} else {
+			l.tlsOutLocked(s)
+		}
 		return
 	}
 	src, dst := s.fds(d)
@@ -202,6 +214,12 @@ func (l *loop) flushLocked(s *session, d int) {
 		}
 	}
 	s.fl[d] = nil
+	if s.ended[d] {
+		// Only TLS ends a direction with bytes in flight (its close_notify
+		// alert): the shutdown waited for them.
+		unix.Shutdown(dst, unix.SHUT_WR)
+		return
+	}
 	l.moveLocked(s, d)
 }
 
@@ -211,7 +229,15 @@ func (l *loop) flushLocked(s *session, d int) {
 func (r *Router) endLocked(s *session, d int) {
 	s.ended[d] = true
 	_, dst := s.fds(d)
-	unix.Shutdown(dst, unix.SHUT_WR)
+	if s.tls && d == e2c {
+		// The client's TLS stream ends with close_notify; it may wait
+		// behind ciphertext the client has not taken (flushLocked shuts
+		// down once it is out).
+		r.tlsOf(s).tc.CloseWrite()
+	}
+	if s.fl[d] == nil {
+		unix.Shutdown(dst, unix.SHUT_WR)
+	}
 	if s.ended[c2e] && s.ended[e2c] {
 		r.closeLocked(s)
 		return

@@ -10,16 +10,15 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pushcluster/push/pkg/evloop"
 	"github.com/pushcluster/push/pkg/owner"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/ring"
 	"github.com/pushcluster/push/pkg/store"
-	"github.com/pushcluster/push/pkg/wheel"
 )
 
 // ErrNoRing is returned by Start (and Ready) before the first view.
@@ -48,14 +47,17 @@ type Router struct {
 	m   *metrics
 
 	ln    *rawtcp.Listener
-	tlsLn net.Listener
+	tlsLn *rawtcp.Listener // nil without TLSListen
 	loops []*loop
-	gen   atomic.Uint32 // descriptor generation stored in epoll events
 
-	// table maps a descriptor to its session; the slot is cleared before
-	// the descriptor is closed so a reused number never sees a stale one.
-	table []atomic.Pointer[session]
-	maxFD atomic.Int64
+	// table maps a descriptor to its session and hands out the
+	// generations stored in epoll events; the slot is cleared before the
+	// descriptor is closed so a reused number never sees a stale one.
+	table *evloop.Table[session]
+	// tlsTab holds the TLS state of TLS sessions by client descriptor
+	// (set and cleared under the session's mu), so that the session
+	// struct of a plaintext connection stays as small as it was.
+	tlsTab *evloop.Table[tlsConn]
 
 	routes atomic.Pointer[routes] // swapped whole by SetView
 
@@ -66,9 +68,9 @@ type Router struct {
 	checkers map[*member]context.CancelFunc
 	unfollow context.CancelFunc // stops the Follow goroutine
 
-	// wheelMu guards wheel; taken after session.mu, never before.
-	wheelMu sync.Mutex
-	wheel   *wheel.Wheel[*session]
+	// timers hold every session deadline; their lock is taken after
+	// session.mu, never before.
+	timers *evloop.Timers[*session]
 
 	pipes pipePool
 
@@ -77,13 +79,12 @@ type Router struct {
 	src4, src6 []netip.Addr
 	srcNext    atomic.Uint32 // rotation over them
 	sessions   atomic.Int64  // sessions with open descriptors
-	tlsOpen    atomic.Int64  // TLS connections being served
 	running    atomic.Bool   // Start was called
 	draining   atomic.Bool
 	stop       chan struct{}
 	wg         sync.WaitGroup
-	tlsWG      sync.WaitGroup
-	tls        tlsConns // TLS connections, closed at the end of a drain
+	tlsWG      sync.WaitGroup // TLS handshake goroutines
+	hsRunning  atomic.Int64   // and how many run now
 }
 
 // routes is one immutable ownership view with the ring's members resolved.
@@ -142,13 +143,8 @@ func New(cfg Config) (*Router, error) {
 			r.src6 = append(r.src6, a)
 		}
 	}
-	_, hard := rawtcp.FDLimit()
-	size := hard
-	if size == 0 || size > 1<<22 {
-		size = 1 << 22
-	}
-	r.table = make([]atomic.Pointer[session], size)
-	r.wheel = wheel.New[*session](cfg.Tick, 1024, time.Now())
+	r.table = evloop.NewTable[session]()
+	r.timers = evloop.NewTimers[*session](cfg.Tick, 1024, time.Now())
 
 	ln, err := rawtcp.Listen(cfg.Listen, rawtcp.Options{Backlog: cfg.Backlog, ReusePort: cfg.ReusePort,
 		DeferAccept: cfg.HeadTimeout, NoDelay: true})
@@ -177,31 +173,33 @@ func New(cfg Config) (*Router, error) {
 		r.loops = append(r.loops, l)
 	}
 	if cfg.TLSListen != "" {
-		// Accepted TLS sockets inherit the listener's buffer sizes too,
-		// so Config.RelayBuffer bounds that path as well (its copy
-		// buffers are tlsCopyBuf).
-		lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
-			if cfg.ReusePort {
-				if err := reusePortControl(network, address, c); err != nil {
-					return err
-				}
+		// The TLS listener is accepted from by the same loops, and its
+		// sockets inherit the same keepalive and buffer sizes, so
+		// Config.RelayBuffer bounds that path as well.
+		tl, err := rawtcp.Listen(cfg.TLSListen, rawtcp.Options{Backlog: cfg.Backlog, ReusePort: cfg.ReusePort,
+			DeferAccept: cfg.HeadTimeout, NoDelay: true})
+		if err == nil {
+			if cfg.KeepAlive > 0 {
+				setKeepAlive(tl.FD, int(max(cfg.KeepAlive/time.Second, 1)))
 			}
-			return rawBuffers(c, cfg.RelayBuffer)
-		}}
-		tl, err := lc.Listen(context.Background(), "tcp", cfg.TLSListen)
+			if err = setBuffers(tl.FD, cfg.RelayBuffer); err != nil {
+				tl.Close()
+			}
+		}
 		if err != nil {
 			r.closeLoops()
 			ln.Close()
 			return nil, fmt.Errorf("listen tls %s: %w", cfg.TLSListen, err)
 		}
 		r.tlsLn = tl
+		r.tlsTab = evloop.NewTable[tlsConn]()
 	}
 	return r, nil
 }
 
 func (r *Router) closeLoops() {
 	for _, l := range r.loops {
-		l.poll.Release()
+		l.ev.Release()
 	}
 }
 
@@ -213,7 +211,7 @@ func (r *Router) TLSAddr() net.Addr {
 	if r.tlsLn == nil {
 		return nil
 	}
-	return r.tlsLn.Addr()
+	return r.tlsLn.Addr
 }
 
 // Ready reports nil while the router takes new connections and has a view
@@ -392,8 +390,13 @@ func (r *Router) Start() error {
 		return ErrNoRing
 	}
 	for _, l := range r.loops {
-		if err := l.poll.StartExclusive(r.ln.FD, listenTag); err != nil {
-			return fmt.Errorf("watch listener: %w", err)
+		if err := l.ev.Listen(r.ln); err != nil {
+			return err
+		}
+		if r.tlsLn != nil {
+			if err := l.ev.Listen(r.tlsLn); err != nil {
+				return err
+			}
 		}
 	}
 	for _, l := range r.loops {
@@ -406,46 +409,19 @@ func (r *Router) Start() error {
 	r.running.Store(true)
 	r.startCheckersLocked()
 	r.mu.Unlock()
-	if r.tlsLn != nil {
-		r.wg.Add(1)
-		go func() { defer r.wg.Done(); r.serveTLS() }()
-	}
 	return nil
 }
 
 func (r *Router) schedule(s *session, at time.Time) {
-	r.wheelMu.Lock()
-	r.wheel.Add(&s.tm, at)
-	r.wheelMu.Unlock()
+	r.timers.Schedule(&s.tm, at)
 }
 
 func (r *Router) unschedule(s *session) {
-	r.wheelMu.Lock()
-	r.wheel.Cancel(&s.tm)
-	r.wheelMu.Unlock()
+	r.timers.Cancel(&s.tm)
 }
 
 // tickLoop is the one ticker behind every deadline (head, connect, fin).
-func (r *Router) tickLoop() {
-	t := time.NewTicker(r.cfg.Tick)
-	defer t.Stop()
-	var fired []*session
-	for {
-		select {
-		case <-r.stop:
-			return
-		case now := <-t.C:
-			r.wheelMu.Lock()
-			r.wheel.Advance(now, func(tm *wheel.Timer[*session]) { fired = append(fired, tm.Value) })
-			r.wheelMu.Unlock()
-			for i, s := range fired {
-				r.onTimer(s, now)
-				fired[i] = nil
-			}
-			fired = fired[:0]
-		}
-	}
-}
+func (r *Router) tickLoop() { r.timers.Run(r.stop, r.onTimer, nil) }
 
 // Shutdown drains: readyz turns false, the listeners close, relayed
 // connections stay until they end or DrainPeriod (bounded by ctx) passes,
@@ -455,30 +431,30 @@ func (r *Router) Shutdown(ctx context.Context) error {
 		return errors.New("already shut down")
 	}
 	for _, l := range r.loops {
-		l.poll.Stop(r.ln.FD)
+		l.ev.Unlisten(r.ln)
+		if r.tlsLn != nil {
+			l.ev.Unlisten(r.tlsLn)
+		}
 	}
 	r.ln.Close()
 	if r.tlsLn != nil {
 		r.tlsLn.Close()
 	}
-	r.log.Info("draining", "sessions", r.sessions.Load(), "tls", r.tlsOpen.Load(), "period", r.cfg.DrainPeriod.String())
+	r.log.Info("draining", "sessions", r.sessions.Load(), "period", r.cfg.DrainPeriod.String())
 	deadline := time.Now().Add(r.cfg.DrainPeriod)
-	for (r.sessions.Load() > 0 || r.tlsOpen.Load() > 0) && time.Now().Before(deadline) && ctx.Err() == nil {
+	for r.sessions.Load() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
-	top := int(r.maxFD.Load()) + 1
 	closed := 0
-	for i := 0; i < top; i++ {
-		if s := r.table[i].Load(); s != nil {
-			s.mu.Lock()
-			if s.state != stClosed {
-				closed++
-			}
-			r.closeLocked(s)
-			s.mu.Unlock()
+	r.table.Range(func(_ int, s *session) bool {
+		s.mu.Lock()
+		if s.state != stClosed {
+			closed++
 		}
-	}
-	r.closeTLS()
+		r.closeLocked(s)
+		s.mu.Unlock()
+		return true
+	})
 	if closed > 0 {
 		r.log.Info("drain period over, closed the remaining connections", "closed", closed)
 	}
@@ -493,7 +469,7 @@ func (r *Router) Shutdown(ctx context.Context) error {
 	r.mu.Unlock()
 	close(r.stop)
 	for _, l := range r.loops {
-		l.poll.Close()
+		l.ev.Close()
 	}
 	r.wg.Wait()
 	r.tlsWG.Wait()

@@ -2,7 +2,6 @@ package router
 
 import (
 	"net/netip"
-	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -81,13 +80,4 @@ func setBuffers(fd, n int) error {
 		return err
 	}
 	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, n)
-}
-
-// rawBuffers is setBuffers for a socket that net creates (the TLS path).
-func rawBuffers(c syscall.RawConn, n int) error {
-	var serr error
-	if err := c.Control(func(fd uintptr) { serr = setBuffers(int(fd), n) }); err != nil {
-		return err
-	}
-	return serr
 }

@@ -7,112 +7,219 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
+	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/pushcluster/push/pkg/httphead"
-	"github.com/pushcluster/push/pkg/proxyproto"
+	"github.com/pushcluster/push/pkg/rawtcp"
 )
 
-// TLS termination is the one path that does not run on the epoll loops:
-// crypto/tls needs a blocking net.Conn, so each TLS connection costs a
-// goroutine pair (one per direction), the tls.Conn's record buffers and two
-// small copy buffers for its whole life — tens of KB where a plaintext
-// relayed connection costs a session struct (the proxy bench reports both).
-// Plaintext keeps the splice path; terminate TLS in front of the router when
-// that cost matters.
+// TLS termination runs on the event loops like plaintext: the TLS listener
+// is accepted from by the same loops, a TLS connection is a session like
+// any other (same descriptor table, same dispatch, same non-blocking
+// connect, same relay state and back-pressure), and an idle one holds no
+// goroutine. What differs:
+//
+//   - The handshake and the request head are read by one goroutine per
+//     connection, bounded by HeadTimeout: crypto/tls cannot resume a
+//     handshake that a read interrupted (Conn.Handshake keeps its first
+//     error), so it gets a blocking socket — a dup of the descriptor on
+//     Go's own poller, closed as soon as the head is read. That goroutine
+//     then dispatches the session as the loop does for plaintext and
+//     ends.
+//   - Once relaying, tls.Conn runs on the loop's goroutine over tlsSock, a
+//     non-blocking net.Conn. A read that would block returns a net.Error
+//     whose Temporary() is true, which crypto/tls passes up without
+//     recording it (conn.go readRecordOrCCS: only non-temporary read
+//     errors stick; the partial record stays in its input buffer), so the
+//     next readiness resumes the record. Write errors always stick
+//     (halfConn.setErrorLocked), so tlsSock.Write never fails for a full
+//     socket: what the socket does not take becomes the session's
+//     in-flight bytes toward the client, exactly like the plaintext relay,
+//     and the edge is not read again until EPOLLOUT drained them.
+//   - Decrypted bytes are written to the edge from the loop's scratch
+//     buffer; there is no splice(2) path (the bytes must pass through user
+//     space to be encrypted or decrypted anyway).
+//
+// What an idle TLS connection costs beyond a plaintext one is its tlsConn
+// and the tls.Conn with its record-layer state and the buffers crypto/tls
+// keeps (docs/decisions.md has the measurement and the floor).
 
-// tlsCopyBuf is each direction's copy buffer: WebSocket frames of the push
-// protocol are small, and a blocked Read holds its buffer.
-const tlsCopyBuf = 4 << 10
+// tlsConn is the TLS side of a session accepted on the TLS listener,
+// found in Router.tlsTab by the client descriptor.
+type tlsConn struct {
+	tc   *tls.Conn
+	sock tlsSock
+	// head is the decrypted request head and whatever followed it,
+	// replayed to the edge once the dial succeeded (nil afterwards).
+	head []byte
+	// hs is set while the handshake goroutine owns tc and sock.f
+	// (guarded by session.mu).
+	hs bool
+	// more is set when a read was cut short by tlsReadRounds: tc may hold
+	// records that no readiness of the socket will report (the loop's
+	// goroutine only).
+	more bool
+}
+
+// tlsReadRounds bounds the tls.Conn reads per event (each returns at most
+// one record, 16 KiB), so one busy client does not starve the others.
+const tlsReadRounds = 8
+
+// tlsSock is the net.Conn under a session's tls.Conn: blocking on a dup of
+// the descriptor (f, with deadlines) while the handshake goroutine owns
+// it, non-blocking on the descriptor itself afterwards.
+type tlsSock struct {
+	fd int
+	f  *os.File // nil once relaying
+	s  *session
+	r  *Router
+}
+
+// errWouldBlock is what tlsSock.Read returns for EAGAIN: temporary, so
+// crypto/tls does not record it.
+var errWouldBlock error = wouldBlock{}
+
+type wouldBlock struct{}
+
+func (wouldBlock) Error() string   { return "tls socket: no input ready" }
+func (wouldBlock) Timeout() bool   { return true }
+func (wouldBlock) Temporary() bool { return true }
+
+func (k *tlsSock) Read(p []byte) (int, error) {
+	if k.f != nil {
+		return k.f.Read(p)
+	}
+	n, err := rawtcp.Read(k.fd, p)
+	switch {
+	case err == nil && n == 0:
+		return 0, io.EOF
+	case err == nil:
+		return n, nil
+	case retry(err):
+		return 0, errWouldBlock
+	}
+	return 0, err
+}
+
+// Write takes all of p: what the socket does not take now is queued as the
+// session's in-flight bytes toward the client (under session.mu, which
+// every caller of the tls.Conn holds once relaying) and written on
+// EPOLLOUT (flushLocked). Bytes already queued go first.
+func (k *tlsSock) Write(p []byte) (int, error) {
+	if k.f != nil {
+		return k.f.Write(p)
+	}
+	s, r := k.s, k.r
+	if f := s.fl[e2c]; f != nil {
+		f.buf = append(f.buf, p...)
+		r.m.inflight.Add(float64(len(p)))
+		return len(p), nil
+	}
+	n, err := rawtcp.Write(k.fd, p)
+	if n < len(p) {
+		if err != nil && !retry(err) {
+			return max(n, 0), err
+		}
+		n = max(n, 0)
+		s.fl[e2c] = &inflight{buf: append([]byte(nil), p[n:]...)}
+		r.m.inflight.Add(float64(len(p) - n))
+	}
+	return len(p), nil
+}
+
+// Close does nothing: the session closes the descriptor.
+func (k *tlsSock) Close() error { return nil }
+
+func (k *tlsSock) LocalAddr() net.Addr {
+	sa, _ := unix.Getsockname(k.fd)
+	return rawtcp.SockaddrToTCP(sa)
+}
+
+func (k *tlsSock) RemoteAddr() net.Addr {
+	sa, _ := unix.Getpeername(k.fd)
+	return rawtcp.SockaddrToTCP(sa)
+}
+
+func (k *tlsSock) SetDeadline(t time.Time) error {
+	if k.f != nil {
+		return k.f.SetDeadline(t)
+	}
+	return nil
+}
+
+func (k *tlsSock) SetReadDeadline(t time.Time) error {
+	if k.f != nil {
+		return k.f.SetReadDeadline(t)
+	}
+	return nil
+}
+
+func (k *tlsSock) SetWriteDeadline(t time.Time) error {
+	if k.f != nil {
+		return k.f.SetWriteDeadline(t)
+	}
+	return nil
+}
 
 var headBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-func reusePortControl(_, _ string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	})
+// tlsOf returns the TLS state of a TLS session that is not closed.
+func (r *Router) tlsOf(s *session) *tlsConn { return r.tlsTab.Load(int(s.cfd)) }
+
+// acceptTLS starts the handshake goroutine of a connection accepted on the
+// TLS listener (on loop l's goroutine).
+func (r *Router) acceptTLS(l *loop, s *session) {
+	fd := int(s.cfd)
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return err
+		r.m.acceptErrors.Inc()
+		r.log.Warn("tls accept: dup", "err", err)
+		unix.Close(fd)
+		return
 	}
-	return serr
+	tl := &tlsConn{hs: true}
+	// The dup shares the socket's O_NONBLOCK, so os.NewFile puts it on
+	// Go's poller: reads and writes park the goroutine, with deadlines.
+	tl.sock = tlsSock{fd: fd, f: os.NewFile(uintptr(d), "tls"), s: s, r: r}
+	tl.tc = tls.Server(&tl.sock, r.cfg.TLS)
+	s.tls = true
+	r.tlsTab.Store(fd, tl)
+	r.table.Store(fd, s)
+	r.sessions.Add(1)
+	r.tlsWG.Add(1)
+	r.hsRunning.Add(1)
+	go func() {
+		defer r.tlsWG.Done()
+		defer r.hsRunning.Add(-1)
+		r.tlsHandshake(l, s, tl)
+	}()
 }
 
-type tlsConns struct {
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-}
+// handshakes returns the number of TLS handshake goroutines running.
+func (r *Router) handshakes() int64 { return r.hsRunning.Load() }
 
-func (r *Router) trackTLS(c net.Conn, add bool) {
-	r.tls.mu.Lock()
-	defer r.tls.mu.Unlock()
-	if r.tls.conns == nil {
-		r.tls.conns = map[net.Conn]struct{}{}
-	}
-	if add {
-		r.tls.conns[c] = struct{}{}
-	} else {
-		delete(r.tls.conns, c)
-	}
-}
-
-func (r *Router) closeTLS() {
-	r.tls.mu.Lock()
-	defer r.tls.mu.Unlock()
-	for c := range r.tls.conns {
-		c.Close()
-	}
-}
-
-func (r *Router) serveTLS() {
-	for {
-		c, err := r.tlsLn.Accept()
-		if err != nil {
-			if r.draining.Load() || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			r.m.acceptErrors.Inc()
-			r.log.Warn("tls accept", "err", err)
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
-		r.m.accepted.Inc()
-		r.tlsWG.Add(1)
-		go func() { defer r.tlsWG.Done(); r.serveTLSConn(c) }()
-	}
-}
-
-func (r *Router) tlsReject(c net.Conn, label string, e *httphead.Error) {
-	r.m.rejected.WithLabelValues(label).Inc()
-	c.Write(e.Append(nil))
-}
-
-func (r *Router) serveTLSConn(raw net.Conn) {
-	r.trackTLS(raw, true)
-	defer r.trackTLS(raw, false)
-	defer raw.Close()
-	raw.SetDeadline(time.Now().Add(r.cfg.HeadTimeout))
-	tc := tls.Server(raw, r.cfg.TLS)
+// tlsHandshake runs the handshake, reads the request head (both within
+// HeadTimeout of the accept, like a plaintext head), answers a head it
+// refuses, and otherwise hands the session to dispatch and the loops.
+func (r *Router) tlsHandshake(l *loop, s *session, tl *tlsConn) {
+	f := tl.sock.f
+	defer f.Close()
+	f.SetDeadline(time.Now().Add(r.cfg.HeadTimeout))
+	tc := tl.tc
 	bp := headBufs.Get().(*[]byte)
+	defer headBufs.Put(bp)
 	if cap(*bp) < r.cfg.MaxHeadBytes {
 		*bp = make([]byte, r.cfg.MaxHeadBytes)
 	}
 	b := (*bp)[:r.cfg.MaxHeadBytes]
-	pooled := true
-	defer func() {
-		if pooled {
-			headBufs.Put(bp)
-		}
-	}()
 	n, end := 0, -1
 	for end < 0 {
 		if n == len(b) {
-			r.tlsReject(tc, rejTooLarge, refusal(http.StatusRequestHeaderFieldsTooLarge, rejTooLarge))
+			r.tlsRefuse(s, tl, rejTooLarge, refusal(http.StatusRequestHeaderFieldsTooLarge, rejTooLarge))
 			return
 		}
 		m, err := tc.Read(b[n:])
@@ -126,119 +233,162 @@ func (r *Router) serveTLSConn(raw net.Conn) {
 			} else {
 				r.m.rejected.WithLabelValues(rejEOF).Inc()
 			}
+			r.tlsEnd(s, tl)
 			return
 		}
 	}
 	var req httphead.Request
 	key, label, refuse := r.extractKey(b[:end+4], &req)
 	if refuse != nil {
-		r.tlsReject(tc, label, refuse)
+		r.tlsRefuse(s, tl, label, refuse)
 		return
 	}
 	if r.draining.Load() {
-		r.tlsReject(tc, rejDraining, refusal(http.StatusServiceUnavailable, rejDraining))
+		r.tlsRefuse(s, tl, rejDraining, refusal(http.StatusServiceUnavailable, rejDraining))
 		return
 	}
-	ec, m, reason := r.dialTLSBackend(key)
-	if ec == nil {
-		r.tlsReject(tc, reason, refusal(http.StatusServiceUnavailable, reason))
-		return
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == stClosed {
+		return // a drain closed it meanwhile
 	}
-	r.trackTLS(ec, true)
-	defer r.trackTLS(ec, false)
-	defer ec.Close()
-	var pre []byte
-	if r.cfg.SendProxyV2 {
-		src, _ := netip.ParseAddrPort(raw.RemoteAddr().String())
-		dst, _ := netip.ParseAddrPort(raw.LocalAddr().String())
-		pre = proxyproto.AppendV2(pre, src, dst)
-	}
-	// The head was consumed from the TLS stream, so it is replayed here,
-	// with whatever the client sent after it.
-	if _, err := ec.Write(append(pre, b[:n]...)); err != nil {
-		return
-	}
-	pooled = false // the head buffer goes back now, not after the relay
-	headBufs.Put(bp)
-	raw.SetDeadline(time.Time{})
-	m.routed.Inc()
-	r.m.tlsActive.Inc()
-	r.tlsOpen.Add(1)
-	defer func() { r.m.tlsActive.Dec(); r.tlsOpen.Add(-1) }()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		copyHalf(tc, ec, r, e2c)
-		tc.CloseWrite()
-		if t, ok := raw.(*net.TCPConn); ok {
-			t.CloseWrite()
-		}
-	}()
-	copyHalf(ec, tc, r, c2e)
-	ec.(*net.TCPConn).CloseWrite()
-	<-done
+	// From here on the loops own tc, through the non-blocking socket.
+	tl.hs, tl.sock.f = false, nil
+	tl.head = append([]byte(nil), b[:n]...)
+	s.su().key = string(key)
+	r.dialNextLocked(l, s)
 }
 
-// copyHalf copies src to dst until EOF or an error, with a small buffer
-// (io.Copy would pick a 32 KiB one, or none at all through ReadFrom, and
-// keep it for the connection's life).
-func copyHalf(dst io.Writer, src io.Reader, r *Router, d int) {
-	buf := make([]byte, tlsCopyBuf)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			r.count(d, n)
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
+// tlsRefuse answers a refused head on the handshake goroutine (blocking,
+// within the head deadline) and closes.
+func (r *Router) tlsRefuse(s *session, tl *tlsConn, label string, e *httphead.Error) {
+	r.m.rejected.WithLabelValues(label).Inc()
+	tl.tc.Write(e.Append(nil))
+	tl.tc.CloseWrite()
+	r.tlsEnd(s, tl)
+}
+
+// tlsEnd closes a session whose handshake goroutine is done with it (the
+// goroutine closes the dup afterwards, which releases the socket).
+func (r *Router) tlsEnd(s *session, tl *tlsConn) {
+	s.mu.Lock()
+	tl.hs, tl.sock.f = false, nil
+	r.closeLocked(s)
+	s.mu.Unlock()
+}
+
+// tlsRejectLocked answers a TLS session that dispatch refused (503) and
+// closes it; the tls.Conn is non-blocking by then, so the answer is sent
+// as far as the socket takes it at once, like the plaintext refusal.
+func (r *Router) tlsRejectLocked(s *session, resp []byte) {
+	if tl := r.tlsOf(s); tl != nil && !tl.hs {
+		tl.tc.Write(resp)
+		tl.tc.CloseWrite()
+		if s.fl[e2c] == nil {
+			unix.Shutdown(int(s.cfd), unix.SHUT_WR)
 		}
-		if err != nil {
+	}
+	r.closeLocked(s)
+}
+
+// replayHeadLocked writes the decrypted head to the edge once connected
+// (after the PROXY header, if any); what the edge socket does not take is
+// in flight like any relayed bytes.
+func (r *Router) replayHeadLocked(s *session) {
+	tl := r.tlsOf(s)
+	h := tl.head
+	tl.head = nil
+	r.count(c2e, len(h))
+	n, err := rawtcp.Write(int(s.efd), h)
+	if n < len(h) {
+		if err != nil && !retry(err) {
+			r.closeLocked(s)
 			return
 		}
+		n = max(n, 0)
+		s.fl[c2e] = &inflight{buf: h[n:]}
+		r.m.inflight.Add(float64(len(h) - n))
 	}
 }
 
-// dialTLSBackend connects to the owner of key through dispatch, the owner
-// choice and dial policy of the plaintext path, with blocking dials: the
-// connection and its member, or nil and the rejection reason.
-func (r *Router) dialTLSBackend(key []byte) (net.Conn, *member, string) {
-	var (
-		a  attempts
-		ec net.Conn
-		em *member
-	)
-	reason := r.dispatch(string(key), &a, func(m *member, to netip.AddrPort, src netip.Addr) (int, error) {
-		d := net.Dialer{Timeout: r.cfg.ConnectTimeout, KeepAlive: -1}
-		if r.cfg.KeepAlive > 0 {
-			d.KeepAlive = r.cfg.KeepAlive
-		}
-		if src.IsValid() {
-			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-		}
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			if src.IsValid() {
-				c.Control(func(fd uintptr) {
-					unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
-				})
-			}
-			return rawBuffers(c, r.cfg.RelayBuffer)
-		}
-		start := time.Now()
-		c, err := d.Dial("tcp", to.String())
-		switch {
-		case err == nil:
-			r.m.dial.Observe(time.Since(start).Seconds())
-			ec, em = c, m
-			return dialOK, nil
-		case noPort(err):
-			return dialNoPort, err
-		case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE):
-			return dialLocal, err
-		}
-		return dialFailed, err
-	})
-	if reason != "" {
-		return nil, nil, reason
+// closeTLSLocked drops a closing session's TLS state; a handshake still
+// running is woken (its deadline set in the past) and ends by itself.
+func (r *Router) closeTLSLocked(s *session) {
+	tl := r.tlsOf(s)
+	if tl == nil {
+		return
 	}
-	return ec, em, ""
+	if tl.hs {
+		tl.sock.f.SetDeadline(time.Unix(1, 0))
+	}
+	tl.head = nil
+	r.tlsTab.Clear(int(s.cfd), tl)
+}
+
+// tlsInLocked moves client → edge: decrypts what the client sent (records
+// already buffered in the tls.Conn first) into the loop's scratch buffer
+// and writes it to the edge.
+func (l *loop) tlsInLocked(s *session) {
+	r := l.r
+	tl := r.tlsOf(s)
+	tl.more = false
+	n := 0
+	var err error
+	for i := 0; i < tlsReadRounds && n < copyMax; i++ {
+		var m int
+		m, err = tl.tc.Read(l.buf[n:copyMax])
+		n += m
+		if err != nil {
+			break
+		}
+	}
+	if err == nil {
+		tl.more = true
+	}
+	if n > 0 {
+		r.count(c2e, n)
+		w, werr := rawtcp.Write(int(s.efd), l.buf[:n])
+		if w < n {
+			if werr != nil && !retry(werr) {
+				r.closeLocked(s)
+				return
+			}
+			w = max(w, 0)
+			s.fl[c2e] = &inflight{buf: append([]byte(nil), l.buf[w:n]...)}
+			r.m.inflight.Add(float64(n - w))
+		}
+	}
+	switch {
+	case err == nil || err == errWouldBlock:
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		// A close_notify or a FIN. The error sticks in the tls.Conn, so
+		// with bytes still in flight the read after their flush ends the
+		// direction.
+		if s.fl[c2e] == nil {
+			r.endLocked(s, c2e)
+		}
+	default:
+		r.closeLocked(s) // a bad record, an alert, a reset
+	}
+}
+
+// tlsOutLocked moves edge → client: one read of the edge socket, encrypted
+// into records that tlsSock writes or keeps in flight.
+func (l *loop) tlsOutLocked(s *session) {
+	r := l.r
+	n, err := rawtcp.Read(int(s.efd), l.buf[:copyMax])
+	if n == 0 && err == nil {
+		r.endLocked(s, e2c)
+		return
+	}
+	if err != nil {
+		if !retry(err) {
+			r.closeLocked(s)
+		}
+		return
+	}
+	r.count(e2c, n)
+	if _, err := r.tlsOf(s).tc.Write(l.buf[:n]); err != nil {
+		r.closeLocked(s)
+	}
 }

@@ -32,6 +32,7 @@ var scenarios = []struct {
 	{"netpoll", "fds per connection and OS threads under pinging clients: easygo netpoll vs the project's poller", runNetpoll},
 	{"proxy", "router vs HAProxy in front of the same edges: bytes and fds per idle connection, CPU per upgrade and message, added latency", runProxy},
 	{"resize", "the zero-loss resize test at bench scale: users moved vs predicted, lost, duplicated, migration time", runResize},
+	{"tls", "TLS termination, router vs HAProxy in front of the same edge: bytes per idle TLS connection (Go heap and RSS), CPU per new connection and per message", runTLS},
 	{"ring", "ring placement in-process, bounded vs haproxy: balance, users moved per change, lookup ns/op, build time", runRing},
 }
 
