@@ -2,7 +2,7 @@
 # Runs benchmark scenarios: scripts/bench.sh [SCENARIO|all] [N].
 # Results go to bench/results/<date>-<scenario>.{json,md} and charts to
 # bench/results/<date>-<scenario>-<chart>.png. "all" runs the standard set
-# (about 12 minutes on 2 cores); N, when given, is passed as --n to each.
+# (about 14 minutes on 2 cores); N, when given, is passed as --n to each.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scenario="${1:-all}"
@@ -23,7 +23,7 @@ case "$scenario" in
   all)
     # The standard set. conns runs at its default 50,000; 200,000 with
     # `make bench SCENARIO=conns N=200000`.
-    for s in edge unicast fanout netpoll proxy backpressure compress ring migrate baseline storm resize conns; do
+    for s in edge unicast fanout netpoll proxy tls backpressure compress ring migrate baseline storm resize conns; do
       run "$s"
     done
     ;;

@@ -6,8 +6,9 @@
 // A failed dial goes to the view's next owner (view.OwnerExcept); the
 // health check is for operators and does not route (see Router).
 //
-// Like the edge, connections are raw non-blocking descriptors on epoll loops
-// (package poller); every loop also accepts (EPOLLEXCLUSIVE, TCP_DEFER_ACCEPT).
+// Like the edge, connections are raw non-blocking descriptors on the event
+// loops of package evloop; every loop also accepts (EPOLLEXCLUSIVE,
+// TCP_DEFER_ACCEPT).
 // An idle relayed connection owns a session struct and its two descriptors:
 // no goroutine, no buffer and no pipe. Bytes move when a side is readable,
 // through the loop's scratch buffer for small reads and a pooled pipe with
@@ -15,12 +16,14 @@
 // (the pipe, or a right-sized copy) and the source is not read again until
 // EPOLLOUT drains it.
 //
-// TLS termination is the exception: crypto/tls runs on a goroutine pair per
-// connection (see tls.go for the cost).
+// TLS connections take the same path: one goroutine per connection only for
+// the handshake and the request head, then the same dispatch and relay on
+// the loops, with crypto/tls over a non-blocking socket (tls.go); an idle
+// TLS connection holds no goroutine either.
 //
-// Lock order: session.mu, then Router.wheelMu, then pipePool.mu. Router.mu
-// (view swaps, health checkers) and the TLS connection set's mutex are
-// never held together with those. The routing table is an atomic snapshot
+// Lock order: session.mu, then the timers' lock (evloop.Timers), then
+// pipePool.mu. Router.mu (view swaps, health checkers) is never held
+// together with those. The routing table is an atomic snapshot
 // read without a lock; health state is an atomic per member.
 package router
 
@@ -82,8 +85,9 @@ type Config struct {
 	// send queue, at most one in-flight transfer (a 64 KiB pipe or copy)
 	// and the edge socket's receive queue. Beyond that the edge's own
 	// socket fills and its slow-consumer rule (1008) applies as to a
-	// direct client. The TLS path's sockets get the same sizes (its
-	// goroutines' copy buffers are 4 KiB). The kernel doubles the value
+	// direct client. The TLS path's sockets get the same sizes (what it
+	// holds in flight is ciphertext of at most one read). The kernel
+	// doubles the value
 	// for its bookkeeping.
 	// Default 32 KiB; -1 leaves the kernel's autotuning (up to
 	// net.ipv4.tcp_wmem/tcp_rmem, megabytes per socket).
@@ -122,7 +126,8 @@ type Config struct {
 	// HAProxy's servers.
 	Rise, Fall int
 	// TLSListen, with TLS, serves TLS-terminated connections on a second
-	// listener through crypto/tls (two goroutines per connection).
+	// listener through crypto/tls, on the same loops (a goroutine per
+	// connection only during its handshake and head, within HeadTimeout).
 	TLSListen string
 	TLS       *tls.Config
 	// DrainPeriod bounds how long Shutdown keeps relayed connections

@@ -50,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "push_router_rejected_total", Help: "Connections refused before the relay, by reason."}, []string{"reason"}),
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "push_router_connections", Help: "Relayed (spliced) connections open now."}),
+			Name: "push_router_connections", Help: "Relayed connections open now, TLS-terminated ones included (push_router_tls_connections counts those)."}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "push_router_bytes_total", Help: "Bytes relayed, by direction."}, []string{"direction"}),
 		dial: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -81,7 +81,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "push_router_inflight_bytes", Help: "Bytes read from one side and not yet taken by the other (pipes and copies held while a destination is full), over all connections."}),
 		tlsActive: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "push_router_tls_connections", Help: "TLS-terminated connections relayed now."}),
+			Name: "push_router_tls_connections", Help: "TLS-terminated connections relayed now (also counted in push_router_connections)."}),
 	}
 	m.bytesC2E = m.bytes.WithLabelValues("client_to_edge")
 	m.bytesE2C = m.bytes.WithLabelValues("edge_to_client")

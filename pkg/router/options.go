@@ -59,7 +59,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.CheckTimeout, "check-timeout", d.CheckTimeout, "one health check's time limit (at most --check-interval)")
 	fs.IntVar(&c.Rise, "rise", d.Rise, "consecutive passed checks that report a down edge up (--check)")
 	fs.IntVar(&c.Fall, "fall", d.Fall, "consecutive failed checks that report an up edge down (--check)")
-	fs.StringVar(&c.TLSListen, "tls-listen", "", "TLS address (needs --tls-cert and --tls-key; goroutines per connection)")
+	fs.StringVar(&c.TLSListen, "tls-listen", "", "TLS address (needs --tls-cert and --tls-key; a goroutine per connection during its handshake only)")
 	fs.StringVar(&o.TLSCert, "tls-cert", "", "PEM certificate chain for --tls-listen")
 	fs.StringVar(&o.TLSKey, "tls-key", "", "PEM private key for --tls-listen")
 	fs.DurationVar(&c.DrainPeriod, "drain-period", d.DrainPeriod, "on SIGTERM, keep relayed connections this long at most")

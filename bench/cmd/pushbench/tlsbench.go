@@ -53,11 +53,19 @@ func runTLS(args []string) error {
 	sources := fs.String("sources", "127.0.0.2-127.0.0.41", "client source addresses")
 	msgRate := fs.Int("msg-rate", 2000, "publishes per second in the message phase")
 	msgDur := fs.Duration("msg-duration", 5*time.Second, "message phase length")
+	curves := fs.String("client-curves", "default", "key exchanges the clients offer: default (Go's: X25519MLKEM768 and X25519 key shares in the ClientHello, as current Chrome and Firefox send) or x25519 (a ClientHello of ~250 B)")
 	out := fs.String("out", "bench/results", "results directory")
 	flagenv.SetUsage(fs, "PUSHBENCH", "pushbench tls [flags]",
-		"Terminates TLS with the router (its TLS listener) and with HAProxy (bind ... ssl, mode http, balance url_param uid) in turn in front of the same edge, with the same crypto/tls clients (X25519, ECDSA P-256 certificate, TLS 1.3, no resumption): bytes per idle TLS connection, CPU per new connection and per message.")
+		"Terminates TLS with the router (its TLS listener) and with HAProxy (bind ... ssl, mode http, balance url_param uid) in turn in front of the same edge, with the same crypto/tls clients (ECDSA P-256 certificate, TLS 1.3, full handshakes): bytes per idle TLS connection, CPU per new connection and per message.")
 	if _, err := flagenv.Parse(fs, "PUSHBENCH", args, nil); err != nil {
 		return err
+	}
+	switch *curves {
+	case "default":
+	case "x25519":
+		tlsCurves = []tls.CurveID{tls.X25519}
+	default:
+		return fmt.Errorf("--client-curves %q: want default or x25519", *curves)
 	}
 	if *n <= *base || *base < 1 || *n > 9000 {
 		return fmt.Errorf("need 1 <= --base < --n <= 9000 (two descriptors per connection in each proxy)")
@@ -97,7 +105,7 @@ func runTLS(args []string) error {
 	if err != nil {
 		return err
 	}
-	r := report.New("tls", map[string]any{"n": *n, "base": *base, "msg_rate": *msgRate, "msg_duration": msgDur.String()})
+	r := report.New("tls", map[string]any{"n": *n, "base": *base, "msg_rate": *msgRate, "msg_duration": msgDur.String(), "client_curves": *curves})
 
 	measure := func(name, target string, pid int, metricsURL, gcURL, prefix string) (tlsPhase, error) {
 		var ph tlsPhase
@@ -247,11 +255,16 @@ func runTLS(args []string) error {
 	return nil
 }
 
+// tlsCurves is what the clients offer (nil: Go's default).
+var tlsCurves []tls.CurveID
+
 // tlsBenchConfig is the clients' TLS: full handshakes (no session cache),
-// TLS 1.3 with X25519 only, which both terminators support (HAProxy 2.6's
-// OpenSSL has no ML-KEM; Go would otherwise pick X25519MLKEM768).
+// TLS 1.3. With Go's default curves the ClientHello carries an
+// X25519MLKEM768 key share (~1.2 KB) beside X25519's: the router
+// (crypto/tls) picks X25519MLKEM768, HAProxy 2.6 (OpenSSL 3.0, no ML-KEM)
+// X25519.
 func tlsBenchConfig() *tls.Config {
-	return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, CurvePreferences: []tls.CurveID{tls.X25519}}
+	return &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, CurvePreferences: tlsCurves}
 }
 
 // tlsUpgrade opens a WebSocket for uid over TLS to target and reads the 101.
@@ -356,7 +369,7 @@ func startHAProxyTLS(bin, dir, certPath, keyPath string, doc *ring.Document) (*e
 		return nil, err
 	}
 	cfg := fmt.Sprintf(`global
-    maxconn 19000
+    maxconn 9000
     ssl-default-bind-options ssl-min-ver TLSv1.3
 defaults
     mode http
