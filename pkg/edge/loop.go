@@ -177,13 +177,13 @@ func (l *loop) feedLocked(c *conn, data []byte, now int64) int {
 // applyLocked acts on one step of the machine fed by readLocked: the
 // frames it counted, the bytes it asks to write (pongs, a close frame),
 // and its event.
-func (l *loop) applyLocked(c *conn, st wire.Step) {
+func (l *loop) applyLocked(c *conn, st *wire.Step) {
 	s := l.s
 	if st.Frames > 0 {
 		s.m.msgsIn.Add(float64(st.Frames))
 	}
 	if st.Event == wire.EventClosing {
-		s.closingLocked(c, st)
+		s.closingLocked(c, *st)
 		return
 	}
 	if len(st.Write) > 0 && c.state == stOpen {

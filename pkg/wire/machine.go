@@ -3,7 +3,8 @@
 // etcd's raft): the event loop feeds it the bytes it read (Protocol.Feed),
 // the end of the client's stream (Machine.ReadEOF) and its deadlines
 // (Machine.Tick), and gets back a Step: the bytes to write, at most one
-// event for the server to act on, and the next deadline. The server keeps
+// event for the server to act on, and the next deadline (Feed's Step is
+// the Protocol's own, reused on every read). The server keeps
 // everything that is not the protocol (registry, mailbox, ownership, the
 // socket and its write queue) and answers the events: a request head is
 // admitted (Machine.Accept) or refused, a client's text message is read, a

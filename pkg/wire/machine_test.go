@@ -59,7 +59,7 @@ func (r *run) feed(t testing.TB, data []byte, chunk int) {
 				t.Fatalf("used %d of %d", st.Used, len(buf)-used)
 			}
 			used += st.Used
-			r.apply(st)
+			r.apply(*st)
 			if st.Event == EventNone {
 				break
 			}

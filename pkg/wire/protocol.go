@@ -19,6 +19,7 @@ import (
 // buffer. One Protocol per event loop; not safe for concurrent use.
 type Protocol struct {
 	cfg Config
+	st  Step   // what Feed returns
 	out []byte // Step.Write of Feed
 	// Inflating compressed client messages, made on first use.
 	inf  io.ReadCloser
@@ -37,24 +38,31 @@ func (p *Protocol) Config() *Config { return &p.cfg }
 // more or until an event the server must act on, and reports how much it
 // used; the caller acts on the event and feeds the rest again, or keeps
 // it (Keep) when Event is None. in may be modified (client frames are
-// unmasked in place).
+// unmasked in place). The Step is the Protocol's own, valid (like the
+// slices in it) until the next Feed: no copy of it on the per-read path.
 //
 // Awaiting the head, it reads a PROXY header (Config.AcceptProxy) and
 // then a request head, up to MaxHeaderBytes (Head, or Refused with 400 or
 // 431). An open WebSocket reads frames (readFrames); an SSE or long-poll
 // client has nothing more to say, so its input is dropped.
-func (p *Protocol) Feed(m *Machine, in []byte, now int64) Step {
+func (p *Protocol) Feed(m *Machine, in []byte, now int64) *Step {
 	p.out = p.out[:0]
+	st := &p.st
 	switch m.phase {
 	case AwaitingHead:
-		return p.head(m, in)
+		*st = p.head(m, in)
 	case Open, Closing:
 		if m.kind == WebSocket {
 			m.lastSeen = now
-			return p.readFrames(m, in, now)
+			*st = Step{}
+			p.readFrames(m, in, now, st)
+			break
 		}
+		fallthrough
+	default:
+		*st = Step{Used: len(in)}
 	}
-	return Step{Used: len(in)}
+	return st
 }
 
 var headEnd = []byte("\r\n\r\n")
@@ -114,8 +122,8 @@ const rsv1 = 0x40
 // client's close arrives or at CloseTimeout, so it costs bounded time.
 //
 // Pongs to pings collect in Write; the first event ends the call.
-func (p *Protocol) readFrames(m *Machine, data []byte, now int64) Step {
-	used, frames := 0, 0
+func (p *Protocol) readFrames(m *Machine, data []byte, now int64, st *Step) {
+	used := 0
 	if m.x != nil && m.x.skip > 0 {
 		n := min(uint64(len(data)), m.x.skip)
 		m.x.skip -= n
@@ -134,12 +142,14 @@ func (p *Protocol) readFrames(m *Machine, data []byte, now int64) Step {
 		switch length {
 		case 126:
 			if len(d) < 4 {
-				return p.step(used, frames)
+				p.done(st, used)
+				return
 			}
 			length, hl = uint64(binary.BigEndian.Uint16(d[2:])), 4
 		case 127:
 			if len(d) < 10 {
-				return p.step(used, frames)
+				p.done(st, used)
+				return
 			}
 			length, hl = binary.BigEndian.Uint64(d[2:]), 10
 		}
@@ -149,7 +159,6 @@ func (p *Protocol) readFrames(m *Machine, data []byte, now int64) Step {
 		if len(d) < hl {
 			break
 		}
-		var st Step
 		discard := false
 		if m.phase == Closing {
 			// Waiting for the client's close: anything else is skipped.
@@ -159,7 +168,9 @@ func (p *Protocol) readFrames(m *Machine, data []byte, now int64) Step {
 			if msg == errTooBig {
 				code = CloseTooBig
 			}
-			st = m.Close(&p.cfg, code, msg, now)
+			frames := st.Frames
+			*st = m.Close(&p.cfg, code, msg, now)
+			st.Frames = frames
 			discard = true
 		}
 		if discard {
@@ -174,7 +185,8 @@ func (p *Protocol) readFrames(m *Machine, data []byte, now int64) Step {
 				used = len(data)
 			}
 			if st.Event != EventNone {
-				return p.merge(st, used, frames)
+				p.done(st, used)
+				return
 			}
 			continue
 		}
@@ -184,32 +196,28 @@ func (p *Protocol) readFrames(m *Machine, data []byte, now int64) Step {
 		payload := d[hl : hl+int(length)]
 		ws.Cipher(payload, [4]byte(d[hl-4:hl]), 0)
 		used += hl + int(length)
-		frames++
-		if st := p.onFrame(m, fin, rsv&rsv1 != 0, op, payload, now); st.Event != EventNone {
-			return p.merge(st, used, frames)
+		st.Frames++
+		if p.onFrame(m, fin, rsv&rsv1 != 0, op, payload, now, st) {
+			p.done(st, used)
+			return
 		}
 	}
 	if m.phase != Open && m.phase != Closing {
 		used = len(data)
 	}
-	return p.step(used, frames)
+	p.done(st, used)
 }
 
-// step is a Step without an event: what was used and the pongs collected.
-func (p *Protocol) step(used, frames int) Step {
-	return Step{Used: used, Frames: frames, Write: p.out}
-}
-
-// merge puts the pongs collected so far in front of st's own bytes.
-func (p *Protocol) merge(st Step, used, frames int) Step {
-	st.Used, st.Frames = used, frames
+// done completes readFrames' step: what was used, and the pongs collected
+// so far in front of the step's own bytes.
+func (p *Protocol) done(st *Step, used int) {
+	st.Used = used
 	if len(p.out) > 0 {
 		if len(st.Write) > 0 {
 			p.out = append(p.out, st.Write...)
 		}
 		st.Write = p.out
 	}
-	return st
 }
 
 // checkHeader applies RFC 6455's rules to a frame header; it returns the
@@ -255,63 +263,80 @@ func (p *Protocol) checkHeader(m *Machine, fin bool, rsv byte, op ws.OpCode, mas
 }
 
 // onFrame acts on one complete, unmasked client frame; compressed: its
-// RSV1 bit (the first frame of a compressed message, see checkHeader).
-func (p *Protocol) onFrame(m *Machine, fin, compressed bool, op ws.OpCode, pl []byte, now int64) Step {
+// RSV1 bit (the first frame of a compressed message, see checkHeader). It
+// reports whether the frame made an event, which it puts in st (keeping
+// st.Frames).
+func (p *Protocol) onFrame(m *Machine, fin, compressed bool, op ws.OpCode, pl []byte, now int64, st *Step) bool {
+	var ev Step
 	switch op {
 	case ws.OpPing:
 		if m.phase == Open {
 			p.out = AppendFrame(p.out, ws.OpPong, pl)
 		}
+		return false
 	case ws.OpPong:
-		// The read already moved lastSeen; that is all a pong is for.
+		return false // the read already moved lastSeen; that is all a pong is for
 	case ws.OpClose:
-		return p.onClose(m, pl, now)
+		ev = p.onClose(m, pl, now)
 	case ws.OpText, ws.OpBinary, ws.OpContinuation:
 		if m.phase != Open {
-			return Step{}
+			return false
 		}
 		text := op == ws.OpText || (op == ws.OpContinuation && m.x.fragText)
-		if op != ws.OpContinuation {
-			if fin {
-				if compressed {
-					return p.inflated(m, text, pl, now)
-				}
-				if text && !utf8.Valid(pl) {
-					return m.Close(&p.cfg, CloseInvalidData, "invalid UTF-8", now)
-				}
-				if text {
-					return Step{Event: EventText, Payload: pl}
-				}
-				return Step{}
+		if op != ws.OpContinuation && fin {
+			switch {
+			case compressed:
+				ev = p.inflated(m, text, pl, now)
+			case text && !utf8.Valid(pl):
+				ev = m.Close(&p.cfg, CloseInvalidData, "invalid UTF-8", now)
+			case text:
+				st.Event, st.Payload = EventText, pl
+				return true
+			default:
+				return false
 			}
-			x := m.rs()
-			x.frag, x.fragText, x.fragLen, x.fragZ = true, text, 0, compressed
+			break
 		}
-		x := m.x
-		x.fragLen += len(pl)
-		if x.fragZ {
-			// Compressed fragments are kept (within MaxMessageBytes, as
-			// checkHeader enforces on their total) and inflated whole.
-			x.zbuf = append(x.zbuf, pl...)
-			if fin {
-				z := x.zbuf
-				x.frag, x.fragZ, x.zbuf = false, false, nil
-				return p.inflated(m, x.fragText, z, now)
-			}
-			return Step{}
-		}
-		if text {
-			carry, ok := utf8Tail(x.carry, pl, fin)
-			if !ok {
-				return m.Close(&p.cfg, CloseInvalidData, "invalid UTF-8", now)
-			}
-			x.carry = carry
-		}
+		ev = p.fragment(m, op, fin, compressed, text, pl, now)
+	}
+	if ev.Event == EventNone {
+		return false
+	}
+	ev.Frames = st.Frames
+	*st = ev
+	return true
+}
+
+// fragment takes one frame of a fragmented message: compressed fragments
+// are kept (within MaxMessageBytes, as checkHeader enforces on their
+// total) and inflated whole; a fragmented text message is validated as it
+// arrives (UTF-8 carried across fragments) but not read, since a token
+// renewal fits one frame.
+func (p *Protocol) fragment(m *Machine, op ws.OpCode, fin, compressed, text bool, pl []byte, now int64) Step {
+	if op != ws.OpContinuation {
+		x := m.rs()
+		x.frag, x.fragText, x.fragLen, x.fragZ = true, text, 0, compressed
+	}
+	x := m.x
+	x.fragLen += len(pl)
+	if x.fragZ {
+		x.zbuf = append(x.zbuf, pl...)
 		if fin {
-			// A fragmented text message is not read (a token renewal
-			// fits one frame), only validated.
-			x.frag, x.carry = false, nil
+			z := x.zbuf
+			x.frag, x.fragZ, x.zbuf = false, false, nil
+			return p.inflated(m, x.fragText, z, now)
 		}
+		return Step{}
+	}
+	if text {
+		carry, ok := utf8Tail(x.carry, pl, fin)
+		if !ok {
+			return m.Close(&p.cfg, CloseInvalidData, "invalid UTF-8", now)
+		}
+		x.carry = carry
+	}
+	if fin {
+		x.frag, x.carry = false, nil
 	}
 	return Step{}
 }
