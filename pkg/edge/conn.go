@@ -206,7 +206,7 @@ func (s *Server) closingLocked(c *conn, st wire.Step) {
 	if !s.writeLocked(c, st.Write, nil) {
 		return // closed as a slow consumer meanwhile
 	}
-	c.state = stClosing
+	c.state = c.m.Phase() // stClosing
 	if c.out == nil {
 		shutdownWrite(c)
 	} else {

@@ -238,7 +238,7 @@ func (h *handshake) upgradeLocked(c *conn, rq *request) {
 	s := h.s
 	now := time.Now()
 	st := c.m.Accept(&s.wire, wire.WebSocket, rq.deflate != nil, now.UnixNano())
-	c.state = stOpen
+	c.state = c.m.Phase() // stOpen
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)

@@ -197,7 +197,7 @@ func (s *Server) streamRequest(c *conn, rq *request) {
 	now := time.Now()
 	c.kind = rq.kind
 	st := c.m.Accept(&s.wire, wire.Transport(rq.kind), false, now.UnixNano())
-	c.state = stOpen
+	c.state = c.m.Phase() // stOpen
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 var testCfg = Config{
@@ -365,5 +366,22 @@ func TestCloseByServer(t *testing.T) {
 	}
 	if b := CloseFrame(1000, strings.Repeat("é", 100)); len(b) > 127 || closeCode(b) != 1000 {
 		t.Fatalf("long reason: %d bytes", len(b))
+	}
+}
+
+// A connection pays for its Machine while idle: three bytes of phase,
+// transport and flags, lastSeen, and one pointer (nil while idle).
+func TestMachineSize(t *testing.T) {
+	if got := unsafe.Sizeof(Machine{}); got != 24 {
+		t.Fatalf("Machine is %d bytes, want 24", got)
+	}
+	r := newRun(testCfg, WebSocket, true)
+	r.feed(t, append(masked(0x89, nil), masked(0x01, []byte("a"))[:3]...), 100)
+	if r.m.x == nil {
+		t.Fatal("a partial frame left no state")
+	}
+	r.feed(t, append(masked(0x01, []byte("a"))[3:], masked(0x80, []byte("b"))...), 100)
+	if r.m.x != nil {
+		t.Fatalf("state kept once the message is whole: %+v", r.m.x)
 	}
 }
