@@ -54,6 +54,7 @@ FUZZ_TARGETS := \
 	pkg/httphead:FuzzParse \
 	pkg/edge:FuzzRequest \
 	pkg/edge:FuzzFrameReader \
+	pkg/wire:FuzzMachine \
 	pkg/router:FuzzExtractKey \
 	pkg/proxyproto:FuzzParse \
 	pkg/ring:FuzzParseDocument \

@@ -1,30 +1,34 @@
 package edge
 
 import (
-	"net/netip"
 	"sync"
 	"time"
 
-	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
 	"github.com/pushcluster/push/pkg/wheel"
+	"github.com/pushcluster/push/pkg/wire"
 )
 
-type connState uint8
+// connState is the edge's view of a connection: the protocol machine's
+// phase (wire.Phase), copied into the conn after each transition the edge
+// applies, with stClosed once the descriptor is closed. The write path,
+// the registry and the moves read it under mu.
+type connState = wire.Phase
 
 const (
-	stHandshake connState = iota // accepted, request head not yet complete
-	stOpen                       // upgraded
-	stClosing                    // close frame sent, waiting for the peer's
-	stClosed                     // descriptor closed
+	stHandshake = wire.AwaitingHead // accepted, request head not yet complete
+	stOpen      = wire.Open         // upgraded, or an SSE stream or long-poll answered 200
+	stClosing   = wire.Closing      // close frame, close event or poll answer sent, waiting for the peer
+	stClosed    = wire.Closed       // descriptor closed
 )
 
 // conn is one client socket. Its size is the main per-connection cost, so
 // every field is here on purpose and rarely used state hangs off pointers
-// that are nil while the connection is idle.
+// that are nil while the connection is idle (the protocol machine's own
+// rare state included).
 //
 // mu guards every field and every syscall on fd (a descriptor is closed only
 // under mu, so no goroutine writes to a number that was reused).
@@ -38,18 +42,17 @@ type conn struct {
 	wantWrite  bool  // EPOLLOUT armed (or to be, once polled)
 	polled     bool  // registered with the loop's epoll
 	shutAfter  bool  // shut down writing once out drains (close frame queued)
-	proxied    bool  // the PROXY header (AcceptProxy) was read
-	peerDone   bool  // the client shut down its sending side (halfClosedLocked)
 	handedOff  bool  // its user's stream went to another edge: move it (cluster.go)
-	deflate    bool  // permessage-deflate was negotiated (deflate.go)
-	kind       uint8 // transport: kindWS, kindSSE or kindPoll
-	uid        string
-	lastSeen   int64 // Unix ns of the last frame from the client
-	exp        int64 // Unix ns of the token's exp: the connection ends then (tokens.go)
-	iat        int64 // Unix ns of the token's iat (auth.NoIat: none), for revocations
-	tm         wheel.Timer[*conn]
-	out        *outQueue  // bytes the kernel did not take yet; nil when empty
-	rd         *readState // partial input; nil between frames
+	kind       uint8 // transport: kindWS, kindSSE or kindPoll (the machine's, set at the upgrade)
+	// m is the connection's protocol: phases, frames, closing, deadlines
+	// (pkg/wire). Permessage-deflate and the client's half-close are its
+	// (m.Deflate, m.PeerDone).
+	m   wire.Machine
+	uid string
+	exp int64 // Unix ns of the token's exp: the connection ends then (tokens.go)
+	iat int64 // Unix ns of the token's iat (auth.NoIat: none), for revocations
+	tm  wheel.Timer[*conn]
+	out *outQueue // bytes the kernel did not take yet; nil when empty
 	// resume is where the client said it stopped, kept while the user's
 	// stream is not on this edge yet (nil otherwise).
 	resume *resumePoint
@@ -60,35 +63,6 @@ type conn struct {
 type outQueue struct {
 	bufs [][]byte
 	size int
-}
-
-// readState is what survives between reads: a partial head or frame, and a
-// fragmented message in progress.
-type readState struct {
-	pending  []byte
-	skip     uint64 // bytes of a refused frame still to discard (framesLocked)
-	frag     bool   // inside a fragmented message
-	fragText bool
-	fragLen  int
-	fragZ    bool           // the fragmented message is compressed: its fragments wait in zbuf
-	zbuf     []byte         // compressed fragments so far (at most MaxMessageBytes)
-	carry    []byte         // incomplete UTF-8 sequence at the end of the last fragment
-	origin   []byte         // SSE/long-poll: the allowed Origin, echoed in the answer's CORS header
-	client   netip.AddrPort // the browser's address from the PROXY header, during the handshake
-}
-
-func (c *conn) rs() *readState {
-	if c.rd == nil {
-		c.rd = &readState{}
-	}
-	return c.rd
-}
-
-func (c *conn) dropReadState() {
-	if c.rd != nil && len(c.rd.pending) == 0 && c.rd.skip == 0 && !c.rd.frag && c.rd.origin == nil &&
-		(c.state != stHandshake || !c.rd.client.IsValid()) {
-		c.rd = nil
-	}
 }
 
 // writeLocked writes a then b (b may be shared and is never modified).
@@ -205,29 +179,34 @@ func (s *Server) flushLocked(c *conn) {
 
 func shutdownWrite(c *conn) { unix.Shutdown(int(c.fd), unix.SHUT_WR) }
 
-// closeWithLocked starts the closing handshake: the close frame is written
-// (or queued behind pending messages), writing is shut down once it is out,
-// and the connection waits up to CloseTimeout for the client's close.
+// closeWithLocked closes an open connection with code and reason: a close
+// frame, an SSE close event or a long-poll answer holding the notice (see
+// wire.Machine.Close), then the wait for the client.
 func (s *Server) closeWithLocked(c *conn, code int, reason string) {
 	if c.state != stOpen {
 		return
 	}
-	s.m.closed(code)
-	switch c.kind {
-	case kindSSE:
-		b := append([]byte("event: close\ndata: "), closeNotice(code, reason)...)
-		if s.writeLocked(c, append(b, "\n\n"...), nil) {
-			s.endStreamLocked(c)
-		}
-		return
-	case kindPoll:
-		s.pollAnswer(c, closeNotice(code, reason))
+	s.closingLocked(c, c.m.Close(&s.wire, code, reason, time.Now().UnixNano()))
+}
+
+// closingLocked applies a step that ends an open connection
+// (wire.EventClosing): its close code is counted, its bytes (a close frame,
+// close event or poll answer) are written or queued behind pending
+// messages, writing is shut down once they are out, and the connection
+// waits for the client until the step's deadline (CloseTimeout). When the
+// client's close came first (st.Done) nothing is left to wait for once
+// ours is out.
+func (s *Server) closingLocked(c *conn, st wire.Step) {
+	if st.Event != wire.EventClosing || c.state != stOpen {
 		return
 	}
-	if !s.writeLocked(c, closeFrame(code, reason), nil) {
+	if st.Code != 0 {
+		s.m.closed(st.Code)
+	}
+	if !s.writeLocked(c, st.Write, nil) {
 		return // closed as a slow consumer meanwhile
 	}
-	c.state = stClosing
+	c.state = c.m.Phase() // stClosing
 	if c.out == nil {
 		shutdownWrite(c)
 	} else {
@@ -235,7 +214,10 @@ func (s *Server) closeWithLocked(c *conn, code int, reason string) {
 	}
 	s.open.Add(-1)
 	s.m.conns.Dec()
-	s.schedule(c, time.Now().Add(s.cfg.CloseTimeout))
+	s.schedule(c, time.Unix(0, st.Deadline))
+	if st.Done && c.out == nil {
+		s.closeNowLocked(c, -1)
+	}
 }
 
 // closeNowLocked closes the descriptor. code is what the metrics record.
@@ -254,7 +236,7 @@ func (s *Server) closeNowLocked(c *conn, code int) {
 	s.table.Clear(int(c.fd), c)
 	unix.Close(int(c.fd))
 	c.out = nil
-	c.rd = nil
+	c.m.Finish()
 	s.timers.Cancel(&c.tm)
 }
 
@@ -284,46 +266,44 @@ func detachInShard(u *registry.User[*conn], c *conn) {
 	}
 }
 
-// Heartbeats a page can see: browsers hide WebSocket pings and SSE
-// comments from scripts, and a client's watchdog needs something to reset
-// it on an idle connection. The WebSocket ping (answered by the browser
-// itself, which keeps the edge's idle timer fed) goes in the same write.
-var (
-	heartbeat   = []byte(`{"seq":0,"hb":true}`)
-	wsHeartbeat = append(append([]byte(nil), pingFrame...), frame(ws.OpText, heartbeat)...)
-	ssePing     = append(append([]byte("data: "), heartbeat...), "\n\n"...)
-)
-
-// onTimer runs a connection's deadline: handshake timeout, ping, idle
-// timeout, token expiry or the end of the close wait.
+// onTimer runs a connection's deadline (wire.Machine.Tick): handshake
+// timeout, heartbeat, idle timeout, a long-poll's empty answer or the end
+// of the close wait; before the machine's, the token's expiry.
 func (s *Server) onTimer(c *conn, now time.Time) {
 	c.mu.Lock()
-	switch c.state {
-	case stHandshake:
-		s.m.hsTimeout.Inc()
-		s.closeNowLocked(c, -1)
-	case stOpen:
-		if s.tokenExpiredLocked(c, now) {
-			break
+	switch {
+	case c.state == stOpen && s.tokenExpiredLocked(c, now):
+	case c.state == stClosed:
+	default:
+		if c.state == stHandshake {
+			s.m.hsTimeout.Inc()
 		}
-		switch c.kind {
-		case kindPoll: // nothing came within PollTimeout: an empty answer
-			s.pollAnswer(c, nil)
-		case kindSSE: // a comment keeps proxies from timing the stream out
-			if s.writeLocked(c, ssePing, nil) {
-				s.scheduleOpen(c, now.Add(s.cfg.PingInterval))
-			}
+		st := c.m.Tick(&s.wire, now.UnixNano())
+		switch st.Event {
+		case wire.EventClosing:
+			s.closingLocked(c, st)
+		case wire.EventClosed:
+			s.closeNowLocked(c, st.Code)
 		default:
-			if now.UnixNano()-c.lastSeen >= int64(s.cfg.IdleTimeout) {
-				s.closeWithLocked(c, CloseIdle, "idle timeout")
-				break
-			}
-			if s.writeLocked(c, wsHeartbeat, nil) {
-				s.scheduleOpen(c, now.Add(s.cfg.PingInterval))
+			if len(st.Write) > 0 && s.writeLocked(c, st.Write, nil) {
+				s.scheduleOpen(c, time.Unix(0, st.Deadline))
 			}
 		}
-	case stClosing:
-		s.closeNowLocked(c, -1)
 	}
 	s.release(c)
+}
+
+// wireConfig is the part of cfg (defaults applied) the connection
+// protocol applies.
+func (cfg *Config) wireConfig() wire.Config {
+	return wire.Config{
+		MaxMessageBytes:  cfg.MaxMessageBytes,
+		MaxHeaderBytes:   cfg.MaxHeaderBytes,
+		AcceptProxy:      cfg.AcceptProxy,
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		CloseTimeout:     cfg.CloseTimeout,
+		PingInterval:     cfg.PingInterval,
+		IdleTimeout:      cfg.IdleTimeout,
+		PollTimeout:      cfg.PollTimeout,
+	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/pushcluster/push/pkg/wire"
 )
 
 func benchJSON() []byte {
@@ -41,16 +43,16 @@ func BenchmarkInflate(b *testing.B) {
 		w.Flush()
 		return bytes.TrimSuffix(buf.Bytes(), syncTail)
 	}
-	l := &loop{s: &Server{cfg: Config{MaxMessageBytes: 4096}}}
+	p := wire.NewProtocol(wire.Config{MaxMessageBytes: 4096})
 	for _, c := range []struct {
 		name string
 		in   []byte
 		want string
-	}{{"4KiB", z(4096), ""}, {"bomb-2MiB", z(2 << 20), errTooBig}} {
+	}{{"4KiB", z(4096), ""}, {"bomb-2MiB", z(2 << 20), "message too big"}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				if _, reason := l.inflate(c.in); reason != c.want {
+				if _, reason := p.Inflate(c.in); reason != c.want {
 					b.Fatalf("reason %q, want %q", reason, c.want)
 				}
 			}

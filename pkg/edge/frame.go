@@ -2,23 +2,24 @@ package edge
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"strconv"
 	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+
+	"github.com/pushcluster/push/pkg/wire"
 )
 
 // Close codes the edge sends; docs/protocol.md explains each.
 const (
-	CloseNormal       = 1000
+	CloseNormal       = wire.CloseNormal
 	CloseGoingAway    = 1001 // edge shutting down: reconnect now
-	CloseProtocol     = 1002
-	CloseInvalidData  = 1007
+	CloseProtocol     = wire.CloseProtocol
+	CloseInvalidData  = wire.CloseInvalidData
 	ClosePolicy       = 1008 // slow consumer
-	CloseTooBig       = 1009
-	CloseIdle         = 4000 // no frame within --idle-timeout
+	CloseTooBig       = wire.CloseTooBig
+	CloseIdle         = wire.CloseIdle // no frame within --idle-timeout
 	CloseUnauthorized = 4001
 	CloseReplaced     = 4002
 	CloseMoved        = 4003
@@ -26,26 +27,11 @@ const (
 )
 
 // maxHeader is the longest server frame header we write (no mask).
-const maxHeader = 10
+const maxHeader = wire.MaxHeader
 
 // putHeader writes an unmasked final frame header for op and payload length n
-// into b (len >= maxHeader) and returns its length.
-func putHeader(b []byte, op ws.OpCode, n int) int {
-	b[0] = 0x80 | byte(op)
-	switch {
-	case n < 126:
-		b[1] = byte(n)
-		return 2
-	case n <= 0xffff:
-		b[1] = 126
-		binary.BigEndian.PutUint16(b[2:], uint16(n))
-		return 4
-	default:
-		b[1] = 127
-		binary.BigEndian.PutUint64(b[2:], uint64(n))
-		return 10
-	}
-}
+// into b (len >= maxHeader) and returns its length (wire.PutHeader).
+func putHeader(b []byte, op ws.OpCode, n int) int { return wire.PutHeader(b, op, n) }
 
 // frame builds a complete frame in a new slice.
 func frame(op ws.OpCode, payload ...[]byte) []byte {
@@ -61,23 +47,6 @@ func frame(op ws.OpCode, payload ...[]byte) []byte {
 	}
 	return b
 }
-
-// closeFrame builds a close frame with code and reason (reason truncated so
-// the payload fits a control frame, on a rune boundary).
-func closeFrame(code int, reason string) []byte {
-	if len(reason) > 123 {
-		reason = reason[:123]
-		for len(reason) > 0 && !utf8.ValidString(reason) {
-			reason = reason[:len(reason)-1]
-		}
-	}
-	p := make([]byte, 2, 2+len(reason))
-	binary.BigEndian.PutUint16(p, uint16(code))
-	p = append(p, reason...)
-	return frame(ws.OpClose, p)
-}
-
-var pingFrame = []byte{0x80 | byte(ws.OpPing), 0}
 
 // messageTail encodes the shared part of a message after its sequence
 // number: `,"data":<payload>}`. The payload is embedded as-is when it is
@@ -135,65 +104,4 @@ var broadcastHead = []byte(`{"seq":0,"broadcast":true`)
 // broadcastFrame is the one frame every connection gets for a broadcast.
 func broadcastFrame(tail []byte) []byte {
 	return frame(ws.OpText, broadcastHead, tail)
-}
-
-// validCloseCode reports whether a client may send code: the codes RFC
-// 6455 section 7.4.1 defines for endpoints to send (1000-1003, 1007-1011),
-// the ones registered since in IANA's WebSocket Close Code Number Registry
-// (RFC 6455 section 11.7: 1012 service restart, 1013 try again later, 1014
-// bad gateway), and the ranges for libraries and applications (3000-4999).
-// 1004-1006 and 1015 are reserved and never sent in a frame.
-func validCloseCode(code int) bool {
-	switch {
-	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
-		return true
-	case code >= 3000 && code <= 4999:
-		return true
-	}
-	return false
-}
-
-// utf8Tail validates b as the continuation of a text message whose previous
-// fragment ended with the incomplete sequence carry. It returns the new
-// incomplete tail (at most 3 bytes) and false if b can never become valid.
-func utf8Tail(carry []byte, b []byte, final bool) ([]byte, bool) {
-	if len(carry) > 0 {
-		// Complete the carried rune with the first bytes of b.
-		need := 4 - len(carry)
-		if need > len(b) {
-			need = len(b)
-		}
-		var tmp [8]byte
-		n := copy(tmp[:], carry)
-		n += copy(tmp[n:], b[:need])
-		r, size := utf8.DecodeRune(tmp[:n])
-		if r == utf8.RuneError && size <= 1 {
-			if !utf8.FullRune(tmp[:n]) && !final && n == len(carry)+len(b) {
-				return append(carry[:0], tmp[:n]...), true
-			}
-			return nil, false
-		}
-		b = b[size-len(carry):]
-		carry = carry[:0]
-	}
-	// Find the start of a possibly incomplete last rune.
-	cut := len(b)
-	for i := len(b) - 1; i >= 0 && i >= len(b)-3; i-- {
-		if utf8.RuneStart(b[i]) {
-			if !utf8.FullRune(b[i:]) {
-				cut = i
-			}
-			break
-		}
-	}
-	if !utf8.Valid(b[:cut]) {
-		return nil, false
-	}
-	if cut < len(b) {
-		if final {
-			return nil, false
-		}
-		return append(carry[:0], b[cut:]...), true
-	}
-	return carry[:0], true
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pushcluster/push/pkg/auth"
 	"github.com/pushcluster/push/pkg/userid"
+	"github.com/pushcluster/push/pkg/wire"
 )
 
 const fuzzWS = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -85,6 +86,7 @@ func feedFrames(t *testing.T, l *loop, data []byte, chunk int) ([]byte, connStat
 	defer unix.Close(fds[1])
 	s := l.s
 	c := &conn{fd: int32(fds[0]), gen: s.table.Gen(), state: stOpen, kind: kindWS}
+	c.m.Accept(&s.wire, wire.WebSocket, false, 1)
 	c.tm.Value = c
 	s.table.Store(fds[0], c)
 	s.open.Add(1)
@@ -92,12 +94,12 @@ func feedFrames(t *testing.T, l *loop, data []byte, chunk int) ([]byte, connStat
 	var pending []byte
 	for off := 0; off < len(data) && c.state != stClosed; off += chunk {
 		buf := append(pending, data[off:min(off+chunk, len(data))]...)
-		used := l.framesLocked(c, buf)
+		used := l.feedLocked(c, buf, 1)
 		if used > len(buf) || used < 0 {
 			t.Fatalf("consumed %d of %d bytes", used, len(buf))
 		}
 		pending = append([]byte(nil), buf[used:]...)
-		if c.rd != nil && len(c.rd.pending) > 0 {
+		if c.m.Pending() != nil {
 			t.Fatal("the frame reader kept input itself")
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
 	"github.com/pushcluster/push/pkg/userid"
+	"github.com/pushcluster/push/pkg/wire"
 )
 
 // MaxSeq is the largest sequence number a client may resume from (the
@@ -236,7 +237,8 @@ func (s *Server) originAllowed(origin, host []byte) bool {
 func (h *handshake) upgradeLocked(c *conn, rq *request) {
 	s := h.s
 	now := time.Now()
-	c.state = stOpen
+	st := c.m.Accept(&s.wire, wire.WebSocket, rq.deflate != nil, now.UnixNano())
+	c.state = c.m.Phase() // stOpen
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)
@@ -246,12 +248,11 @@ func (h *handshake) upgradeLocked(c *conn, rq *request) {
 	}
 	s.m.hsOK.Inc()
 	c.uid = string(rq.uid)
-	if c.deflate = rq.deflate != nil; c.deflate {
+	if c.m.Deflate() {
 		s.m.deflateConns.Inc()
 	}
-	c.lastSeen = now.UnixNano()
 	c.exp, c.iat = rq.claims.Exp, rq.claims.Iat
-	s.scheduleOpen(c, now.Add(s.cfg.PingInterval))
+	s.scheduleOpen(c, time.Unix(0, st.Deadline))
 	s.attachLocked(c, rq.resume)
 }
 

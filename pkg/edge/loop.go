@@ -1,15 +1,9 @@
 package edge
 
 import (
-	"bytes"
-	"encoding/binary"
-	"errors"
-	"io"
 	"net/http"
 	"time"
-	"unicode/utf8"
 
-	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
 	"github.com/pushcluster/push/pkg/evloop"
@@ -17,6 +11,7 @@ import (
 	"github.com/pushcluster/push/pkg/poller"
 	"github.com/pushcluster/push/pkg/proxyproto"
 	"github.com/pushcluster/push/pkg/rawtcp"
+	"github.com/pushcluster/push/pkg/wire"
 )
 
 // loop is one event loop (package evloop: an epoll instance, the
@@ -31,11 +26,9 @@ type loop struct {
 	poll *poller.Poller // ev.Poll
 	buf  []byte         // read scratch, owned by this goroutine
 	hs   handshake
-	// Inflating compressed client messages (deflate.go): one
-	// decompressor and output buffer per loop, made on first use.
-	inf  io.ReadCloser
-	zin  *inflateInput
-	zout []byte
+	// wp is the connection protocol's rules and scratch for this loop's
+	// goroutine (pong frames, one decompressor for client messages).
+	wp *wire.Protocol
 }
 
 func newLoop(s *Server, id int) (*loop, error) {
@@ -50,7 +43,7 @@ func newLoop(s *Server, id int) (*loop, error) {
 		// The longest PROXY header and a whole request head behind it.
 		size = max(size, proxyproto.MaxV2Len+s.cfg.MaxHeaderBytes+1)
 	}
-	l := &loop{id: id, s: s, buf: make([]byte, size)}
+	l := &loop{id: id, s: s, buf: make([]byte, size), wp: wire.NewProtocol(s.wire)}
 	ev, err := evloop.New(id, l)
 	if err != nil {
 		return nil, err
@@ -101,7 +94,7 @@ func (l *loop) Event(fd int, gen uint32, ev poller.Event) {
 // output when write is set.
 func (c *conn) interest(write bool) poller.Event {
 	var ev poller.Event
-	if !c.peerDone {
+	if !c.m.PeerDone() {
 		ev = poller.Read
 	}
 	if write {
@@ -110,336 +103,103 @@ func (c *conn) interest(write bool) poller.Event {
 	return ev
 }
 
-// halfClosedLocked handles the end of the client's stream (a FIN, as
-// from shutdown(SHUT_WR)) and reports whether the connection stays open.
-// HTTP lets a client close its sending side once the request is out and
-// still read the answer (RFC 9112 section 9.6), so:
-//   - a held long-poll keeps waiting and gets the answer docs/protocol.md
-//     promises: the JSON array with the first message, or [] at
-//     PollTimeout;
-//   - an SSE stream has no more request to wait for: it ends with its
-//     close event (1000), like any stream the edge ends;
-//   - a connection that is already closing (a long-poll answered, a close
-//     frame or event queued) stays until its queued bytes are out; once
-//     the edge has shut down its side too the kernel reports EPOLLHUP and
-//     the next end of stream closes it.
-//
-// A WebSocket client that sends a FIN without a close frame is gone (RFC
-// 6455 section 7.1.5, 1006): closed at once.
-func (l *loop) halfClosedLocked(c *conn) bool {
-	first := !c.peerDone
-	c.peerDone = true
-	switch {
-	case c.state == stOpen && c.kind == kindPoll:
-		return true
-	case c.state == stOpen && c.kind == kindSSE:
-		l.s.closeWithLocked(c, CloseNormal, "the client closed its side")
-		return c.state != stClosed
-	case c.state == stClosing:
-		return first && c.out != nil
-	}
-	return false
-}
-
 // readLocked drains the socket (bounded per event, so one busy client does
 // not starve the others; the one-shot registration fires again if more is
-// pending).
+// pending) and feeds what it read to the connection's protocol machine,
+// acting on each step (applyLocked). Input the machine cannot use yet (a
+// partial head or frame) waits in the machine (Keep) and goes in front of
+// the next read.
 func (l *loop) readLocked(c *conn) {
 	s := l.s
 	for i := 0; i < 4 && c.state != stClosed; i++ {
 		off := 0
-		if c.rd != nil && len(c.rd.pending) > 0 {
-			off = copy(l.buf, c.rd.pending)
-			c.rd.pending = nil
+		if p := c.m.Pending(); p != nil {
+			off = copy(l.buf, p)
 		}
 		n, err := rawtcp.Read(int(c.fd), l.buf[off:])
 		if n <= 0 {
 			if off > 0 {
-				c.rs().pending = append([]byte(nil), l.buf[:off]...)
+				c.m.Keep(l.buf[:off])
 			}
 			if err == unix.EAGAIN || err == unix.EINTR {
 				return
 			}
-			if n == 0 && err == nil && l.halfClosedLocked(c) {
+			if n == 0 && err == nil {
+				// The end of the client's stream: the machine decides
+				// whether the connection stays (wire.Machine.ReadEOF).
+				st := c.m.ReadEOF(&s.wire, c.out != nil, time.Now().UnixNano())
+				if st.Event == wire.EventClosed {
+					s.closeNowLocked(c, 0) // no close frame to send
+				} else {
+					s.closingLocked(c, st)
+				}
 				return
 			}
-			// EOF or reset: the client is gone, no close frame to send.
-			code := 0
-			if err != nil {
-				code = -1
-			}
-			s.closeNowLocked(c, code)
+			s.closeNowLocked(c, -1) // reset
 			return
 		}
 		data := l.buf[:off+n]
-		var used int
-		if c.state == stHandshake {
-			used = l.handshakeLocked(c, data)
-			if c.state == stOpen && c.kind == kindWS && used < len(data) {
-				// Frames sent right behind the head (a client that did not
-				// wait for the 101, or a router replaying both at once).
-				used += l.framesLocked(c, data[used:])
-			}
-		} else if c.kind != kindWS {
-			used = len(data) // an SSE or long-poll client has nothing more to say
-		} else {
-			c.lastSeen = time.Now().UnixNano()
+		if c.state != stHandshake && c.kind == kindWS {
 			s.m.bytesIn.Add(float64(n))
-			used = l.framesLocked(c, data)
 		}
+		used := l.feedLocked(c, data, time.Now().UnixNano())
 		if c.state == stClosed {
 			return
 		}
-		if rest := data[used:]; len(rest) > 0 {
-			c.rs().pending = append([]byte(nil), rest...)
-		} else {
-			c.dropReadState()
-		}
+		c.m.Keep(data[used:])
 		if n < len(l.buf)-off {
 			return // the socket is drained
 		}
 	}
 }
 
-// framesLocked parses and handles complete client frames in data and
-// returns how many bytes it consumed.
-//
-// A frame the edge refuses (a header that breaks RFC 6455: 1002; over
-// MaxMessageBytes: 1009) starts the closing handshake, and the rest of
-// that frame, exactly as long as its header announced, is discarded as it
-// arrives (readState.skip), never parsed: bytes inside a refused payload
-// that look like a frame (88 80 00 00 00 00, a close) must not end the
-// connection before the client has read the edge's close frame, or the
-// kernel resets it. While closing, every frame but the client's close is
-// discarded the same way, without buffering. Discarding ends when the
-// client's close arrives or at CloseTimeout, so it costs bounded time.
-func (l *loop) framesLocked(c *conn, data []byte) int {
-	s := l.s
+// feedLocked feeds data to c's machine, acting on each step, until it
+// needs more input or the connection is closed; it returns how many bytes
+// were used.
+func (l *loop) feedLocked(c *conn, data []byte, now int64) int {
 	used := 0
-	if c.rd != nil && c.rd.skip > 0 {
-		n := min(uint64(len(data)), c.rd.skip)
-		c.rd.skip -= n
-		used = int(n)
+	for c.state != stClosed {
+		st := l.wp.Feed(&c.m, data[used:], now)
+		used += st.Used
+		l.applyLocked(c, st)
+		if st.Event == wire.EventNone {
+			break
+		}
 	}
-	for c.state == stOpen || c.state == stClosing {
-		d := data[used:]
-		if len(d) < 2 {
-			return used
-		}
-		b0, b1 := d[0], d[1]
-		fin, rsv, op := b0&0x80 != 0, b0&0x70, ws.OpCode(b0&0x0f)
-		masked := b1&0x80 != 0
-		length := uint64(b1 & 0x7f)
-		hl := 2
-		switch length {
-		case 126:
-			if len(d) < 4 {
-				return used
-			}
-			length, hl = uint64(binary.BigEndian.Uint16(d[2:])), 4
-		case 127:
-			if len(d) < 10 {
-				return used
-			}
-			length, hl = binary.BigEndian.Uint64(d[2:]), 10
-		}
-		if masked {
-			hl += 4
-		}
-		if len(d) < hl {
-			return used
-		}
-		discard := false
-		if c.state == stClosing {
-			// Waiting for the client's close: anything else is skipped.
-			discard = op != ws.OpClose || !masked || length > 125
-		} else if msg := l.checkHeader(c, fin, rsv, op, masked, length); msg != "" {
-			code := CloseProtocol
-			if msg == errTooBig {
-				code = CloseTooBig
-			}
-			s.closeWithLocked(c, code, msg)
-			discard = true
-		}
-		if discard {
-			total := uint64(hl) + length
-			if total < length { // a length with its top bit set: skip until the close wait ends
-				total = ^uint64(0)
-			}
-			if uint64(len(d)) >= total {
-				used += int(total)
-				continue
-			}
-			if c.state != stClosed {
-				c.rs().skip = total - uint64(len(d))
-			}
-			return len(data)
-		}
-		if uint64(len(d)) < uint64(hl)+length {
-			return used
-		}
-		payload := d[hl : hl+int(length)]
-		ws.Cipher(payload, [4]byte(d[hl-4:hl]), 0)
-		used += hl + int(length)
-		s.m.msgsIn.Inc()
-		l.handleFrame(c, fin, rsv&rsv1 != 0, op, payload)
-	}
-	return len(data)
+	return used
 }
 
-const errTooBig = "message too big"
-
-// checkHeader applies RFC 6455's rules to a frame header; it returns the
-// close reason for a violation, or "".
-func (l *loop) checkHeader(c *conn, fin bool, rsv byte, op ws.OpCode, masked bool, length uint64) string {
-	switch {
-	case !masked:
-		return "unmasked client frame"
-	case length > 1<<63-1:
-		return "payload length with its most significant bit set" // RFC 6455 section 5.2
-	case rsv != 0 && (rsv != rsv1 || !c.deflate || (op != ws.OpText && op != ws.OpBinary)):
-		// With permessage-deflate, RSV1 marks the first frame of a
-		// compressed message, and only that frame.
-		return "reserved bits set"
-	case op.IsControl():
-		switch {
-		case op > ws.OpPong:
-			return "reserved opcode"
-		case !fin:
-			return "fragmented control frame"
-		case length > 125:
-			return "control frame over 125 bytes"
-		}
-	case op > ws.OpBinary:
-		return "reserved opcode"
-	default:
-		frag := c.rd != nil && c.rd.frag
-		if op == ws.OpContinuation && !frag {
-			return "continuation without a message"
-		}
-		if op != ws.OpContinuation && frag {
-			return "new message inside a fragmented one"
-		}
-		total := length
-		if frag {
-			total += uint64(c.rd.fragLen)
-		}
-		if total > uint64(l.s.cfg.MaxMessageBytes) {
-			return errTooBig
-		}
-	}
-	return ""
-}
-
-// handleFrame acts on one complete client frame; compressed: its RSV1 bit
-// (the first frame of a compressed message, see checkHeader).
-func (l *loop) handleFrame(c *conn, fin, compressed bool, op ws.OpCode, p []byte) {
+// applyLocked acts on one step of the machine fed by readLocked: the
+// frames it counted, the bytes it asks to write (pongs, a close frame),
+// and its event.
+func (l *loop) applyLocked(c *conn, st *wire.Step) {
 	s := l.s
-	switch op {
-	case ws.OpPing:
-		if c.state == stOpen {
-			s.writeLocked(c, frame(ws.OpPong, p), nil)
-		}
-	case ws.OpPong:
-		// lastSeen already moved; that is all a pong is for.
-	case ws.OpClose:
-		l.onClose(c, p)
-	case ws.OpText, ws.OpBinary, ws.OpContinuation:
-		if c.state != stOpen {
-			return
-		}
-		text := op == ws.OpText || (op == ws.OpContinuation && c.rd.fragText)
-		if op != ws.OpContinuation {
-			if fin {
-				if compressed {
-					l.inflatedMessage(c, text, p)
-					return
-				}
-				if text && !utf8.Valid(p) {
-					s.closeWithLocked(c, CloseInvalidData, "invalid UTF-8")
-				} else if text {
-					s.clientTextLocked(c, p) // a token refresh; anything else is ignored
-				}
-				return
-			}
-			r := c.rs()
-			r.frag, r.fragText, r.fragLen, r.fragZ = true, text, 0, compressed
-		}
-		r := c.rd
-		r.fragLen += len(p)
-		if r.fragZ {
-			// Compressed fragments are kept (within MaxMessageBytes, as
-			// checkHeader enforces on their total) and inflated whole.
-			r.zbuf = append(r.zbuf, p...)
-			if fin {
-				z := r.zbuf
-				r.frag, r.fragZ, r.zbuf = false, false, nil
-				l.inflatedMessage(c, r.fragText, z)
-			}
-			return
-		}
-		if text {
-			carry, ok := utf8Tail(r.carry, p, fin)
-			if !ok {
-				s.closeWithLocked(c, CloseInvalidData, "invalid UTF-8")
-				return
-			}
-			r.carry = carry
-		}
-		if fin {
-			r.frag, r.carry = false, nil
-		}
+	if st.Frames > 0 {
+		s.m.msgsIn.Add(float64(st.Frames))
 	}
-}
-
-// inflatedMessage checks a whole compressed client message: it must
-// inflate within MaxMessageBytes (1009) to valid DEFLATE (1007) and, as
-// text, to valid UTF-8 (1007). A text message is then read like an
-// uncompressed one (a token renewal; anything else is ignored): a browser
-// that negotiated compression may compress what it sends.
-func (l *loop) inflatedMessage(c *conn, text bool, z []byte) {
-	s := l.s
-	p, reason := l.inflate(z)
-	switch {
-	case reason == errTooBig:
-		s.closeWithLocked(c, CloseTooBig, reason)
-	case reason != "":
-		s.closeWithLocked(c, CloseInvalidData, reason)
-	case text && !utf8.Valid(p):
-		s.closeWithLocked(c, CloseInvalidData, "invalid UTF-8")
-	case text:
-		s.clientTextLocked(c, p)
-	}
-}
-
-// onClose answers a client's close frame (echoing its code) or completes a
-// close the edge started.
-func (l *loop) onClose(c *conn, p []byte) {
-	s := l.s
-	if c.state == stClosing {
-		s.closeNowLocked(c, -1)
+	if st.Event == wire.EventClosing {
+		s.closingLocked(c, *st)
 		return
 	}
-	code, reason := CloseNormal, ""
-	switch {
-	case len(p) == 1:
-		code, reason = CloseProtocol, "close payload of one byte"
-	case len(p) >= 2:
-		got := int(binary.BigEndian.Uint16(p))
-		switch {
-		case !validCloseCode(got):
-			code, reason = CloseProtocol, "invalid close code"
-		case !utf8.Valid(p[2:]):
-			code, reason = CloseInvalidData, "invalid UTF-8 in close reason"
-		default:
-			code = got
-		}
+	if len(st.Write) > 0 && c.state == stOpen {
+		s.writeLocked(c, st.Write, nil)
 	}
-	s.closeWithLocked(c, code, reason)
-	// The client already sent its close: nothing more to wait for once ours
-	// is out.
-	if c.state == stClosing && c.out == nil {
-		s.closeNowLocked(c, -1)
+	switch st.Event {
+	case wire.EventHead:
+		l.onHead(c, st.Payload)
+	case wire.EventRefused:
+		if st.Code == http.StatusRequestHeaderFieldsTooLarge {
+			s.m.hsTooLarge.Inc()
+		} else {
+			s.m.hsBadRequest.Inc()
+		}
+		l.reject(c, st.Code, st.Reason)
+	case wire.EventText:
+		if c.state == stOpen {
+			s.clientTextLocked(c, st.Payload) // a token refresh; anything else is ignored
+		}
+	case wire.EventClosed:
+		s.closeNowLocked(c, st.Code)
 	}
 }
 
@@ -463,11 +223,11 @@ func (l *loop) Accept(_ *evloop.Loop, _ *rawtcp.Listener, fd int) {
 		return
 	}
 	now := time.Now()
-	c := &conn{fd: int32(fd), gen: s.table.Gen(), loop: uint8(l.id), lastSeen: now.UnixNano()}
+	c := &conn{fd: int32(fd), gen: s.table.Gen(), loop: uint8(l.id)}
 	c.tm.Value = c
 	s.table.Store(fd, c)
 	s.m.handshaking.Inc()
-	s.schedule(c, now.Add(s.cfg.HandshakeTimeout))
+	s.schedule(c, time.Unix(0, c.m.Start(&s.wire, now.UnixNano()).Deadline))
 	c.mu.Lock()
 	l.readLocked(c)
 	if c.state != stClosed {
@@ -482,47 +242,16 @@ func (l *loop) Accept(_ *evloop.Loop, _ *rawtcp.Listener, fd int) {
 	s.release(c)
 }
 
-var headEnd = []byte("\r\n\r\n")
-
-// handshakeLocked waits for a complete request head (bounded by
-// MaxHeaderBytes and the handshake deadline), then upgrades or rejects.
-func (l *loop) handshakeLocked(c *conn, data []byte) int {
-	s := l.s
-	used := 0
-	if s.cfg.AcceptProxy && !c.proxied {
-		h, n, err := proxyproto.Parse(data)
-		switch {
-		case errors.Is(err, proxyproto.ErrIncomplete):
-			return 0 // wait for the rest, bounded by the handshake deadline
-		case err != nil:
-			s.m.hsBadRequest.Inc()
-			l.reject(c, 400, "expected a PROXY protocol header: "+err.Error())
-			return len(data)
-		}
-		c.proxied = true
-		c.rs().client = h.Source // kept while the head is incomplete
-		data, used = data[n:], n
-	}
-	end := bytes.Index(data, headEnd)
-	if end < 0 {
-		if len(data) >= s.cfg.MaxHeaderBytes {
-			s.m.hsTooLarge.Inc()
-			l.reject(c, 431, "request head too large")
-		}
-		return used
-	}
-	head := data[:end+4]
-	if len(head) > s.cfg.MaxHeaderBytes {
-		s.m.hsTooLarge.Inc()
-		l.reject(c, 431, "request head too large")
-		return used + len(data)
-	}
+// onHead answers a complete request head (the machine bounded it by
+// MaxHeaderBytes and the handshake deadline, after the PROXY header):
+// 429 for an address over its rate of new connections, else the
+// transport's answer (handshake.serveLocked).
+func (l *loop) onHead(c *conn, head []byte) {
 	if !l.admitClient(c) {
 		l.reject(c, http.StatusTooManyRequests, "too many new connections from this address")
-		return used + len(data)
+		return
 	}
 	l.hs.serveLocked(c, head)
-	return used + len(head)
 }
 
 // reject answers a handshake with an HTTP error and closes.

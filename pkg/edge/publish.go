@@ -346,7 +346,7 @@ func (s *Server) Broadcast(data []byte) (int, error) {
 						ok = s.pollAnswer(c, poll)
 					default:
 						fr := f.plain
-						if c.deflate {
+						if c.m.Deflate() {
 							if z := s.zBroadcast(f); z != nil {
 								fr = z
 							}

@@ -64,8 +64,8 @@ func (l *ipLimiter) sweep(now time.Time) {
 // clientAddr is the browser's address for c: the PROXY header's source
 // when one was read, else the socket's peer.
 func (l *loop) clientAddr(c *conn) netip.Addr {
-	if c.proxied && c.rd != nil && c.rd.client.IsValid() {
-		return c.rd.client.Addr()
+	if client, ok := c.m.Client(); ok {
+		return client.Addr()
 	}
 	sa, err := unix.Getpeername(int(c.fd))
 	if err != nil {

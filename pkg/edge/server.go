@@ -14,14 +14,16 @@ import (
 	"github.com/pushcluster/push/pkg/evloop"
 	"github.com/pushcluster/push/pkg/rawtcp"
 	"github.com/pushcluster/push/pkg/registry"
+	"github.com/pushcluster/push/pkg/wire"
 )
 
 // Server is one edge. Create it with New, run it with Start, stop it with
 // Shutdown.
 type Server struct {
-	cfg Config
-	log *slog.Logger
-	m   *metrics
+	cfg  Config
+	wire wire.Config // the connection protocol's limits and timeouts (from cfg)
+	log  *slog.Logger
+	m    *metrics
 
 	lns   []*rawtcp.Listener // Listen's port and the next ListenSpan-1 ones
 	loops []*loop
@@ -66,6 +68,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, m: newMetrics(cfg.Metrics), stop: make(chan struct{}), ringChanged: make(chan struct{}, 1)}
 	s.table = evloop.NewTable[conn]()
+	s.wire = cfg.wireConfig()
 	s.reg = registry.New[*conn](256)
 	s.tokens.init(cfg.Metrics)
 	if cfg.HandshakesPerIP > 0 {

@@ -8,15 +8,16 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/pushcluster/push/pkg/mailbox"
+	"github.com/pushcluster/push/pkg/wire"
 )
 
 // Transports. A conn's kind decides how a message is written; everything
 // else (registry, mailbox, seq, timers, moves) is shared, so an idle SSE or
 // long-poll request costs what an idle WebSocket does.
 const (
-	kindWS   uint8 = iota // WebSocket frames
-	kindSSE               // text/event-stream: "id: N\ndata: {...}\n\n"
-	kindPoll              // one JSON array, then the response ends
+	kindWS   = uint8(wire.WebSocket) // WebSocket frames
+	kindSSE  = uint8(wire.SSE)       // text/event-stream: "id: N\ndata: {...}\n\n"
+	kindPoll = uint8(wire.Poll)      // one JSON array, then the response ends
 )
 
 // sendMessage writes one message (epoch, seq, shared body) in c's
@@ -47,7 +48,7 @@ func (s *Server) sendMessage(c *conn, epoch string, seq uint64, m *body) bool {
 		return s.pollAnswer(c, pollBody(nil, epoch, seq, tail))
 	}
 	var pre [maxHeader + 5 + 48 + maxEpochLen]byte
-	if c.deflate {
+	if c.m.Deflate() {
 		if z := s.zTail(m); z != nil {
 			n := deflatedPrefix(pre[:], seq, epoch, len(z))
 			return s.writeLocked(c, pre[:n], z)
@@ -138,56 +139,22 @@ func gapJSON(b []byte, g mailbox.Gap) []byte {
 	return append(b, '}')
 }
 
-// pollAnswer ends a held long-poll with a JSON array of items and closes
-// the connection once it is written.
+// pollAnswer ends a held long-poll with a JSON array of items (the head
+// went out when the poll was accepted, so the client knows at once that it
+// is connected; the body ends with the connection, wire.Machine.Answer)
+// and reports whether it was written.
 func (s *Server) pollAnswer(c *conn, items []byte) bool {
 	if c.state != stOpen {
 		return false
 	}
-	// The head went out when the poll was accepted (so the client knows at
-	// once that it is connected); the body ends with the connection.
-	body := make([]byte, 0, len(items)+2)
-	body = append(body, '[')
-	body = append(body, items...)
-	body = append(body, ']')
-	if !s.writeLocked(c, body, nil) {
-		return false
-	}
-	s.endStreamLocked(c)
-	return true
-}
-
-// endStreamLocked finishes an SSE or long-poll response: the connection
-// closes once the bytes are out (like a WebSocket after its close frame).
-func (s *Server) endStreamLocked(c *conn) {
-	if c.state != stOpen {
-		return
-	}
-	c.state = stClosing
-	if c.out == nil {
-		shutdownWrite(c)
-	} else {
-		c.shutAfter = true
-	}
-	s.open.Add(-1)
-	s.m.conns.Dec()
-	s.schedule(c, time.Now().Add(s.cfg.CloseTimeout))
-}
-
-// closeNotice tells an SSE or long-poll client why the stream ends, with
-// the WebSocket close codes (4003 moved, 4004 kicked, 1001 going away...).
-func closeNotice(code int, reason string) []byte {
-	b := []byte(`{"close":`)
-	b = strconv.AppendInt(b, int64(code), 10)
-	b = append(b, `,"reason":`...)
-	b = strconv.AppendQuote(b, reason)
-	return append(b, '}')
+	s.closingLocked(c, c.m.Answer(&s.wire, items, time.Now().UnixNano()))
+	return c.state == stClosing
 }
 
 // streamHead is the response head of an SSE stream or a long-poll (length
 // < 0: the body runs until the connection closes) or of an error answer,
-// with CORS for the allowed Origin the request had.
-func (c *conn) streamHead(status int, ctype string, length int) []byte {
+// with CORS for origin, the allowed Origin the request had (nil: none).
+func streamHead(status int, ctype string, length int, origin []byte) []byte {
 	b := []byte("HTTP/1.1 ")
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(b, ' ')
@@ -195,9 +162,9 @@ func (c *conn) streamHead(status int, ctype string, length int) []byte {
 	b = append(b, "\r\nContent-Type: "...)
 	b = append(b, ctype...)
 	b = append(b, "\r\nCache-Control: no-cache, no-store\r\nX-Accel-Buffering: no\r\n"...)
-	if c.rd != nil && len(c.rd.origin) > 0 {
+	if len(origin) > 0 {
 		b = append(b, "Access-Control-Allow-Origin: "...)
-		b = append(b, c.rd.origin...)
+		b = append(b, origin...)
 		b = append(b, "\r\nVary: Origin\r\n"...)
 	}
 	if length >= 0 {
@@ -229,10 +196,8 @@ func (s *Server) streamRequest(c *conn, rq *request) {
 	}
 	now := time.Now()
 	c.kind = rq.kind
-	if len(rq.origin) > 0 {
-		c.rs().origin = append([]byte(nil), rq.origin...) // for the CORS header of a later answer
-	}
-	c.state = stOpen
+	st := c.m.Accept(&s.wire, wire.Transport(rq.kind), false, now.UnixNano())
+	c.state = c.m.Phase() // stOpen
 	s.m.handshaking.Dec()
 	s.m.conns.Inc()
 	s.open.Add(1)
@@ -240,21 +205,13 @@ func (s *Server) streamRequest(c *conn, rq *request) {
 	if rq.kind == kindPoll {
 		ctype = "application/json" // the array follows when there is something to say
 	}
-	if !s.writeLocked(c, c.streamHead(http.StatusOK, ctype, -1), nil) {
+	if !s.writeLocked(c, streamHead(http.StatusOK, ctype, -1, rq.origin), nil) {
 		return
-	}
-	if c.rd != nil {
-		c.rd.origin = nil
 	}
 	s.m.hsOK.Inc()
 	c.uid = string(rq.uid)
-	c.lastSeen = now.UnixNano()
 	c.exp, c.iat = rq.claims.Exp, rq.claims.Iat
-	next := s.cfg.PingInterval
-	if rq.kind == kindPoll {
-		next = s.cfg.PollTimeout
-	}
-	s.scheduleOpen(c, now.Add(next))
+	s.scheduleOpen(c, time.Unix(0, st.Deadline))
 	s.attachLocked(c, rq.resume)
 }
 
