@@ -347,7 +347,6 @@ func (g *Service) PublishBatchStream(stream pushv1.Push_PublishBatchStreamServer
 		wg      sync.WaitGroup
 	)
 	sem := make(chan struct{}, maxStreamInFlight)
-	defer wg.Wait()
 	send := func(resp *pushv1.PublishBatchResponse) {
 		sendMu.Lock()
 		if sendErr == nil {
@@ -355,74 +354,92 @@ func (g *Service) PublishBatchStream(stream pushv1.Push_PublishBatchStreamServer
 		}
 		sendMu.Unlock()
 	}
-	reqs := make(chan *pushv1.PublishBatchRequest)
-	recvErr := make(chan error, 1)
+	// Batches are served on the goroutine that receives them (a batch is
+	// applied without waiting on anybody, so nothing queues behind it but
+	// the next batch, and no hand-off to another goroutine is paid per
+	// message); this one returns when the edge stops, so that a stream
+	// idling in Recv does not hold a graceful stop (the caller's SDK opens
+	// a new one elsewhere).
+	var (
+		serving sync.Mutex // held while a batch is served
+		closed  bool       // the handler is returning: serve nothing more
+	)
+	defer func() {
+		serving.Lock()
+		closed = true
+		serving.Unlock()
+		wg.Wait() // hand-overs still running answer before the stream ends
+	}()
+	done := make(chan error, 1)
 	go func() {
 		for {
 			req, err := stream.Recv()
 			if err != nil {
-				recvErr <- err
+				done <- err
 				return
 			}
-			select {
-			case reqs <- req:
-			case <-stream.Context().Done():
+			serving.Lock()
+			if closed {
+				serving.Unlock()
 				return
 			}
+			g.serveBatch(stream.Context(), req.GetRequests(), send, sem, &wg)
+			serving.Unlock()
 		}
 	}()
-	for {
-		var req *pushv1.PublishBatchRequest
-		select {
-		case req = <-reqs:
-		case err := <-recvErr:
-			if err == io.EOF {
-				return nil
-			}
-			return err
-		case <-g.s.stop:
-			return status.Error(codes.Unavailable, ErrShuttingDown.Error())
+	select {
+	case err := <-done:
+		if err == io.EOF {
+			return nil
 		}
-		rq := req.GetRequests()
-		if len(rq) == 0 {
-			continue // nothing to answer
-		}
-		// The interceptor checked the stream's caller; each request
-		// counts against its publish limit.
-		err := grpcauth.Limit(stream.Context(), grpcauth.Publishes, len(rq))
-		var b *pubBatch
-		if err == nil {
-			b, err = g.s.applyBatch(batchItems(rq))
-		}
-		if err != nil {
-			out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, len(rq))}
-			for i, r := range rq {
-				out.Responses[i] = g.response(Result{}, err, r.GetRequestId())
-			}
-			send(out)
-			continue
-		}
-		out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, 0, len(rq))}
+		return err
+	case <-g.s.stop:
+		return status.Error(codes.Unavailable, ErrShuttingDown.Error())
+	}
+}
+
+// serveBatch applies one PublishBatchStream message and answers it (see
+// PublishBatchStream); the users that wait for a hand-over are served on
+// goroutines of their own, bounded by sem and counted in wg.
+func (g *Service) serveBatch(ctx context.Context, rq []*pushv1.PublishRequest, send func(*pushv1.PublishBatchResponse), sem chan struct{}, wg *sync.WaitGroup) {
+	if len(rq) == 0 {
+		return // nothing to answer
+	}
+	// The interceptor checked the stream's caller; each request counts
+	// against its publish limit.
+	err := grpcauth.Limit(ctx, grpcauth.Publishes, len(rq))
+	var b *pubBatch
+	if err == nil {
+		b, err = g.s.applyBatch(batchItems(rq))
+	}
+	if err != nil {
+		out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, len(rq))}
 		for i, r := range rq {
-			if b.errs[i] != errWouldWait {
-				out.Responses = append(out.Responses, g.response(b.rs[i], b.errs[i], r.GetRequestId()))
+			out.Responses[i] = g.response(Result{}, err, r.GetRequestId())
+		}
+		send(out)
+		return
+	}
+	out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, 0, len(rq))}
+	for i, r := range rq {
+		if b.errs[i] != errWouldWait {
+			out.Responses = append(out.Responses, g.response(b.rs[i], b.errs[i], r.GetRequestId()))
+		}
+	}
+	if len(out.Responses) > 0 {
+		send(out)
+	}
+	for _, run := range b.waiting() {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			b.finishWaiting(ctx, g.s, run)
+			out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, len(run))}
+			for k, i := range run {
+				out.Responses[k] = g.response(b.rs[i], b.errs[i], rq[i].GetRequestId())
 			}
-		}
-		if len(out.Responses) > 0 {
 			send(out)
-		}
-		for _, run := range b.waiting() {
-			sem <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer func() { <-sem; wg.Done() }()
-				b.finishWaiting(stream.Context(), g.s, run)
-				out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, len(run))}
-				for k, i := range run {
-					out.Responses[k] = g.response(b.rs[i], b.errs[i], rq[i].GetRequestId())
-				}
-				send(out)
-			}()
-		}
+		}()
 	}
 }
