@@ -122,6 +122,7 @@ type userRun struct {
 	state int    // runApplied, runEstablish or runRedirect, decided at its first item
 	to    uint32 // runRedirect: where the stream was handed
 	pend  []int  // items numbered in the user's stream, not yet written
+	one   [1]int // pend's first home: a user with one item allocates nothing
 }
 
 const (
@@ -174,20 +175,43 @@ func (s *Server) applyBatch(items []BatchItem) (*pubBatch, error) {
 		uids = append(uids, it.User)
 		pos = append(pos, i)
 	}
+	s.applyPrepared(b, uids, pos, start)
+	return b, nil
+}
+
+// applyPrepared is the pass of applyBatch over b's items at pos (their
+// users uids), whose bodies and expiry are set: one registry shard lock
+// per shard, one write per connection.
+func (s *Server) applyPrepared(b *pubBatch, uids []string, pos []int, start time.Time) {
+	items := b.items
 	if len(uids) == 0 {
-		return b, nil
+		return
 	}
+	// Every user's run lives in one slice, never grown (at most one run
+	// per item), so pointers into it stay valid.
+	store := make([]userRun, 0, len(uids))
 	runs := make(map[*registry.User[*conn]]*userRun)
 	var order []*registry.User[*conn]
 	s.reg.DoGroups(uids, true, func(idx []int, users []*registry.User[*conn]) {
 		clear(runs)
 		order = order[:0]
 		now := time.Now().UnixNano()
+		if !s.serving() {
+			// The lease ran out during the pass: once per shard, not
+			// per write, and nothing of this shard is applied.
+			for _, j := range idx {
+				b.errs[pos[j]] = ErrFenced
+				s.m.pubRejected.Inc()
+			}
+			return
+		}
 		for k, j := range idx {
 			i, u := pos[j], users[k]
 			run := runs[u]
 			if run == nil {
-				run = &userRun{state: s.decideInShard(u, items[i].User, now)}
+				store = append(store, userRun{state: s.decideInShard(u, items[i].User, now)})
+				run = &store[len(store)-1]
+				run.pend = run.one[:0]
 				if run.state == runRedirect {
 					run.to = u.GoneTo()
 				}
@@ -249,7 +273,6 @@ func (s *Server) applyBatch(items []BatchItem) (*pubBatch, error) {
 			s.m.latency.Observe(d)
 		}
 	}
-	return b, nil
 }
 
 // pendingKey reports whether one of the pending items carries key.
@@ -287,8 +310,8 @@ func (s *Server) decideInShard(u *registry.User[*conn], uid string, now int64) i
 // flushRun writes the user's pending items to each of its open
 // connections, all of one connection's in one write, then settles their
 // outcomes as applyInShard does. Called under the user's shard lock; the
-// edge's lease was checked when the batch began (writes do not check it
-// again one by one).
+// edge's lease was checked when the pass took that lock (writes do not
+// check it again one by one).
 func (s *Server) flushRun(b *pubBatch, u *registry.User[*conn], run *userRun) {
 	if len(run.pend) == 0 {
 		return
