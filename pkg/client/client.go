@@ -65,6 +65,21 @@
 // same guarantee by setting the key itself and reusing it for the retries
 // of the same message.
 //
+// # Batches
+//
+// Concurrent Publish calls to one edge travel together: the SDK sends them
+// as one PublishBatchStream message, which the edge applies in one pass
+// (each registry shard lock once, one write per connection). A batch
+// leaves when it holds WithBatchSize requests (DefaultBatchSize) or
+// MaxBatchBytes of payload, or when WithBatchLinger (DefaultBatchLinger,
+// at most MaxBatchLinger) has passed since its first request; a linger of
+// 0 sends what queued while the previous batch was being sent. Batching
+// changes nothing a caller sees but latency (at most the linger) and the
+// edge's CPU per message: every call keeps its own answer, error,
+// deadline, retries, re-routes and idempotency key, and a call whose
+// context ends before its batch leaves is not sent. Against an edge
+// without PublishBatchStream the SDK uses PublishStream, then unary calls.
+//
 // The router serves the same calls for backends that do not embed the SDK,
 // through Client.Server.
 package client
@@ -226,8 +241,8 @@ func WithForwardTimeout(d time.Duration) Option { return func(o *options) { o.fw
 // A Client is safe for concurrent use. It holds one gRPC connection per
 // member gRPC address, made on first use and closed (after a grace for the
 // calls running on it) when no member of the document has that address
-// any more, and one PublishStream per edge that multiplexes its Publish
-// calls.
+// any more, and one PublishBatchStream per edge that carries its Publish
+// calls in batches (WithBatchSize, WithBatchLinger).
 type Client struct {
 	log        *slog.Logger
 	f          *store.Follower
