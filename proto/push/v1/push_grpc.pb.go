@@ -65,9 +65,9 @@ type PushClient interface {
 	// Presence reports whether users are connected and with how many
 	// connections.
 	Presence(ctx context.Context, in *PresenceRequest, opts ...grpc.CallOption) (*PresenceResponse, error)
-	// PublishStream carries many publishes over one stream, what the Go SDK
-	// uses for Publish: a unary call costs an HTTP/2 stream, headers and
-	// trailers each. Every request gets one answer with its request_id,
+	// PublishStream carries many publishes over one stream (the Go SDK uses
+	// it for Publish against edges without PublishBatchStream): a unary call
+	// costs an HTTP/2 stream, headers and trailers each. Every request gets one answer with its request_id,
 	// matched by it: requests are served in order, except one that waits for
 	// a user's stream to be handed over, whose answer may come after later
 	// ones. A request that fails answers with error_code (a gRPC code) and
@@ -82,8 +82,8 @@ type PushClient interface {
 	// ring_version for a not-owner refusal) and the others are applied all
 	// the same. The call itself fails with INVALID_ARGUMENT when the batch
 	// is empty or over the edge's limits (the error names the limit: at
-	// most 4096 requests and 16 MiB of payload). Requests for one user are
-	// applied in request order.
+	// most 4096 requests and 1 MiB of payload, or one --max-payload-bytes if
+	// that is larger). Requests for one user are applied in request order.
 	PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error)
 	// PublishBatchStream is PublishStream with a batch per message: what the
 	// Go SDK uses. Each PublishBatchRequest is applied like PublishBatch and
@@ -208,9 +208,9 @@ type PushServer interface {
 	// Presence reports whether users are connected and with how many
 	// connections.
 	Presence(context.Context, *PresenceRequest) (*PresenceResponse, error)
-	// PublishStream carries many publishes over one stream, what the Go SDK
-	// uses for Publish: a unary call costs an HTTP/2 stream, headers and
-	// trailers each. Every request gets one answer with its request_id,
+	// PublishStream carries many publishes over one stream (the Go SDK uses
+	// it for Publish against edges without PublishBatchStream): a unary call
+	// costs an HTTP/2 stream, headers and trailers each. Every request gets one answer with its request_id,
 	// matched by it: requests are served in order, except one that waits for
 	// a user's stream to be handed over, whose answer may come after later
 	// ones. A request that fails answers with error_code (a gRPC code) and
@@ -225,8 +225,8 @@ type PushServer interface {
 	// ring_version for a not-owner refusal) and the others are applied all
 	// the same. The call itself fails with INVALID_ARGUMENT when the batch
 	// is empty or over the edge's limits (the error names the limit: at
-	// most 4096 requests and 16 MiB of payload). Requests for one user are
-	// applied in request order.
+	// most 4096 requests and 1 MiB of payload, or one --max-payload-bytes if
+	// that is larger). Requests for one user are applied in request order.
 	PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error)
 	// PublishBatchStream is PublishStream with a batch per message: what the
 	// Go SDK uses. Each PublishBatchRequest is applied like PublishBatch and
