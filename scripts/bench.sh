@@ -23,7 +23,7 @@ case "$scenario" in
   all)
     # The standard set. conns runs at its default 50,000; 200,000 with
     # `make bench SCENARIO=conns N=200000`.
-    for s in edge unicast fanout netpoll proxy tls backpressure compress ring migrate baseline storm resize conns; do
+    for s in edge unicast batch fanout netpoll proxy tls backpressure compress ring migrate baseline storm resize conns; do
       run "$s"
     done
     ;;

@@ -159,8 +159,10 @@ func openRing(o *edge.Options, etcd store.EtcdSecurity, log *slog.Logger) (store
 // serve runs the edge until a signal (or the admin /drain) has drained it.
 func serve(o *edge.Options, srv *edge.Server, st store.Store, reg *prometheus.Registry, gauth *grpcauth.Server, adminAuth admin.Auth, log *slog.Logger) error {
 	c := &o.Config
-	// Room for a PublishMulti of MaxUserIDsPerCall ids of 128 bytes each.
-	g, err := daemon.NewGRPC(o.GRPC, c.MaxPayloadBytes+userid.MaxPerCall*140+64<<10, gauth.ServerOptions()...)
+	// Room for a PublishMulti of MaxUserIDsPerCall ids of 128 bytes each,
+	// and for a full PublishBatch (ids, keys and framing of every request).
+	g, err := daemon.NewGRPC(o.GRPC, max(c.MaxPayloadBytes+userid.MaxPerCall*140,
+		max(edge.MaxBatchBytes, c.MaxPayloadBytes)+edge.MaxBatchRequests*(userid.MaxLen+64+32))+64<<10, gauth.ServerOptions()...)
 	if err != nil {
 		return err
 	}

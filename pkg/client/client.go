@@ -65,6 +65,21 @@
 // same guarantee by setting the key itself and reusing it for the retries
 // of the same message.
 //
+// # Batches
+//
+// Concurrent Publish calls to one edge travel together: the SDK sends them
+// as one PublishBatchStream message, which the edge applies in one pass
+// (each registry shard lock once, one write per connection). A batch
+// leaves when it holds WithBatchSize requests (DefaultBatchSize) or
+// MaxBatchBytes of payload, or when WithBatchLinger (DefaultBatchLinger,
+// at most MaxBatchLinger) has passed since its first request; a linger of
+// 0 sends what queued while the previous batch was being sent. Batching
+// changes nothing a caller sees but latency (at most the linger) and the
+// edge's CPU per message: every call keeps its own answer, error,
+// deadline, retries, re-routes and idempotency key, and a call whose
+// context ends before its batch leaves is not sent. Against an edge
+// without PublishBatchStream the SDK uses PublishStream, then unary calls.
+//
 // The router serves the same calls for backends that do not embed the SDK,
 // through Client.Server.
 package client
@@ -142,6 +157,41 @@ type options struct {
 	log        *slog.Logger
 	forwarded  bool
 	fwdTimeout time.Duration
+	batchSize  int
+	linger     time.Duration
+}
+
+// Batching of Publish calls (see WithBatchSize and WithBatchLinger). The
+// bounds are an edge's (edge.MaxBatchRequests, edge.MaxBatchBytes): a
+// batch over them would be refused whole.
+const (
+	DefaultBatchSize   = 256
+	DefaultBatchLinger = 200 * time.Microsecond
+	MaxBatchLinger     = time.Millisecond
+	MaxBatchSize       = 4096
+	MaxBatchBytes      = 1 << 20
+)
+
+// WithBatchSize sets how many Publish calls to one edge may go in one
+// batch (one PublishBatchStream message, which the edge applies in one
+// pass): the batch is sent as soon as it holds n requests, or
+// MaxBatchBytes of payload, or when the linger (WithBatchLinger) passes.
+// n <= 0 means DefaultBatchSize (256); n is capped at MaxBatchSize (4096);
+// n = 1 sends every call on its own. Every call still gets its own answer
+// and error, retries and deadline.
+func WithBatchSize(n int) Option {
+	return func(o *options) { o.batchSize = n }
+}
+
+// WithBatchLinger sets how long the first Publish call queued for an edge
+// waits for others to join its batch before the batch is sent: at most
+// MaxBatchLinger (1 ms; longer is capped). d = 0 waits for nobody: what
+// queued while the previous batch was being sent goes at once (natural
+// batching, no added latency). d < 0 means DefaultBatchLinger (200 µs),
+// as does leaving it unset. A call whose context ends while it waits is
+// not sent.
+func WithBatchLinger(d time.Duration) Option {
+	return func(o *options) { o.linger = min(d, MaxBatchLinger) }
 }
 
 // WithDialOptions adds gRPC dial options to every edge connection, after
@@ -191,8 +241,8 @@ func WithForwardTimeout(d time.Duration) Option { return func(o *options) { o.fw
 // A Client is safe for concurrent use. It holds one gRPC connection per
 // member gRPC address, made on first use and closed (after a grace for the
 // calls running on it) when no member of the document has that address
-// any more, and one PublishStream per edge that multiplexes its Publish
-// calls.
+// any more, and one PublishBatchStream per edge that carries its Publish
+// calls in batches (WithBatchSize, WithBatchLinger).
 type Client struct {
 	log        *slog.Logger
 	f          *store.Follower
@@ -210,6 +260,8 @@ type Client struct {
 	conns     map[string]*grpc.ClientConn // by gRPC address
 	streams   map[string]*pubStream       // Publish streams by gRPC address (stream.go)
 	unaryOnly map[string]bool             // edges without PublishStream
+	noBatch   map[string]bool             // edges without PublishBatchStream
+	batch     batchConfig                 // WithBatchSize, WithBatchLinger
 }
 
 // New follows st with store.Follow (liveness from the store's leases, if it
@@ -242,9 +294,16 @@ func NewWithFollower(f *store.Follower, opts ...Option) *Client {
 }
 
 func makeOptions(opts []Option) options {
-	o := options{log: slog.Default()}
+	o := options{log: slog.Default(), linger: -1}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if o.batchSize <= 0 {
+		o.batchSize = DefaultBatchSize
+	}
+	o.batchSize = min(o.batchSize, MaxBatchSize)
+	if o.linger < 0 {
+		o.linger = DefaultBatchLinger
 	}
 	if o.log == nil {
 		o.log = slog.Default()
@@ -272,7 +331,8 @@ func newClient(f *store.Follower, own bool, o options) *Client {
 			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		}, o.dial...),
 		conns:   make(map[string]*grpc.ClientConn),
-		streams: make(map[string]*pubStream), unaryOnly: make(map[string]bool),
+		streams: make(map[string]*pubStream), unaryOnly: make(map[string]bool), noBatch: make(map[string]bool),
+		batch: batchConfig{maxItems: o.batchSize, maxBytes: MaxBatchBytes, linger: o.linger},
 	}
 	c.mu.Lock()
 	c.syncLocked(f.View())
@@ -316,6 +376,7 @@ func (c *Client) syncLocked(v *owner.View) {
 			delete(c.conns, addr)
 			delete(c.streams, addr) // it ends with its connection, after the grace
 			delete(c.unaryOnly, addr)
+			delete(c.noBatch, addr)
 		}
 	}
 	c.version, c.addrs = v.Version(), addrs

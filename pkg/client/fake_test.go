@@ -56,7 +56,8 @@ type fakeEdge struct {
 
 	mu sync.Mutex
 	// knobs
-	noStream     bool                     // PublishStream unimplemented
+	noStream     bool                     // PublishStream and PublishBatchStream unimplemented
+	noBatch      bool                     // PublishBatchStream unimplemented
 	refuse       map[string]uint32        // user -> owner named in a not-owner answer
 	lose         int                      // apply, then answer UNAVAILABLE, this many times
 	hang         map[string]bool          // never answer publishes for these users
@@ -69,7 +70,8 @@ type fakeEdge struct {
 	applied map[string]*pushv1.PublishResponse // "user\x00key" -> first answer
 	conns   map[string]uint32                  // connections held per user
 	calls   []call
-	streams int // PublishStreams opened
+	streams int   // PublishStreams and PublishBatchStreams opened
+	batches []int // size of every PublishBatchStream message
 }
 
 func startFake(t testing.TB, id uint32) *fakeEdge {
@@ -253,6 +255,49 @@ func (e *fakeEdge) PublishStream(stream pushv1.Push_PublishStreamServer) error {
 			defer sendMu.Unlock()
 			stream.Send(resp)
 		})
+	}
+}
+
+// PublishBatchStream serves every request of every batch concurrently,
+// recorded as "Stream" like a PublishStream request, each answered in a
+// message of its own as soon as it is ready.
+func (e *fakeEdge) PublishBatchStream(stream pushv1.Push_PublishBatchStreamServer) error {
+	e.mu.Lock()
+	if e.noStream || e.noBatch {
+		e.mu.Unlock()
+		return status.Error(codes.Unimplemented, "no PublishBatchStream")
+	}
+	e.streams++
+	stuck := e.stuckStreams
+	e.mu.Unlock()
+	if stuck {
+		<-stream.Context().Done() // never reads: the client's sends block
+		return nil
+	}
+	var sendMu sync.Mutex
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		batch, err := stream.Recv()
+		if err != nil {
+			return nil
+		}
+		e.mu.Lock()
+		e.batches = append(e.batches, len(batch.GetRequests()))
+		e.mu.Unlock()
+		for _, req := range batch.GetRequests() {
+			wg.Go(func() {
+				e.record(stream.Context(), "Stream", req.GetIdempotencyKey(), req.GetUserId())
+				resp, st, named := e.publish(stream.Context(), req)
+				if st != nil {
+					resp = &pushv1.PublishResponse{ErrorCode: uint32(st.Code()), Error: st.Message(), OwnerId: named, RingVersion: 1}
+				}
+				resp.RequestId = req.GetRequestId()
+				sendMu.Lock()
+				defer sendMu.Unlock()
+				stream.Send(&pushv1.PublishBatchResponse{Responses: []*pushv1.PublishResponse{resp}})
+			})
+		}
 	}
 }
 

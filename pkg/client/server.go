@@ -2,7 +2,11 @@ package client
 
 import (
 	"context"
+	"sync"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pushv1 "github.com/pushcluster/push/proto/push/v1"
 )
@@ -26,6 +30,15 @@ import (
 // caller gave none, the same for every retry. Errors keep their gRPC
 // codes; a Broadcast that some edges missed fails as a whole (gRPC carries
 // no answer with an error).
+//
+// PublishBatch is served as that many Publish calls through c, the
+// requests of one user one after another in request order and different
+// users concurrently; c coalesces them again into batches per owning edge
+// (WithBatchSize, WithBatchLinger), so a batch that spans edges reaches
+// each in one pass. Each request gets its own answer or error_code and
+// error; the call fails with INVALID_ARGUMENT for an empty batch, more
+// than MaxBatchSize requests, or (with more than one request) more than
+// MaxBatchBytes of payload.
 func (c *Client) Server() pushv1.PushServer { return forwarder{c: c} }
 
 type forwarder struct {
@@ -96,4 +109,49 @@ func (f forwarder) Presence(ctx context.Context, req *pushv1.PresenceRequest) (*
 	ctx, cancel := f.bound(ctx)
 	defer cancel()
 	return f.c.Presence(ctx, req.GetUserIds())
+}
+
+func (f forwarder) PublishBatch(ctx context.Context, req *pushv1.PublishBatchRequest) (*pushv1.PublishBatchResponse, error) {
+	reqs := req.GetRequests()
+	total := 0
+	for _, r := range reqs {
+		total += len(r.GetData())
+	}
+	switch {
+	case len(reqs) == 0:
+		return nil, status.Error(codes.InvalidArgument, "empty batch: requests is empty")
+	case len(reqs) > MaxBatchSize:
+		return nil, status.Errorf(codes.InvalidArgument, "batch too big: %d requests, limit %d", len(reqs), MaxBatchSize)
+	case len(reqs) > 1 && total > MaxBatchBytes:
+		return nil, status.Errorf(codes.InvalidArgument, "batch too big: %d bytes of payload, limit %d", total, MaxBatchBytes)
+	}
+	ctx, cancel := f.bound(ctx)
+	defer cancel()
+	// One goroutine per user keeps each user's requests in order.
+	byUser := make(map[string][]int)
+	var users []string
+	for i, r := range reqs {
+		if _, ok := byUser[r.GetUserId()]; !ok {
+			users = append(users, r.GetUserId())
+		}
+		byUser[r.GetUserId()] = append(byUser[r.GetUserId()], i)
+	}
+	out := make([]*pushv1.PublishResponse, len(reqs))
+	var wg sync.WaitGroup
+	for _, uid := range users {
+		wg.Go(func() {
+			for _, i := range byUser[uid] {
+				r := reqs[i]
+				resp, err := f.c.Publish(keyed(ctx, r.GetIdempotencyKey()), uid, r.GetData(), time.Duration(r.GetTtlSeconds())*time.Second)
+				if err != nil {
+					st := status.Convert(err)
+					resp = &pushv1.PublishResponse{ErrorCode: uint32(st.Code()), Error: st.Message()}
+				}
+				resp.RequestId = r.GetRequestId()
+				out[i] = resp
+			}
+		})
+	}
+	wg.Wait()
+	return &pushv1.PublishBatchResponse{Responses: out}, nil
 }

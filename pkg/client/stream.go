@@ -17,9 +17,12 @@ import (
 )
 
 // pubStream multiplexes concurrent Publish calls to one edge over one
-// PublishStream: a unary call costs an HTTP/2 stream with its headers and
+// stream: a unary call costs an HTTP/2 stream with its headers and
 // trailers on both sides, which at thousands of publishes a second is most
-// of an edge's CPU per message.
+// of an edge's CPU per message. Over PublishBatchStream (batch set) the
+// calls waiting to be sent go as one batch per message, which the edge
+// applies in one pass; over PublishStream (an edge without
+// PublishBatchStream) one request per message.
 //
 // An edge serves the requests of a stream concurrently, so answers come
 // back in any order; each carries its request_id, and receive hands it to
@@ -29,8 +32,15 @@ import (
 // for their answer as for their turn, only until their own context ends. A
 // stream whose sender has been blocked for stuckAfter (the edge stopped
 // reading) is dropped, and the next call opens a new one.
+//
+// The sender takes the first request queued, then gathers more until the
+// batch holds maxItems requests or maxBytes of payload, or linger has
+// passed since the first (with linger 0 it sends what was queued at once:
+// requests that arrive while a send is in progress form the next batch).
 type pubStream struct {
-	stream  pushv1.Push_PublishStreamClient
+	stream  streamTransport
+	batch   bool // over PublishBatchStream
+	cfg     batchConfig
 	cancel  context.CancelFunc
 	sendq   chan streamReq
 	dead    chan struct{} // closed once the stream broke
@@ -42,9 +52,65 @@ type pubStream struct {
 	err     error // set once the stream broke; a new one is opened next time
 }
 
+// batchConfig is how the SDK forms batches (WithBatchSize,
+// WithBatchLinger).
+type batchConfig struct {
+	maxItems int
+	maxBytes int
+	linger   time.Duration
+}
+
 type streamReq struct {
 	ctx context.Context // the caller's: a request whose caller left is not sent
 	req *pushv1.PublishRequest
+}
+
+// streamTransport is the one of PublishBatchStream and PublishStream a
+// pubStream speaks.
+type streamTransport interface {
+	send(reqs []*pushv1.PublishRequest) error
+	recv() ([]*pushv1.PublishResponse, error)
+}
+
+type batchTransport struct {
+	st  pushv1.Push_PublishBatchStreamClient
+	msg pushv1.PublishBatchRequest // reused: Send has encoded it when it returns
+}
+
+func (t *batchTransport) send(reqs []*pushv1.PublishRequest) error {
+	t.msg.Requests = reqs
+	err := t.st.Send(&t.msg)
+	t.msg.Requests = nil
+	return err
+}
+
+func (t *batchTransport) recv() ([]*pushv1.PublishResponse, error) {
+	m, err := t.st.Recv()
+	if err != nil {
+		return nil, err
+	}
+	return m.GetResponses(), nil
+}
+
+type singleTransport struct {
+	st pushv1.Push_PublishStreamClient
+}
+
+func (t singleTransport) send(reqs []*pushv1.PublishRequest) error {
+	for _, r := range reqs {
+		if err := t.st.Send(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t singleTransport) recv() ([]*pushv1.PublishResponse, error) {
+	m, err := t.st.Recv()
+	if err != nil {
+		return nil, err
+	}
+	return []*pushv1.PublishResponse{m}, nil
 }
 
 // stuckAfter is how long one Send may block before the stream counts as
@@ -61,15 +127,27 @@ var errStreamBroke = status.Error(codes.Unavailable, "publish stream to the edge
 // errStreamStuck ends a stream whose sender is blocked.
 var errStreamStuck = status.Error(codes.Unavailable, "publish stream to the edge stuck: the edge stopped reading")
 
-func openPubStream(pc pushv1.PushClient) (*pubStream, error) {
+// openPubStream opens a PublishBatchStream (batch) or a PublishStream.
+func openPubStream(pc pushv1.PushClient, batch bool, cfg batchConfig) (*pubStream, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := pc.PublishStream(ctx)
-	if err != nil {
-		cancel()
-		return nil, err
+	var tr streamTransport
+	if batch {
+		st, err := pc.PublishBatchStream(ctx)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		tr = &batchTransport{st: st}
+	} else {
+		st, err := pc.PublishStream(ctx)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		tr = singleTransport{st: st}
 	}
-	s := &pubStream{stream: st, cancel: cancel, sendq: make(chan streamReq, 256), dead: make(chan struct{}),
-		pending: map[uint64]chan *pushv1.PublishResponse{}}
+	s := &pubStream{stream: tr, batch: batch, cfg: cfg, cancel: cancel, sendq: make(chan streamReq, 4*cfg.maxItems),
+		dead: make(chan struct{}), pending: map[uint64]chan *pushv1.PublishResponse{}}
 	go s.receive()
 	go s.send()
 	return s, nil
@@ -77,39 +155,97 @@ func openPubStream(pc pushv1.PushClient) (*pubStream, error) {
 
 func (s *pubStream) receive() {
 	for {
-		resp, err := s.stream.Recv()
+		resps, err := s.stream.recv()
 		if err != nil {
 			s.fail(err)
 			return
 		}
-		s.mu.Lock()
-		ch := s.pending[resp.GetRequestId()]
-		delete(s.pending, resp.GetRequestId())
-		s.mu.Unlock()
-		if ch != nil {
-			ch <- resp // buffered: never blocks
+		for _, resp := range resps {
+			s.mu.Lock()
+			ch := s.pending[resp.GetRequestId()]
+			delete(s.pending, resp.GetRequestId())
+			s.mu.Unlock()
+			if ch != nil {
+				ch <- resp // buffered: never blocks
+			}
 		}
 	}
 }
 
+// send forms batches from sendq and sends them until the stream dies.
 func (s *pubStream) send() {
+	var (
+		batch []*pushv1.PublishRequest
+		bytes int
+		carry *pushv1.PublishRequest // did not fit the last batch
+		timer *time.Timer
+	)
+	add := func(r streamReq) bool { // false: it does not fit, carry it
+		if r.ctx.Err() != nil {
+			return true // its caller left and forgot its id
+		}
+		if len(batch) > 0 && bytes+len(r.req.Data) > s.cfg.maxBytes {
+			carry = r.req
+			return false
+		}
+		batch = append(batch, r.req)
+		bytes += len(r.req.Data)
+		return true
+	}
+	full := func() bool { return carry != nil || len(batch) >= s.cfg.maxItems || bytes >= s.cfg.maxBytes }
 	for {
-		select {
-		case r := <-s.sendq:
-			if r.ctx.Err() != nil {
-				continue // its caller left and forgot its id
-			}
-			s.sending.Store(time.Now().UnixNano())
-			err := s.stream.Send(r.req)
-			s.sending.Store(0)
-			if errors.Is(err, io.EOF) {
-				return // the stream ended: receive learns why and fails it
-			}
-			if err != nil {
-				s.fail(err)
+		batch, bytes = batch[:0], 0
+		if carry != nil {
+			batch, bytes, carry = append(batch, carry), len(carry.Data), nil
+		} else {
+			select {
+			case r := <-s.sendq:
+				add(r)
+			case <-s.dead:
 				return
 			}
-		case <-s.dead:
+		}
+		if s.cfg.linger > 0 && !full() {
+			if timer == nil {
+				timer = time.NewTimer(s.cfg.linger)
+			} else {
+				timer.Reset(s.cfg.linger)
+			}
+		gather:
+			for !full() {
+				select {
+				case r := <-s.sendq:
+					add(r)
+				case <-timer.C:
+					break gather
+				case <-s.dead:
+					return
+				}
+			}
+			timer.Stop()
+		} else {
+		drain:
+			for !full() {
+				select {
+				case r := <-s.sendq:
+					add(r)
+				default:
+					break drain
+				}
+			}
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		s.sending.Store(time.Now().UnixNano())
+		err := s.stream.send(batch)
+		s.sending.Store(0)
+		clear(batch) // the requests belong to their callers again
+		if errors.Is(err, io.EOF) {
+			return // the stream ended: receive learns why and fails it
+		}
+		if err != nil {
+			s.fail(err)
 			return
 		}
 	}
@@ -209,26 +345,27 @@ func (s *pubStream) publish(ctx context.Context, req *pushv1.PublishRequest) (*p
 }
 
 // publishOn sends req to the edge at addr over its stream, opening one when
-// there is none (or the last one broke or is stuck); an edge without
-// PublishStream (codes.Unimplemented) gets unary calls from then on; a
-// stream the edge ended as UNAUTHENTICATED or PERMISSION_DENIED fails the
-// call with that status. It returns the owner a not-owner answer named
-// (0: none).
+// there is none (or the last one broke or is stuck): a PublishBatchStream,
+// or a PublishStream for an edge without it (codes.Unimplemented), or
+// unary calls for an edge without either; a stream the edge ended as
+// UNAUTHENTICATED or PERMISSION_DENIED fails the call with that status.
+// It returns the owner a not-owner answer named (0: none).
 func (c *Client) publishOn(ctx context.Context, addr string, pc pushv1.PushClient, req *pushv1.PublishRequest) (*pushv1.PublishResponse, uint32, error) {
 	c.mu.Lock()
 	s := c.streams[addr]
 	unary := c.unaryOnly[addr]
+	batch := !c.noBatch[addr]
 	c.mu.Unlock()
 	if unary {
 		return publishUnary(ctx, pc, req)
 	}
-	if s == nil || !s.usable() {
+	if s == nil || !s.usable() || s.batch != batch {
 		var err error
-		if s, err = openPubStream(pc); err != nil {
+		if s, err = openPubStream(pc, batch, c.batch); err != nil {
 			return publishUnary(ctx, pc, req)
 		}
 		c.mu.Lock()
-		if old := c.streams[addr]; old != nil && old.broken() == nil && !old.stuck() {
+		if old := c.streams[addr]; old != nil && old.broken() == nil && !old.stuck() && old.batch == batch {
 			s.cancel() // lost a race: use the one already there
 			s = old
 		} else if c.streams != nil {
@@ -242,9 +379,16 @@ func (c *Client) publishOn(ctx context.Context, addr string, pc pushv1.PushClien
 		case codes.Unimplemented:
 			c.mu.Lock()
 			if c.unaryOnly != nil {
-				c.unaryOnly[addr] = true
+				if s.batch {
+					c.noBatch[addr] = true
+				} else {
+					c.unaryOnly[addr] = true
+				}
 			}
 			c.mu.Unlock()
+			if s.batch {
+				return c.publishOn(ctx, addr, pc, req)
+			}
 			return publishUnary(ctx, pc, req)
 		case codes.Unauthenticated, codes.PermissionDenied:
 			// The edge refused the stream's credential or scope (or a

@@ -125,12 +125,89 @@ func (s *Server) enqueueLocked(c *conn, a, b []byte, copyA bool) bool {
 		q.bufs = append(q.bufs, b)
 	}
 	q.size += len(a) + len(b)
+	s.armWriteLocked(c)
+	return true
+}
+
+// armWriteLocked asks the loop for EPOLLOUT on c, which has bytes queued.
+func (s *Server) armWriteLocked(c *conn) {
 	if !c.wantWrite {
 		c.wantWrite = true
 		if c.polled {
 			s.loops[c.loop].poll.Resume(int(c.fd), c.gen, c.interest(true))
 		}
 	}
+}
+
+// maxIov is how many buffers one writev takes (Linux's IOV_MAX).
+const maxIov = 1024
+
+// writevLocked writes bufs in order with writev(2), as few calls as
+// IOV_MAX allows: several frames for one connection cost one system call.
+// What the kernel does not take is queued as by writeLocked, but by
+// reference: the caller gives the buffers up (none may be modified
+// later). It reports whether everything was written or queued; a queue
+// that would exceed MaxQueueBytes closes c as a slow consumer.
+func (s *Server) writevLocked(c *conn, bufs [][]byte) bool {
+	if c.state >= stClosing {
+		return false
+	}
+	for len(bufs) > 0 && c.out == nil {
+		chunk := bufs[:min(len(bufs), maxIov)]
+		want := 0
+		for _, p := range chunk {
+			want += len(p)
+		}
+		n, err := unix.Writev(int(c.fd), chunk)
+		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+			s.closeNowLocked(c, -1)
+			return false
+		}
+		if n < 0 {
+			n = 0
+		}
+		full := n < want // the socket took less: queue the rest
+		// Drop what was written.
+		for n > 0 {
+			if n >= len(bufs[0]) {
+				n -= len(bufs[0])
+				bufs = bufs[1:]
+			} else {
+				bufs[0] = bufs[0][n:]
+				n = 0
+			}
+		}
+		for len(bufs) > 0 && len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+		}
+		if full {
+			break
+		}
+	}
+	if len(bufs) == 0 {
+		return true
+	}
+	size := 0
+	for _, p := range bufs {
+		size += len(p)
+	}
+	q := c.out
+	if q == nil {
+		q = &outQueue{}
+		c.out = q
+	}
+	if q.size+size > s.cfg.MaxQueueBytes {
+		s.m.queueDrops.Inc()
+		s.closeNowLocked(c, ClosePolicy)
+		return false
+	}
+	for _, p := range bufs {
+		if len(p) > 0 {
+			q.bufs = append(q.bufs, p)
+		}
+	}
+	q.size += size
+	s.armWriteLocked(c)
 	return true
 }
 

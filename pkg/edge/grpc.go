@@ -56,7 +56,7 @@ func (g *Service) status(err error) error {
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
-	case errors.Is(err, userid.ErrInvalid), errors.Is(err, ErrPayloadTooBig),
+	case errors.Is(err, userid.ErrInvalid), errors.Is(err, ErrPayloadTooBig), errors.Is(err, ErrBatchTooBig), errors.Is(err, ErrEmptyBatch),
 		errors.Is(err, ErrEmptyPayload), errors.Is(err, userid.ErrTooMany), errors.Is(err, ErrBadKey):
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -286,4 +286,160 @@ func (g *Service) Claim(ctx context.Context, req *pushv1.ClaimRequest) (*pushv1.
 func (g *Service) LeaseStatus(ctx context.Context, req *pushv1.LeaseStatusRequest) (*pushv1.LeaseStatusResponse, error) {
 	reachable, live := g.s.storeStatus(req.GetMemberId())
 	return &pushv1.LeaseStatusResponse{StoreReachable: reachable, MemberLive: live, ResponderId: g.s.cfg.ID}, nil
+}
+
+// batchItems converts a batch's requests.
+func batchItems(reqs []*pushv1.PublishRequest) []BatchItem {
+	items := make([]BatchItem, len(reqs))
+	for i, r := range reqs {
+		items[i] = BatchItem{User: r.GetUserId(), Data: r.GetData(), TTL: time.Duration(r.GetTtlSeconds()) * time.Second, Key: r.GetIdempotencyKey()}
+	}
+	return items
+}
+
+// response is one request's answer in a batch or stream: its result, or
+// error_code and error (and owner_id, ring_version for a not-owner
+// refusal).
+func (g *Service) response(r Result, err error, requestID uint64) *pushv1.PublishResponse {
+	if err != nil {
+		st := status.Convert(g.status(err))
+		resp := &pushv1.PublishResponse{ErrorCode: uint32(st.Code()), Error: st.Message(), EdgeId: g.s.cfg.ID, RequestId: requestID}
+		var no *NotOwnerError
+		if errors.As(err, &no) {
+			resp.OwnerId, resp.RingVersion = no.Owner, no.RingVersion
+		}
+		return resp
+	}
+	return &pushv1.PublishResponse{Outcome: outcome(r.Outcome), Seq: r.Seq, Epoch: r.Epoch, Duplicate: r.Duplicate,
+		Connections: uint32(r.Conns), Reason: r.Reason, EdgeId: g.s.cfg.ID, RequestId: requestID}
+}
+
+// PublishBatch implements push.v1.Push: every request is answered as
+// Publish answers it, in request order, one PublishResponse each (a
+// failed one with error_code and error); the batch is applied in one pass
+// (Server.PublishBatch). The call fails with INVALID_ARGUMENT only for an
+// empty batch or one over MaxBatchRequests or MaxBatchBytes.
+func (g *Service) PublishBatch(ctx context.Context, req *pushv1.PublishBatchRequest) (*pushv1.PublishBatchResponse, error) {
+	reqs := req.GetRequests()
+	rs, errs, err := g.s.PublishBatch(ctx, batchItems(reqs))
+	if err != nil {
+		return nil, g.status(err)
+	}
+	out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, len(reqs))}
+	for i, r := range reqs {
+		out.Responses[i] = g.response(rs[i], errs[i], r.GetRequestId())
+	}
+	return out, nil
+}
+
+// PublishBatchStream implements push.v1.Push: PublishStream with a batch
+// per message. Each batch is applied in one pass and answered with one
+// message holding the answers of the requests that did not wait; the
+// requests of a user whose stream must be handed over first are served
+// on their own (up to 256 users at once per stream), in order, and
+// answered in a message of their own. A batch over the bounds, or over
+// the caller's publish limit, is answered with the error for every
+// request in it; the stream goes on.
+func (g *Service) PublishBatchStream(stream pushv1.Push_PublishBatchStreamServer) error {
+	var (
+		sendMu  sync.Mutex
+		sendErr error
+		wg      sync.WaitGroup
+	)
+	sem := make(chan struct{}, maxStreamInFlight)
+	send := func(resp *pushv1.PublishBatchResponse) {
+		sendMu.Lock()
+		if sendErr == nil {
+			sendErr = stream.Send(resp)
+		}
+		sendMu.Unlock()
+	}
+	// Batches are served on the goroutine that receives them (a batch is
+	// applied without waiting on anybody, so nothing queues behind it but
+	// the next batch, and no hand-off to another goroutine is paid per
+	// message); this one returns when the edge stops, so that a stream
+	// idling in Recv does not hold a graceful stop (the caller's SDK opens
+	// a new one elsewhere).
+	var (
+		serving sync.Mutex // held while a batch is served
+		closed  bool       // the handler is returning: serve nothing more
+	)
+	defer func() {
+		serving.Lock()
+		closed = true
+		serving.Unlock()
+		wg.Wait() // hand-overs still running answer before the stream ends
+	}()
+	done := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				done <- err
+				return
+			}
+			serving.Lock()
+			if closed {
+				serving.Unlock()
+				return
+			}
+			g.serveBatch(stream.Context(), req.GetRequests(), send, sem, &wg)
+			serving.Unlock()
+		}
+	}()
+	select {
+	case err := <-done:
+		if err == io.EOF {
+			return nil
+		}
+		return err
+	case <-g.s.stop:
+		return status.Error(codes.Unavailable, ErrShuttingDown.Error())
+	}
+}
+
+// serveBatch applies one PublishBatchStream message and answers it (see
+// PublishBatchStream); the users that wait for a hand-over are served on
+// goroutines of their own, bounded by sem and counted in wg.
+func (g *Service) serveBatch(ctx context.Context, rq []*pushv1.PublishRequest, send func(*pushv1.PublishBatchResponse), sem chan struct{}, wg *sync.WaitGroup) {
+	if len(rq) == 0 {
+		return // nothing to answer
+	}
+	// The interceptor checked the stream's caller; each request counts
+	// against its publish limit.
+	err := grpcauth.Limit(ctx, grpcauth.Publishes, len(rq))
+	var b *pubBatch
+	if err == nil {
+		b, err = g.s.applyBatch(batchItems(rq))
+	}
+	if err != nil {
+		out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, len(rq))}
+		for i, r := range rq {
+			out.Responses[i] = g.response(Result{}, err, r.GetRequestId())
+		}
+		send(out)
+		return
+	}
+	out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, 0, len(rq))}
+	for i, r := range rq {
+		if b.errs[i] != errWouldWait {
+			out.Responses = append(out.Responses, g.response(b.rs[i], b.errs[i], r.GetRequestId()))
+		}
+	}
+	if len(out.Responses) > 0 {
+		send(out)
+	}
+	for _, run := range b.waiting() {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			b.finishWaiting(ctx, g.s, run)
+			out := &pushv1.PublishBatchResponse{Responses: make([]*pushv1.PublishResponse, len(run))}
+			for k, i := range run {
+				out.Responses[k] = g.response(b.rs[i], b.errs[i], rq[i].GetRequestId())
+			}
+			send(out)
+		}()
+	}
 }

@@ -154,6 +154,10 @@ func (s *Server) PublishMulti(uids []string, data []byte, ttl time.Duration) ([]
 }
 
 // PublishMultiKey is PublishMulti with an idempotency key applied per user.
+// The users are served in one pass as a batch is (PublishBatch): each
+// registry shard lock once, one write per connection; users whose stream
+// must be handed over first wait after the others (ctx, and a second,
+// bound that). Any error other than a not-owner answer fails the call.
 func (s *Server) PublishMultiKey(ctx context.Context, uids []string, data []byte, ttl time.Duration, key string) ([]Result, error) {
 	if len(key) > maxKeyLen {
 		s.m.pubRejected.Inc()
@@ -163,22 +167,29 @@ func (s *Server) PublishMultiKey(ctx context.Context, uids []string, data []byte
 		return nil, err
 	}
 	start := time.Now()
-	b := newBody(messageTail(data))
+	shared := newBody(messageTail(data))
 	expires := start.UnixNano() + int64(s.ttl(ttl))
-	out := make([]Result, len(uids))
+	n := len(uids)
+	b := &pubBatch{items: make([]BatchItem, n), bodies: make([]*body, n), expires: make([]int64, n), rs: make([]Result, n), errs: make([]error, n)}
+	pos := make([]int, n)
 	for i, uid := range uids {
-		r, err := s.publishTail(ctx, uid, b, expires, key, false)
+		b.items[i] = BatchItem{User: uid, Data: data, TTL: ttl, Key: key}
+		b.bodies[i], b.expires[i], pos[i] = shared, expires, i
+	}
+	s.applyPrepared(b, uids, pos, start)
+	for _, run := range b.waiting() {
+		b.finishWaiting(ctx, s, run)
+	}
+	for i, err := range b.errs {
 		var no *NotOwnerError
 		switch {
 		case errors.As(err, &no):
-			r = Result{Outcome: NotOwner, Owner: no.Owner, Reason: "not the owner"}
+			b.rs[i] = Result{Outcome: NotOwner, Owner: no.Owner, Reason: "not the owner"}
 		case err != nil:
 			return nil, err
 		}
-		out[i] = r
 	}
-	s.m.latency.Observe(time.Since(start).Seconds())
-	return out, nil
+	return b.rs, nil
 }
 
 // publishTail applies one message to uid's stream (see PublishKey).

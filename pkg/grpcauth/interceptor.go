@@ -69,6 +69,20 @@ func (s *Server) limit(id *Identity, kind Kind, n int) error {
 // forwardable is every request with a forwarded field.
 type forwardable interface{ GetForwarded() bool }
 
+// forwarded reports whether a request asks to be taken as forwarded: its
+// own field, or, in a batch, any of its requests'.
+func forwarded(req any) bool {
+	if b, ok := req.(*pushv1.PublishBatchRequest); ok {
+		for _, r := range b.GetRequests() {
+			if r.GetForwarded() {
+				return true
+			}
+		}
+	}
+	f, ok := req.(forwardable)
+	return ok && f.GetForwarded()
+}
+
 var errForwarded = status.Error(codes.PermissionDenied, "forwarded=true is honoured only from cluster members")
 
 func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
@@ -80,7 +94,7 @@ func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		return nil, err
 	}
 	method := shortMethod(info.FullMethod)
-	if f, ok := req.(forwardable); ok && f.GetForwarded() && !id.Member {
+	if forwarded(req) && !id.Member {
 		s.m.failures.WithLabelValues("permission").Inc()
 		s.m.calls.WithLabelValues(s.m.label(id.Name), method, codes.PermissionDenied.String()).Inc()
 		return nil, errForwarded
@@ -90,6 +104,8 @@ func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		switch r := req.(type) {
 		case *pushv1.PublishRequest:
 			err = s.limit(id, Publishes, 1)
+		case *pushv1.PublishBatchRequest:
+			err = s.limit(id, Publishes, max(len(r.GetRequests()), 1))
 		case *pushv1.PublishMultiRequest:
 			err = s.limit(id, Publishes, max(len(r.GetUserIds()), 1))
 		case *pushv1.BroadcastRequest:
@@ -141,7 +157,7 @@ func (c *checkedStream) RecvMsg(m any) error {
 	if !time.Now().Before(c.id.Expires) {
 		return errExpiredOnStream
 	}
-	if f, ok := m.(forwardable); ok && f.GetForwarded() && !c.id.Member {
+	if forwarded(m) && !c.id.Member {
 		c.s.m.failures.WithLabelValues("permission").Inc()
 		return errForwarded
 	}

@@ -13,7 +13,8 @@ type Kind uint8
 // The limited kinds of calls.
 const (
 	// Publishes counts messages: one per Publish (or PublishStream
-	// request), one per user of a PublishMulti.
+	// request), one per request of a PublishBatch (or PublishBatchStream
+	// message), one per user of a PublishMulti.
 	Publishes Kind = iota
 	// Broadcasts counts Broadcast calls.
 	Broadcasts

@@ -19,7 +19,7 @@ type Scope uint8
 
 // The scopes, as named in a token's scope claim or a certificate's OU.
 const (
-	ScopePublish      Scope = 1 << iota // Publish, PublishStream
+	ScopePublish      Scope = 1 << iota // Publish, PublishStream, PublishBatch, PublishBatchStream
 	ScopePublishMulti                   // PublishMulti
 	ScopeBroadcast                      // Broadcast
 	ScopeKick                           // Kick
@@ -67,15 +67,17 @@ func (s Scope) String() string {
 
 // Methods of push.v1 and the scope each needs.
 var methodScopes = map[string]Scope{
-	"/push.v1.Push/Publish":        ScopePublish,
-	"/push.v1.Push/PublishStream":  ScopePublish,
-	"/push.v1.Push/PublishMulti":   ScopePublishMulti,
-	"/push.v1.Push/Broadcast":      ScopeBroadcast,
-	"/push.v1.Push/Kick":           ScopeKick,
-	"/push.v1.Push/Presence":       ScopePresence,
-	"/push.v1.Cluster/Take":        ScopeCluster,
-	"/push.v1.Cluster/Claim":       ScopeCluster,
-	"/push.v1.Cluster/LeaseStatus": ScopeCluster,
+	"/push.v1.Push/Publish":            ScopePublish,
+	"/push.v1.Push/PublishStream":      ScopePublish,
+	"/push.v1.Push/PublishBatch":       ScopePublish,
+	"/push.v1.Push/PublishBatchStream": ScopePublish,
+	"/push.v1.Push/PublishMulti":       ScopePublishMulti,
+	"/push.v1.Push/Broadcast":          ScopeBroadcast,
+	"/push.v1.Push/Kick":               ScopeKick,
+	"/push.v1.Push/Presence":           ScopePresence,
+	"/push.v1.Cluster/Take":            ScopeCluster,
+	"/push.v1.Cluster/Claim":           ScopeCluster,
+	"/push.v1.Cluster/LeaseStatus":     ScopeCluster,
 }
 
 // openPrefix is served to anyone: probes (kubelet, routers' --check,

@@ -148,3 +148,65 @@ func (r *Registry[C]) Len() int {
 	}
 	return n
 }
+
+// DoGroups runs fn once per shard that uids fall in, under that shard's
+// lock, with the indices into uids of that shard (in increasing order)
+// and their entries (created first with create; nil for unknown users
+// without it). Each shard's lock is taken once however many users of the
+// batch it holds, shards in order of their first user in uids. Entries
+// left empty are removed after fn returns. The same uid may appear more
+// than once; its entries are the same *User. fn follows Do's rules.
+func (r *Registry[C]) DoGroups(uids []string, create bool, fn func(idx []int, users []*User[C])) {
+	if len(uids) == 0 {
+		return
+	}
+	// A counting sort by shard, shards ranked by first appearance: each
+	// group keeps its users in request order.
+	rankOf := make(map[uint64]int, 8)
+	rank := make([]int, len(uids))
+	var shardIDs []uint64
+	var sizes []int
+	for i, uid := range uids {
+		sh := xxhash.Sum64String(uid) & r.mask
+		k, ok := rankOf[sh]
+		if !ok {
+			k = len(shardIDs)
+			rankOf[sh] = k
+			shardIDs = append(shardIDs, sh)
+			sizes = append(sizes, 0)
+		}
+		rank[i] = k
+		sizes[k]++
+	}
+	start := make([]int, len(sizes)+1)
+	for k, n := range sizes {
+		start[k+1] = start[k] + n
+	}
+	sorted := make([]int, len(uids))
+	next := append([]int(nil), start[:len(sizes)]...)
+	for i, k := range rank {
+		sorted[next[k]] = i
+		next[k]++
+	}
+	users := make([]*User[C], len(uids))
+	for k, sh := range shardIDs {
+		idx, us := sorted[start[k]:start[k+1]], users[start[k]:start[k+1]]
+		s := &r.shards[sh]
+		s.mu.Lock()
+		for j, i := range idx {
+			u := s.users[uids[i]]
+			if u == nil && create {
+				u = &User[C]{}
+				s.users[uids[i]] = u
+			}
+			us[j] = u
+		}
+		fn(idx, us)
+		for j, i := range idx {
+			if u := us[j]; u != nil && u.empty() && s.users[uids[i]] == u {
+				delete(s.users, uids[i])
+			}
+		}
+		s.mu.Unlock()
+	}
+}

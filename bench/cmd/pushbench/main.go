@@ -21,6 +21,7 @@ var scenarios = []struct {
 	run        func(args []string) error
 }{
 	{"backpressure", "clients that never read, directly and through the router: bytes counted as delivered before the edge's 1008, bytes the router holds per client (kernel buffers included)", runBackpressure},
+	{"batch", "one edge with N idle clients, publishes batched by the SDK: edge CPU (total, user) per unicast message, p99, user CPU per PublishMulti recipient, CPU profile", runBatch},
 	{"baseline", "the edge against gorilla/websocket with a goroutine per connection (bench/baseline), same load: bytes per connection, fan-out CPU, p99 as ratios", runBaseline},
 	{"compress", "permessage-deflate on one edge: wire bytes of a 1 KB JSON message with and without, idle bytes per connection that negotiated it, CPU per compressed broadcast delivery", runCompress},
 	{"conns", "N idle connections through SO_REUSEPORT routers to edges over many processes: upgrades/s, bytes per connection (slopes), kernel memory, CPU at rest", runConns},

@@ -344,6 +344,107 @@ func (x *PublishResponse) GetRingVersion() uint64 {
 	return 0
 }
 
+type PublishBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The publishes; each request's own forwarded field is ignored (the
+	// batch's counts), its request_id is echoed in its answer.
+	Requests []*PublishRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	// As in PublishRequest, for every request of the batch.
+	Forwarded     bool `protobuf:"varint,2,opt,name=forwarded,proto3" json:"forwarded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatchRequest) Reset() {
+	*x = PublishBatchRequest{}
+	mi := &file_push_v1_push_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatchRequest) ProtoMessage() {}
+
+func (x *PublishBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_push_v1_push_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatchRequest.ProtoReflect.Descriptor instead.
+func (*PublishBatchRequest) Descriptor() ([]byte, []int) {
+	return file_push_v1_push_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PublishBatchRequest) GetRequests() []*PublishRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+func (x *PublishBatchRequest) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
+type PublishBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One answer per request. PublishBatch: in request order.
+	// PublishBatchStream: matched by request_id.
+	Responses     []*PublishResponse `protobuf:"bytes,1,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishBatchResponse) Reset() {
+	*x = PublishBatchResponse{}
+	mi := &file_push_v1_push_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishBatchResponse) ProtoMessage() {}
+
+func (x *PublishBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_push_v1_push_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishBatchResponse.ProtoReflect.Descriptor instead.
+func (*PublishBatchResponse) Descriptor() ([]byte, []int) {
+	return file_push_v1_push_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PublishBatchResponse) GetResponses() []*PublishResponse {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
 type PublishMultiRequest struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	UserIds    []string               `protobuf:"bytes,1,rep,name=user_ids,json=userIds,proto3" json:"user_ids,omitempty"`
@@ -358,7 +459,7 @@ type PublishMultiRequest struct {
 
 func (x *PublishMultiRequest) Reset() {
 	*x = PublishMultiRequest{}
-	mi := &file_push_v1_push_proto_msgTypes[2]
+	mi := &file_push_v1_push_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +471,7 @@ func (x *PublishMultiRequest) String() string {
 func (*PublishMultiRequest) ProtoMessage() {}
 
 func (x *PublishMultiRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[2]
+	mi := &file_push_v1_push_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +484,7 @@ func (x *PublishMultiRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishMultiRequest.ProtoReflect.Descriptor instead.
 func (*PublishMultiRequest) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{2}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PublishMultiRequest) GetUserIds() []string {
@@ -440,7 +541,7 @@ type PublishResult struct {
 
 func (x *PublishResult) Reset() {
 	*x = PublishResult{}
-	mi := &file_push_v1_push_proto_msgTypes[3]
+	mi := &file_push_v1_push_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +553,7 @@ func (x *PublishResult) String() string {
 func (*PublishResult) ProtoMessage() {}
 
 func (x *PublishResult) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[3]
+	mi := &file_push_v1_push_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +566,7 @@ func (x *PublishResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
 func (*PublishResult) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{3}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PublishResult) GetUserId() string {
@@ -541,7 +642,7 @@ type PublishMultiResponse struct {
 
 func (x *PublishMultiResponse) Reset() {
 	*x = PublishMultiResponse{}
-	mi := &file_push_v1_push_proto_msgTypes[4]
+	mi := &file_push_v1_push_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -553,7 +654,7 @@ func (x *PublishMultiResponse) String() string {
 func (*PublishMultiResponse) ProtoMessage() {}
 
 func (x *PublishMultiResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[4]
+	mi := &file_push_v1_push_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -566,7 +667,7 @@ func (x *PublishMultiResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishMultiResponse.ProtoReflect.Descriptor instead.
 func (*PublishMultiResponse) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{4}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PublishMultiResponse) GetResults() []*PublishResult {
@@ -588,7 +689,7 @@ type BroadcastRequest struct {
 
 func (x *BroadcastRequest) Reset() {
 	*x = BroadcastRequest{}
-	mi := &file_push_v1_push_proto_msgTypes[5]
+	mi := &file_push_v1_push_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +701,7 @@ func (x *BroadcastRequest) String() string {
 func (*BroadcastRequest) ProtoMessage() {}
 
 func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[5]
+	mi := &file_push_v1_push_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +714,7 @@ func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
 func (*BroadcastRequest) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{5}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BroadcastRequest) GetData() []byte {
@@ -642,7 +743,7 @@ type BroadcastResponse struct {
 
 func (x *BroadcastResponse) Reset() {
 	*x = BroadcastResponse{}
-	mi := &file_push_v1_push_proto_msgTypes[6]
+	mi := &file_push_v1_push_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -654,7 +755,7 @@ func (x *BroadcastResponse) String() string {
 func (*BroadcastResponse) ProtoMessage() {}
 
 func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[6]
+	mi := &file_push_v1_push_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -667,7 +768,7 @@ func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
 func (*BroadcastResponse) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{6}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BroadcastResponse) GetConnections() uint64 {
@@ -696,7 +797,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_push_v1_push_proto_msgTypes[7]
+	mi := &file_push_v1_push_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +809,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[7]
+	mi := &file_push_v1_push_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +822,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{7}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *KickRequest) GetUserId() string {
@@ -755,7 +856,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_push_v1_push_proto_msgTypes[8]
+	mi := &file_push_v1_push_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -767,7 +868,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[8]
+	mi := &file_push_v1_push_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -780,7 +881,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{8}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *KickResponse) GetConnections() uint32 {
@@ -800,7 +901,7 @@ type PresenceRequest struct {
 
 func (x *PresenceRequest) Reset() {
 	*x = PresenceRequest{}
-	mi := &file_push_v1_push_proto_msgTypes[9]
+	mi := &file_push_v1_push_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +913,7 @@ func (x *PresenceRequest) String() string {
 func (*PresenceRequest) ProtoMessage() {}
 
 func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[9]
+	mi := &file_push_v1_push_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +926,7 @@ func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRequest.ProtoReflect.Descriptor instead.
 func (*PresenceRequest) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{9}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PresenceRequest) GetUserIds() []string {
@@ -855,7 +956,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_push_v1_push_proto_msgTypes[10]
+	mi := &file_push_v1_push_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +968,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[10]
+	mi := &file_push_v1_push_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +981,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{10}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UserPresence) GetUserId() string {
@@ -921,7 +1022,7 @@ type PresenceResponse struct {
 
 func (x *PresenceResponse) Reset() {
 	*x = PresenceResponse{}
-	mi := &file_push_v1_push_proto_msgTypes[11]
+	mi := &file_push_v1_push_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1034,7 @@ func (x *PresenceResponse) String() string {
 func (*PresenceResponse) ProtoMessage() {}
 
 func (x *PresenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[11]
+	mi := &file_push_v1_push_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1047,7 @@ func (x *PresenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceResponse.ProtoReflect.Descriptor instead.
 func (*PresenceResponse) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{11}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PresenceResponse) GetUsers() []*UserPresence {
@@ -969,7 +1070,7 @@ type StoredMessage struct {
 
 func (x *StoredMessage) Reset() {
 	*x = StoredMessage{}
-	mi := &file_push_v1_push_proto_msgTypes[12]
+	mi := &file_push_v1_push_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1082,7 @@ func (x *StoredMessage) String() string {
 func (*StoredMessage) ProtoMessage() {}
 
 func (x *StoredMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[12]
+	mi := &file_push_v1_push_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1095,7 @@ func (x *StoredMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredMessage.ProtoReflect.Descriptor instead.
 func (*StoredMessage) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{12}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StoredMessage) GetSeq() uint64 {
@@ -1040,7 +1141,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_push_v1_push_proto_msgTypes[13]
+	mi := &file_push_v1_push_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1153,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[13]
+	mi := &file_push_v1_push_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1166,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{13}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *IdempotencyRecord) GetKey() string {
@@ -1123,7 +1224,7 @@ type UserStream struct {
 
 func (x *UserStream) Reset() {
 	*x = UserStream{}
-	mi := &file_push_v1_push_proto_msgTypes[14]
+	mi := &file_push_v1_push_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1236,7 @@ func (x *UserStream) String() string {
 func (*UserStream) ProtoMessage() {}
 
 func (x *UserStream) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[14]
+	mi := &file_push_v1_push_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1249,7 @@ func (x *UserStream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserStream.ProtoReflect.Descriptor instead.
 func (*UserStream) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{14}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UserStream) GetUserId() string {
@@ -1219,7 +1320,7 @@ type TakeRequest struct {
 
 func (x *TakeRequest) Reset() {
 	*x = TakeRequest{}
-	mi := &file_push_v1_push_proto_msgTypes[15]
+	mi := &file_push_v1_push_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1332,7 @@ func (x *TakeRequest) String() string {
 func (*TakeRequest) ProtoMessage() {}
 
 func (x *TakeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[15]
+	mi := &file_push_v1_push_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1345,7 @@ func (x *TakeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TakeRequest.ProtoReflect.Descriptor instead.
 func (*TakeRequest) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{15}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TakeRequest) GetClaimantId() uint32 {
@@ -1280,7 +1381,7 @@ type TakeResponse struct {
 
 func (x *TakeResponse) Reset() {
 	*x = TakeResponse{}
-	mi := &file_push_v1_push_proto_msgTypes[16]
+	mi := &file_push_v1_push_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1393,7 @@ func (x *TakeResponse) String() string {
 func (*TakeResponse) ProtoMessage() {}
 
 func (x *TakeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[16]
+	mi := &file_push_v1_push_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1406,7 @@ func (x *TakeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TakeResponse.ProtoReflect.Descriptor instead.
 func (*TakeResponse) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{16}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *TakeResponse) GetStreams() []*UserStream {
@@ -1340,7 +1441,7 @@ type ClaimRequest struct {
 
 func (x *ClaimRequest) Reset() {
 	*x = ClaimRequest{}
-	mi := &file_push_v1_push_proto_msgTypes[17]
+	mi := &file_push_v1_push_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1453,7 @@ func (x *ClaimRequest) String() string {
 func (*ClaimRequest) ProtoMessage() {}
 
 func (x *ClaimRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[17]
+	mi := &file_push_v1_push_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1466,7 @@ func (x *ClaimRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimRequest.ProtoReflect.Descriptor instead.
 func (*ClaimRequest) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{17}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClaimRequest) GetHolderId() uint32 {
@@ -1392,7 +1493,7 @@ type ClaimResponse struct {
 
 func (x *ClaimResponse) Reset() {
 	*x = ClaimResponse{}
-	mi := &file_push_v1_push_proto_msgTypes[18]
+	mi := &file_push_v1_push_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1505,7 @@ func (x *ClaimResponse) String() string {
 func (*ClaimResponse) ProtoMessage() {}
 
 func (x *ClaimResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[18]
+	mi := &file_push_v1_push_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1518,7 @@ func (x *ClaimResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClaimResponse.ProtoReflect.Descriptor instead.
 func (*ClaimResponse) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{18}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ClaimResponse) GetTaken() uint32 {
@@ -1436,7 +1537,7 @@ type LeaseStatusRequest struct {
 
 func (x *LeaseStatusRequest) Reset() {
 	*x = LeaseStatusRequest{}
-	mi := &file_push_v1_push_proto_msgTypes[19]
+	mi := &file_push_v1_push_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1549,7 @@ func (x *LeaseStatusRequest) String() string {
 func (*LeaseStatusRequest) ProtoMessage() {}
 
 func (x *LeaseStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[19]
+	mi := &file_push_v1_push_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1562,7 @@ func (x *LeaseStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseStatusRequest.ProtoReflect.Descriptor instead.
 func (*LeaseStatusRequest) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{19}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LeaseStatusRequest) GetMemberId() uint32 {
@@ -1484,7 +1585,7 @@ type LeaseStatusResponse struct {
 
 func (x *LeaseStatusResponse) Reset() {
 	*x = LeaseStatusResponse{}
-	mi := &file_push_v1_push_proto_msgTypes[20]
+	mi := &file_push_v1_push_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1597,7 @@ func (x *LeaseStatusResponse) String() string {
 func (*LeaseStatusResponse) ProtoMessage() {}
 
 func (x *LeaseStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_push_v1_push_proto_msgTypes[20]
+	mi := &file_push_v1_push_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1610,7 @@ func (x *LeaseStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaseStatusResponse.ProtoReflect.Descriptor instead.
 func (*LeaseStatusResponse) Descriptor() ([]byte, []int) {
-	return file_push_v1_push_proto_rawDescGZIP(), []int{20}
+	return file_push_v1_push_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LeaseStatusResponse) GetStoreReachable() bool {
@@ -1562,7 +1663,12 @@ const file_push_v1_push_proto_rawDesc = "" +
 	"\tduplicate\x18\n" +
 	" \x01(\bR\tduplicate\x12\x19\n" +
 	"\bowner_id\x18\v \x01(\rR\aownerId\x12!\n" +
-	"\fring_version\x18\f \x01(\x04R\vringVersion\"\xac\x01\n" +
+	"\fring_version\x18\f \x01(\x04R\vringVersion\"h\n" +
+	"\x13PublishBatchRequest\x123\n" +
+	"\brequests\x18\x01 \x03(\v2\x17.push.v1.PublishRequestR\brequests\x12\x1c\n" +
+	"\tforwarded\x18\x02 \x01(\bR\tforwarded\"N\n" +
+	"\x14PublishBatchResponse\x126\n" +
+	"\tresponses\x18\x01 \x03(\v2\x18.push.v1.PublishResponseR\tresponses\"\xac\x01\n" +
 	"\x13PublishMultiRequest\x12\x19\n" +
 	"\buser_ids\x18\x01 \x03(\tR\auserIds\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x1f\n" +
@@ -1653,14 +1759,16 @@ const file_push_v1_push_proto_rawDesc = "" +
 	"\x0eOUTCOME_STORED\x10\x02\x12\x14\n" +
 	"\x10OUTCOME_REJECTED\x10\x03\x12\x15\n" +
 	"\x11OUTCOME_FORWARDED\x10\x04\x12\x15\n" +
-	"\x11OUTCOME_NOT_OWNER\x10\x052\x93\x03\n" +
+	"\x11OUTCOME_NOT_OWNER\x10\x052\xb7\x04\n" +
 	"\x04Push\x12<\n" +
 	"\aPublish\x12\x17.push.v1.PublishRequest\x1a\x18.push.v1.PublishResponse\x12K\n" +
 	"\fPublishMulti\x12\x1c.push.v1.PublishMultiRequest\x1a\x1d.push.v1.PublishMultiResponse\x12B\n" +
 	"\tBroadcast\x12\x19.push.v1.BroadcastRequest\x1a\x1a.push.v1.BroadcastResponse\x123\n" +
 	"\x04Kick\x12\x14.push.v1.KickRequest\x1a\x15.push.v1.KickResponse\x12?\n" +
 	"\bPresence\x12\x18.push.v1.PresenceRequest\x1a\x19.push.v1.PresenceResponse\x12F\n" +
-	"\rPublishStream\x12\x17.push.v1.PublishRequest\x1a\x18.push.v1.PublishResponse(\x010\x012\xc0\x01\n" +
+	"\rPublishStream\x12\x17.push.v1.PublishRequest\x1a\x18.push.v1.PublishResponse(\x010\x01\x12K\n" +
+	"\fPublishBatch\x12\x1c.push.v1.PublishBatchRequest\x1a\x1d.push.v1.PublishBatchResponse\x12U\n" +
+	"\x12PublishBatchStream\x12\x1c.push.v1.PublishBatchRequest\x1a\x1d.push.v1.PublishBatchResponse(\x010\x012\xc0\x01\n" +
 	"\aCluster\x123\n" +
 	"\x04Take\x12\x14.push.v1.TakeRequest\x1a\x15.push.v1.TakeResponse\x126\n" +
 	"\x05Claim\x12\x15.push.v1.ClaimRequest\x1a\x16.push.v1.ClaimResponse\x12H\n" +
@@ -1679,63 +1787,71 @@ func file_push_v1_push_proto_rawDescGZIP() []byte {
 }
 
 var file_push_v1_push_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_push_v1_push_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_push_v1_push_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_push_v1_push_proto_goTypes = []any{
 	(Outcome)(0),                 // 0: push.v1.Outcome
 	(*PublishRequest)(nil),       // 1: push.v1.PublishRequest
 	(*PublishResponse)(nil),      // 2: push.v1.PublishResponse
-	(*PublishMultiRequest)(nil),  // 3: push.v1.PublishMultiRequest
-	(*PublishResult)(nil),        // 4: push.v1.PublishResult
-	(*PublishMultiResponse)(nil), // 5: push.v1.PublishMultiResponse
-	(*BroadcastRequest)(nil),     // 6: push.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),    // 7: push.v1.BroadcastResponse
-	(*KickRequest)(nil),          // 8: push.v1.KickRequest
-	(*KickResponse)(nil),         // 9: push.v1.KickResponse
-	(*PresenceRequest)(nil),      // 10: push.v1.PresenceRequest
-	(*UserPresence)(nil),         // 11: push.v1.UserPresence
-	(*PresenceResponse)(nil),     // 12: push.v1.PresenceResponse
-	(*StoredMessage)(nil),        // 13: push.v1.StoredMessage
-	(*IdempotencyRecord)(nil),    // 14: push.v1.IdempotencyRecord
-	(*UserStream)(nil),           // 15: push.v1.UserStream
-	(*TakeRequest)(nil),          // 16: push.v1.TakeRequest
-	(*TakeResponse)(nil),         // 17: push.v1.TakeResponse
-	(*ClaimRequest)(nil),         // 18: push.v1.ClaimRequest
-	(*ClaimResponse)(nil),        // 19: push.v1.ClaimResponse
-	(*LeaseStatusRequest)(nil),   // 20: push.v1.LeaseStatusRequest
-	(*LeaseStatusResponse)(nil),  // 21: push.v1.LeaseStatusResponse
+	(*PublishBatchRequest)(nil),  // 3: push.v1.PublishBatchRequest
+	(*PublishBatchResponse)(nil), // 4: push.v1.PublishBatchResponse
+	(*PublishMultiRequest)(nil),  // 5: push.v1.PublishMultiRequest
+	(*PublishResult)(nil),        // 6: push.v1.PublishResult
+	(*PublishMultiResponse)(nil), // 7: push.v1.PublishMultiResponse
+	(*BroadcastRequest)(nil),     // 8: push.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),    // 9: push.v1.BroadcastResponse
+	(*KickRequest)(nil),          // 10: push.v1.KickRequest
+	(*KickResponse)(nil),         // 11: push.v1.KickResponse
+	(*PresenceRequest)(nil),      // 12: push.v1.PresenceRequest
+	(*UserPresence)(nil),         // 13: push.v1.UserPresence
+	(*PresenceResponse)(nil),     // 14: push.v1.PresenceResponse
+	(*StoredMessage)(nil),        // 15: push.v1.StoredMessage
+	(*IdempotencyRecord)(nil),    // 16: push.v1.IdempotencyRecord
+	(*UserStream)(nil),           // 17: push.v1.UserStream
+	(*TakeRequest)(nil),          // 18: push.v1.TakeRequest
+	(*TakeResponse)(nil),         // 19: push.v1.TakeResponse
+	(*ClaimRequest)(nil),         // 20: push.v1.ClaimRequest
+	(*ClaimResponse)(nil),        // 21: push.v1.ClaimResponse
+	(*LeaseStatusRequest)(nil),   // 22: push.v1.LeaseStatusRequest
+	(*LeaseStatusResponse)(nil),  // 23: push.v1.LeaseStatusResponse
 }
 var file_push_v1_push_proto_depIdxs = []int32{
 	0,  // 0: push.v1.PublishResponse.outcome:type_name -> push.v1.Outcome
-	0,  // 1: push.v1.PublishResult.outcome:type_name -> push.v1.Outcome
-	4,  // 2: push.v1.PublishMultiResponse.results:type_name -> push.v1.PublishResult
-	11, // 3: push.v1.PresenceResponse.users:type_name -> push.v1.UserPresence
-	0,  // 4: push.v1.IdempotencyRecord.outcome:type_name -> push.v1.Outcome
-	13, // 5: push.v1.UserStream.messages:type_name -> push.v1.StoredMessage
-	14, // 6: push.v1.UserStream.keys:type_name -> push.v1.IdempotencyRecord
-	15, // 7: push.v1.TakeResponse.streams:type_name -> push.v1.UserStream
-	1,  // 8: push.v1.Push.Publish:input_type -> push.v1.PublishRequest
-	3,  // 9: push.v1.Push.PublishMulti:input_type -> push.v1.PublishMultiRequest
-	6,  // 10: push.v1.Push.Broadcast:input_type -> push.v1.BroadcastRequest
-	8,  // 11: push.v1.Push.Kick:input_type -> push.v1.KickRequest
-	10, // 12: push.v1.Push.Presence:input_type -> push.v1.PresenceRequest
-	1,  // 13: push.v1.Push.PublishStream:input_type -> push.v1.PublishRequest
-	16, // 14: push.v1.Cluster.Take:input_type -> push.v1.TakeRequest
-	18, // 15: push.v1.Cluster.Claim:input_type -> push.v1.ClaimRequest
-	20, // 16: push.v1.Cluster.LeaseStatus:input_type -> push.v1.LeaseStatusRequest
-	2,  // 17: push.v1.Push.Publish:output_type -> push.v1.PublishResponse
-	5,  // 18: push.v1.Push.PublishMulti:output_type -> push.v1.PublishMultiResponse
-	7,  // 19: push.v1.Push.Broadcast:output_type -> push.v1.BroadcastResponse
-	9,  // 20: push.v1.Push.Kick:output_type -> push.v1.KickResponse
-	12, // 21: push.v1.Push.Presence:output_type -> push.v1.PresenceResponse
-	2,  // 22: push.v1.Push.PublishStream:output_type -> push.v1.PublishResponse
-	17, // 23: push.v1.Cluster.Take:output_type -> push.v1.TakeResponse
-	19, // 24: push.v1.Cluster.Claim:output_type -> push.v1.ClaimResponse
-	21, // 25: push.v1.Cluster.LeaseStatus:output_type -> push.v1.LeaseStatusResponse
-	17, // [17:26] is the sub-list for method output_type
-	8,  // [8:17] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	1,  // 1: push.v1.PublishBatchRequest.requests:type_name -> push.v1.PublishRequest
+	2,  // 2: push.v1.PublishBatchResponse.responses:type_name -> push.v1.PublishResponse
+	0,  // 3: push.v1.PublishResult.outcome:type_name -> push.v1.Outcome
+	6,  // 4: push.v1.PublishMultiResponse.results:type_name -> push.v1.PublishResult
+	13, // 5: push.v1.PresenceResponse.users:type_name -> push.v1.UserPresence
+	0,  // 6: push.v1.IdempotencyRecord.outcome:type_name -> push.v1.Outcome
+	15, // 7: push.v1.UserStream.messages:type_name -> push.v1.StoredMessage
+	16, // 8: push.v1.UserStream.keys:type_name -> push.v1.IdempotencyRecord
+	17, // 9: push.v1.TakeResponse.streams:type_name -> push.v1.UserStream
+	1,  // 10: push.v1.Push.Publish:input_type -> push.v1.PublishRequest
+	5,  // 11: push.v1.Push.PublishMulti:input_type -> push.v1.PublishMultiRequest
+	8,  // 12: push.v1.Push.Broadcast:input_type -> push.v1.BroadcastRequest
+	10, // 13: push.v1.Push.Kick:input_type -> push.v1.KickRequest
+	12, // 14: push.v1.Push.Presence:input_type -> push.v1.PresenceRequest
+	1,  // 15: push.v1.Push.PublishStream:input_type -> push.v1.PublishRequest
+	3,  // 16: push.v1.Push.PublishBatch:input_type -> push.v1.PublishBatchRequest
+	3,  // 17: push.v1.Push.PublishBatchStream:input_type -> push.v1.PublishBatchRequest
+	18, // 18: push.v1.Cluster.Take:input_type -> push.v1.TakeRequest
+	20, // 19: push.v1.Cluster.Claim:input_type -> push.v1.ClaimRequest
+	22, // 20: push.v1.Cluster.LeaseStatus:input_type -> push.v1.LeaseStatusRequest
+	2,  // 21: push.v1.Push.Publish:output_type -> push.v1.PublishResponse
+	7,  // 22: push.v1.Push.PublishMulti:output_type -> push.v1.PublishMultiResponse
+	9,  // 23: push.v1.Push.Broadcast:output_type -> push.v1.BroadcastResponse
+	11, // 24: push.v1.Push.Kick:output_type -> push.v1.KickResponse
+	14, // 25: push.v1.Push.Presence:output_type -> push.v1.PresenceResponse
+	2,  // 26: push.v1.Push.PublishStream:output_type -> push.v1.PublishResponse
+	4,  // 27: push.v1.Push.PublishBatch:output_type -> push.v1.PublishBatchResponse
+	4,  // 28: push.v1.Push.PublishBatchStream:output_type -> push.v1.PublishBatchResponse
+	19, // 29: push.v1.Cluster.Take:output_type -> push.v1.TakeResponse
+	21, // 30: push.v1.Cluster.Claim:output_type -> push.v1.ClaimResponse
+	23, // 31: push.v1.Cluster.LeaseStatus:output_type -> push.v1.LeaseStatusResponse
+	21, // [21:32] is the sub-list for method output_type
+	10, // [10:21] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_push_v1_push_proto_init() }
@@ -1749,7 +1865,7 @@ func file_push_v1_push_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_push_v1_push_proto_rawDesc), len(file_push_v1_push_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

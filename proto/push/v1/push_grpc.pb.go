@@ -36,12 +36,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Push_Publish_FullMethodName       = "/push.v1.Push/Publish"
-	Push_PublishMulti_FullMethodName  = "/push.v1.Push/PublishMulti"
-	Push_Broadcast_FullMethodName     = "/push.v1.Push/Broadcast"
-	Push_Kick_FullMethodName          = "/push.v1.Push/Kick"
-	Push_Presence_FullMethodName      = "/push.v1.Push/Presence"
-	Push_PublishStream_FullMethodName = "/push.v1.Push/PublishStream"
+	Push_Publish_FullMethodName            = "/push.v1.Push/Publish"
+	Push_PublishMulti_FullMethodName       = "/push.v1.Push/PublishMulti"
+	Push_Broadcast_FullMethodName          = "/push.v1.Push/Broadcast"
+	Push_Kick_FullMethodName               = "/push.v1.Push/Kick"
+	Push_Presence_FullMethodName           = "/push.v1.Push/Presence"
+	Push_PublishStream_FullMethodName      = "/push.v1.Push/PublishStream"
+	Push_PublishBatch_FullMethodName       = "/push.v1.Push/PublishBatch"
+	Push_PublishBatchStream_FullMethodName = "/push.v1.Push/PublishBatchStream"
 )
 
 // PushClient is the client API for Push service.
@@ -63,15 +65,34 @@ type PushClient interface {
 	// Presence reports whether users are connected and with how many
 	// connections.
 	Presence(ctx context.Context, in *PresenceRequest, opts ...grpc.CallOption) (*PresenceResponse, error)
-	// PublishStream carries many publishes over one stream, what the Go SDK
-	// uses for Publish: a unary call costs an HTTP/2 stream, headers and
-	// trailers each. Every request gets one answer with its request_id,
+	// PublishStream carries many publishes over one stream (the Go SDK uses
+	// it for Publish against edges without PublishBatchStream): a unary call
+	// costs an HTTP/2 stream, headers and trailers each. Every request gets one answer with its request_id,
 	// matched by it: requests are served in order, except one that waits for
 	// a user's stream to be handed over, whose answer may come after later
 	// ones. A request that fails answers with error_code (a gRPC code) and
 	// error (and owner_id, ring_version for a not-owner refusal), and the
 	// stream goes on.
 	PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishRequest, PublishResponse], error)
+	// PublishBatch applies many publishes in one call: the edge takes each
+	// registry shard's lock once for the batch and writes what goes to one
+	// connection in one writev. Each request is answered as Publish answers
+	// it, in request order, in one PublishResponse per request: a request
+	// that fails answers with error_code and error (and owner_id,
+	// ring_version for a not-owner refusal) and the others are applied all
+	// the same. The call itself fails with INVALID_ARGUMENT when the batch
+	// is empty or over the edge's limits (the error names the limit: at
+	// most 4096 requests and 1 MiB of payload, or one --max-payload-bytes if
+	// that is larger). Requests for one user are applied in request order.
+	PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error)
+	// PublishBatchStream is PublishStream with a batch per message: what the
+	// Go SDK uses. Each PublishBatchRequest is applied like PublishBatch and
+	// answered with one PublishBatchResponse carrying the request_id of each
+	// request; a request that must wait for a user's stream to be handed
+	// over is answered later, in a message of its own. A batch over the
+	// limits is answered with INVALID_ARGUMENT for every request in it, and
+	// the stream goes on.
+	PublishBatchStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishBatchRequest, PublishBatchResponse], error)
 }
 
 type pushClient struct {
@@ -145,6 +166,29 @@ func (c *pushClient) PublishStream(ctx context.Context, opts ...grpc.CallOption)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Push_PublishStreamClient = grpc.BidiStreamingClient[PublishRequest, PublishResponse]
 
+func (c *pushClient) PublishBatch(ctx context.Context, in *PublishBatchRequest, opts ...grpc.CallOption) (*PublishBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublishBatchResponse)
+	err := c.cc.Invoke(ctx, Push_PublishBatch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *pushClient) PublishBatchStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishBatchRequest, PublishBatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Push_ServiceDesc.Streams[1], Push_PublishBatchStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[PublishBatchRequest, PublishBatchResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Push_PublishBatchStreamClient = grpc.BidiStreamingClient[PublishBatchRequest, PublishBatchResponse]
+
 // PushServer is the server API for Push service.
 // All implementations must embed UnimplementedPushServer
 // for forward compatibility.
@@ -164,15 +208,34 @@ type PushServer interface {
 	// Presence reports whether users are connected and with how many
 	// connections.
 	Presence(context.Context, *PresenceRequest) (*PresenceResponse, error)
-	// PublishStream carries many publishes over one stream, what the Go SDK
-	// uses for Publish: a unary call costs an HTTP/2 stream, headers and
-	// trailers each. Every request gets one answer with its request_id,
+	// PublishStream carries many publishes over one stream (the Go SDK uses
+	// it for Publish against edges without PublishBatchStream): a unary call
+	// costs an HTTP/2 stream, headers and trailers each. Every request gets one answer with its request_id,
 	// matched by it: requests are served in order, except one that waits for
 	// a user's stream to be handed over, whose answer may come after later
 	// ones. A request that fails answers with error_code (a gRPC code) and
 	// error (and owner_id, ring_version for a not-owner refusal), and the
 	// stream goes on.
 	PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error
+	// PublishBatch applies many publishes in one call: the edge takes each
+	// registry shard's lock once for the batch and writes what goes to one
+	// connection in one writev. Each request is answered as Publish answers
+	// it, in request order, in one PublishResponse per request: a request
+	// that fails answers with error_code and error (and owner_id,
+	// ring_version for a not-owner refusal) and the others are applied all
+	// the same. The call itself fails with INVALID_ARGUMENT when the batch
+	// is empty or over the edge's limits (the error names the limit: at
+	// most 4096 requests and 1 MiB of payload, or one --max-payload-bytes if
+	// that is larger). Requests for one user are applied in request order.
+	PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error)
+	// PublishBatchStream is PublishStream with a batch per message: what the
+	// Go SDK uses. Each PublishBatchRequest is applied like PublishBatch and
+	// answered with one PublishBatchResponse carrying the request_id of each
+	// request; a request that must wait for a user's stream to be handed
+	// over is answered later, in a message of its own. A batch over the
+	// limits is answered with INVALID_ARGUMENT for every request in it, and
+	// the stream goes on.
+	PublishBatchStream(grpc.BidiStreamingServer[PublishBatchRequest, PublishBatchResponse]) error
 	mustEmbedUnimplementedPushServer()
 }
 
@@ -200,6 +263,12 @@ func (UnimplementedPushServer) Presence(context.Context, *PresenceRequest) (*Pre
 }
 func (UnimplementedPushServer) PublishStream(grpc.BidiStreamingServer[PublishRequest, PublishResponse]) error {
 	return status.Error(codes.Unimplemented, "method PublishStream not implemented")
+}
+func (UnimplementedPushServer) PublishBatch(context.Context, *PublishBatchRequest) (*PublishBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PublishBatch not implemented")
+}
+func (UnimplementedPushServer) PublishBatchStream(grpc.BidiStreamingServer[PublishBatchRequest, PublishBatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method PublishBatchStream not implemented")
 }
 func (UnimplementedPushServer) mustEmbedUnimplementedPushServer() {}
 func (UnimplementedPushServer) testEmbeddedByValue()              {}
@@ -319,6 +388,31 @@ func _Push_PublishStream_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Push_PublishStreamServer = grpc.BidiStreamingServer[PublishRequest, PublishResponse]
 
+func _Push_PublishBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PublishBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PushServer).PublishBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Push_PublishBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PushServer).PublishBatch(ctx, req.(*PublishBatchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Push_PublishBatchStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(PushServer).PublishBatchStream(&grpc.GenericServerStream[PublishBatchRequest, PublishBatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Push_PublishBatchStreamServer = grpc.BidiStreamingServer[PublishBatchRequest, PublishBatchResponse]
+
 // Push_ServiceDesc is the grpc.ServiceDesc for Push service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -346,11 +440,21 @@ var Push_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Presence",
 			Handler:    _Push_Presence_Handler,
 		},
+		{
+			MethodName: "PublishBatch",
+			Handler:    _Push_PublishBatch_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "PublishStream",
 			Handler:       _Push_PublishStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "PublishBatchStream",
+			Handler:       _Push_PublishBatchStream_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
