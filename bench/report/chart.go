@@ -26,6 +26,7 @@ type Chart struct {
 	X      string   `json:"x"`
 	Y      string   `json:"y"`
 	LogX   bool     `json:"log_x,omitempty"`
+	LogY   bool     `json:"log_y,omitempty"` // latencies that span decades as load grows
 	Series []Series `json:"series"`
 	File   string   `json:"file,omitempty"` // set by Save
 }
@@ -52,10 +53,14 @@ func (c Chart) render(path string) error {
 		p.X.Scale = plot.LogScale{}
 		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
+	if c.LogY {
+		p.Y.Scale = plot.LogScale{}
+		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	}
 	for i, s := range c.Series {
 		xy := make(plotter.XYs, 0, len(s.Points))
 		for _, pt := range s.Points {
-			if c.LogX && pt[0] <= 0 {
+			if (c.LogX && pt[0] <= 0) || (c.LogY && pt[1] <= 0) {
 				continue
 			}
 			xy = append(xy, plotter.XY{X: pt[0], Y: pt[1]})
