@@ -175,11 +175,11 @@ func (s satRules) judge(st *rateStep) {
 	}
 }
 
-// step publishes at rate for s.dur and judges it.
-func (s satRules) step(p *peer, rate int) (rateStep, unicastResult, error) {
+// step publishes at rate for s.dur to p and judges it.
+func (s satRules) step(p *peer, rate int) (rateStep, error) {
 	uc, err := p.g.unicast(rate, s.dur, s.publishers)
 	if err != nil {
-		return rateStep{}, uc, fmt.Errorf("%s: unicast %d/s: %w", p.label, rate, err)
+		return rateStep{}, fmt.Errorf("%s: unicast %d/s: %w", p.label, rate, err)
 	}
 	st := rateStep{Rate: rate, Achieved: uc.achieved, Delivered: uc.deliveredOfSent, Errors: uc.errs,
 		P50: float64(uc.hist.Quantile(0.5)) / 1e6, P99: float64(uc.hist.Quantile(0.99)) / 1e6,
@@ -190,7 +190,7 @@ func (s satRules) step(p *peer, rate int) (rateStep, unicastResult, error) {
 		verdict = "falls behind: " + st.Why
 	}
 	progress("%s: %d msg/s: p50 %.2f ms, p99 %.2f ms, %.1f µs CPU/msg, %s", p.label, rate, st.P50, st.P99, st.CPUPerMsg, verdict)
-	return st, uc, nil
+	return st, nil
 }
 
 // saturate tries the rates in order (stopping at the first that fails,
@@ -198,10 +198,12 @@ func (s satRules) step(p *peer, rate int) (rateStep, unicastResult, error) {
 // pass, keeps multiplying the last by s.factor up to s.limit; finally it
 // bisects s.bisect times between the best passing rate below the first
 // failing one and that one.
-func (s satRules) saturate(p *peer, rates []int, all bool) (saturation, error) {
+// measure runs and judges one step (satRules.step on a peer; a fake in
+// tests).
+func (s satRules) saturate(measure func(rate int) (rateStep, error), rates []int, all bool) (saturation, error) {
 	var sat saturation
 	try := func(rate int) (bool, error) {
-		st, _, err := s.step(p, rate)
+		st, err := measure(rate)
 		if err != nil {
 			return false, err
 		}
@@ -378,7 +380,7 @@ func measurePeer(p *peer, r *report.Run, base, n, rate, steps, broadcasts int, r
 		pr.uc = append(pr.uc, uc)
 	}
 	progress("%s: looking for the highest sustained unicast rate", p.label)
-	if pr.sat, err = rules.saturate(p, []int{maxStart}, false); err != nil {
+	if pr.sat, err = rules.saturate(func(rate int) (rateStep, error) { return rules.step(p, rate) }, []int{maxStart}, false); err != nil {
 		return nil, err
 	}
 	r.Raw[p.name+"_saturation"] = pr.sat
@@ -480,7 +482,7 @@ func addPeerFigures(r *report.Run, names []string, res map[string]*peerResult, b
 		r.AddChart(report.Chart{Name: "latency-cdf", Title: fmt.Sprintf("unicast publish→receive at %d msg/s over %d connections", rates[top], n),
 			X: "latency (ms, log)", Y: "fraction of messages", LogX: true, Series: cdf})
 	}
-	r.AddChart(report.Chart{Name: "cpu-per-message", Title: "server CPU per unicast message against rate (saturation search)", X: "msg/s", Y: "µs per message", Series: cpu})
+	r.AddChart(report.Chart{Name: "cpu-per-message", Title: "server CPU per unicast message against rate (saturation search)", X: "msg/s", Y: "µs per message", Series: cpu, LegendRight: true})
 	r.AddChart(report.Chart{Name: "p99", Title: "unicast p99 against rate (saturation search)", X: "msg/s", Y: "p99 (ms, log)", LogY: true, Series: p99})
 }
 

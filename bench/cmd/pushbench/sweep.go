@@ -122,7 +122,7 @@ func measureSweep(p *peer, audiences []int, rate, rounds int, rates []int, rules
 			Rounds: fo.rounds, CPUPer: fo.userPer + fo.sysPer, UserPer: fo.userPer})
 	}
 	var err error
-	if sr.Unicast, err = rules.saturate(p, rates, true); err != nil {
+	if sr.Unicast, err = rules.saturate(func(rate int) (rateStep, error) { return rules.step(p, rate) }, rates, true); err != nil {
 		return nil, err
 	}
 	return sr, nil
@@ -269,7 +269,7 @@ func addSweepFigures(r *report.Run, names []string, res map[string]*sweepResult,
 		}
 		bTime, bCPU = append(bTime, t), append(bCPU, u)
 	}
-	r.AddChart(report.Chart{Name: "unicast-cpu", Title: fmt.Sprintf("server CPU per unicast message against rate (%d connections)", top), X: "msg/s", Y: "µs per message (user+sys)", Series: cpu})
+	r.AddChart(report.Chart{Name: "unicast-cpu", Title: fmt.Sprintf("server CPU per unicast message against rate (%d connections)", top), X: "msg/s", Y: "µs per message (user+sys)", Series: cpu, LegendRight: true})
 	r.AddChart(report.Chart{Name: "unicast-latency", Title: fmt.Sprintf("unicast publish→receive against rate (%d connections)", top), X: "msg/s", Y: "ms (log)", LogY: true, Series: lat})
 	r.AddChart(report.Chart{Name: "broadcast-time", Title: "broadcast: time to the last client against audience (median)", X: "connections", Y: "ms", Series: bTime})
 	r.AddChart(report.Chart{Name: "broadcast-cpu", Title: "broadcast: server CPU per delivery against audience", X: "connections", Y: "µs per delivery (user+sys)", Series: bCPU})
