@@ -2,7 +2,7 @@
 # Runs benchmark scenarios: scripts/bench.sh [SCENARIO|all] [N].
 # Results go to bench/results/<date>-<scenario>.{json,md} and charts to
 # bench/results/<date>-<scenario>-<chart>.png. "all" runs the standard set
-# (about 22 minutes on 2 cores, peers and sweep about 10 of them); N, when
+# (under 25 minutes on 2 cores, peers and sweep about 7½ of them); N, when
 # given, is passed as --n to each.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -37,7 +37,7 @@ func runSweep(args []string) error {
 	edgeBin := fs.String("edge-bin", "bin/edge", "edge binary")
 	cfBin := fs.String("centrifugo-bin", "bin/centrifugo", "Centrifugo binary (scripts/centrifugo.sh installs v6.9.1 there)")
 	sizes := fs.String("sizes", "5000,10000,19000", "broadcast audiences, ascending (connections; the last is also the unicast audience)")
-	n := fs.Int("n", 0, "when set, replaces the largest of --sizes (make bench N=…)")
+	n := fs.Int("n", 0, "when set, the largest audience: --sizes above it are dropped (make bench SCENARIO=sweep N=…)")
 	workers := fs.Int("workers", 2, "load-generator processes")
 	rate := fs.Int("rate", 3000, "upgrades per second while ramping")
 	sources := fs.String("sources", "127.0.0.2-127.0.0.41", "client source addresses")
@@ -62,7 +62,13 @@ func runSweep(args []string) error {
 		return fmt.Errorf("--sizes: %w", err)
 	}
 	if *n > 0 {
-		audiences[len(audiences)-1] = *n
+		var keep []int
+		for _, a := range audiences {
+			if a < *n {
+				keep = append(keep, a)
+			}
+		}
+		audiences = append(keep, *n)
 	}
 	if !sort.IntsAreSorted(audiences) {
 		return fmt.Errorf("--sizes %v must ascend", audiences)
