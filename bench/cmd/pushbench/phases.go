@@ -288,7 +288,6 @@ type fanoutResult struct {
 	deliveriesPerS         []float64
 	deliveredPerSecondMean float64
 	compressed             int64 // messages the clients got compressed (over the whole run so far)
-	delivered              int64 // deliveries the CPU figures are divided by
 }
 
 // fanout broadcasts rounds times to everybody connected; each round's
@@ -378,7 +377,6 @@ func (g *rig) fanout(rounds int) (fanoutResult, error) {
 			delivered += a.Count
 		}
 	}
-	res.delivered = delivered
 	res.median, res.worst = float64(lasts.Quantile(0.5))/1e6, float64(lasts.Max)/1e6
 	res.userPer = bUser / float64(max(delivered, 1)) * 1e6
 	res.sysPer = bSys / float64(max(delivered, 1)) * 1e6
