@@ -138,6 +138,16 @@ type rateStep struct {
 	UserPerMsg float64 `json:"user_us_per_msg"`
 	OK         bool    `json:"ok"`
 	Why        string  `json:"why,omitempty"`
+	// Cores busy during the step: the server, the publishing process and
+	// the load generators (they share the machine's cores).
+	ServerCores    float64 `json:"server_cores"`
+	PublisherCores float64 `json:"publisher_cores"`
+	ClientCores    float64 `json:"client_cores"`
+}
+
+// cores says where the machine's CPU went during the step.
+func (st rateStep) cores() string {
+	return fmt.Sprintf("cores busy: server %.2f, publisher %.2f, clients %.2f", st.ServerCores, st.PublisherCores, st.ClientCores)
 }
 
 // saturation is the highest unicast rate a server sustained.
@@ -183,13 +193,14 @@ func (s satRules) step(p *peer, rate int) (rateStep, error) {
 	}
 	st := rateStep{Rate: rate, Achieved: uc.achieved, Delivered: uc.deliveredOfSent, Errors: uc.errs,
 		P50: float64(uc.hist.Quantile(0.5)) / 1e6, P99: float64(uc.hist.Quantile(0.99)) / 1e6,
-		CPUPerMsg: uc.cpuPerMsg, UserPerMsg: uc.userPerMsg}
+		CPUPerMsg: uc.cpuPerMsg, UserPerMsg: uc.userPerMsg,
+		ServerCores: uc.serverCores, PublisherCores: uc.publisherCores, ClientCores: uc.clientCores}
 	s.judge(&st)
 	verdict := "ok"
 	if !st.OK {
 		verdict = "falls behind: " + st.Why
 	}
-	progress("%s: %d msg/s: p50 %.2f ms, p99 %.2f ms, %.1f µs CPU/msg, %s", p.label, rate, st.P50, st.P99, st.CPUPerMsg, verdict)
+	progress("%s: %d msg/s: p50 %.2f ms, p99 %.2f ms, %.1f µs CPU/msg, %s; %s", p.label, rate, st.P50, st.P99, st.CPUPerMsg, st.cores(), verdict)
 	return st, nil
 }
 
@@ -455,7 +466,7 @@ func addPeerFigures(r *report.Run, names []string, res map[string]*peerResult, b
 			}
 			for _, st := range p.sat.Steps {
 				if st.Rate == p.sat.FirstFail {
-					return fmt.Sprintf("%d/s fell behind: %s", st.Rate, st.Why)
+					return fmt.Sprintf("%d/s fell behind: %s; %s", st.Rate, st.Why, st.cores())
 				}
 			}
 			return ""

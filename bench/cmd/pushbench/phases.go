@@ -417,6 +417,21 @@ type unicastResult struct {
 	publishers      int
 	duration        time.Duration
 	deliveredOfSent float64
+	// Cores busy over the phase (CPU seconds per second, 1 = one core):
+	// the server, this process (the publishers) and the load-generator
+	// workers, which all share the machine.
+	serverCores, publisherCores, clientCores float64
+}
+
+// workersCPU is the user+system CPU seconds of all load-generator workers.
+func (g *rig) workersCPU() float64 {
+	var t float64
+	for _, w := range g.wk {
+		if s, err := sample.Read(w.cmd.Process.Pid, "", ""); err == nil {
+			t += s.CPU()
+		}
+	}
+	return t
 }
 
 // unicast publishes at rate for dur to random connected users, each
@@ -441,6 +456,8 @@ func (g *rig) unicast(rate int, dur time.Duration, publishers int) (unicastResul
 		idleUser, idleCPU = (i1.UserSec-i0.UserSec)/el, (i1.CPU()-i0.CPU())/el
 	}
 	c0, _ := sample.Read(g.d.pid(), "", "")
+	p0, _ := sample.Read(os.Getpid(), "", "")
+	w0 := g.workersCPU()
 	t0 := time.Now()
 	start := time.Now().Add(50 * time.Millisecond)
 	var wg sync.WaitGroup
@@ -466,7 +483,10 @@ func (g *rig) unicast(rate int, dur time.Duration, publishers int) (unicastResul
 	res.achieved = float64(sent.Load()) / time.Since(start).Seconds()
 	time.Sleep(time.Second)
 	c1, _ := sample.Read(g.d.pid(), "", "")
+	p1, _ := sample.Read(os.Getpid(), "", "")
+	w1 := g.workersCPU()
 	el := time.Since(t0).Seconds()
+	res.serverCores, res.publisherCores, res.clientCores = (c1.CPU()-c0.CPU())/el, (p1.CPU()-p0.CPU())/el, (w1-w0)/el
 	evs, err := g.reports()
 	if err != nil {
 		return res, err

@@ -187,7 +187,7 @@ func addSweepFigures(r *report.Run, names []string, res map[string]*sweepResult,
 			}
 			cells = append(cells, lat, fmt.Sprintf("%.1f (%.1f)", st.CPUPerMsg, st.UserPerMsg))
 			r.Add(fmt.Sprintf("unicast %d msg/s over %d: %s p99", rt, top, peerNames[nm]), st.P99, "ms", "", 0,
-				fmt.Sprintf("p50 %.2f ms, achieved %.0f/s, delivered %.4f of sent, %d errors%s", st.P50, st.Achieved, st.Delivered, st.Errors, failNote(st)))
+				fmt.Sprintf("p50 %.2f ms, achieved %.0f/s, delivered %.4f of sent, %d errors; %s%s", st.P50, st.Achieved, st.Delivered, st.Errors, st.cores(), failNote(st)))
 			r.Add(fmt.Sprintf("unicast %d msg/s over %d: %s CPU per message (user+sys)", rt, top, peerNames[nm]), st.CPUPerMsg, "µs", "", 0,
 				fmt.Sprintf("user %.2f µs", st.UserPerMsg))
 		}
@@ -209,6 +209,9 @@ func addSweepFigures(r *report.Run, names []string, res map[string]*sweepResult,
 		note := fmt.Sprintf("%d msg/s held", s.Best)
 		if s.FirstFail > 0 {
 			note += fmt.Sprintf(", %d fell behind", s.FirstFail)
+			if st := step(nm, s.FirstFail); st != nil {
+				note += " (" + st.cores() + ")"
+			}
 		}
 		satRow = append(satRow, note, "")
 		ff := "none up to the search limit"
