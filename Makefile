@@ -30,7 +30,7 @@ test: deps
 test-short:
 	$(GO) test -count=1 -short ./...
 
-# Benchmarks: the standard set (under 15 minutes on 2 cores), or SCENARIO=conns
+# Benchmarks: the standard set (under 30 minutes on 2 cores), or SCENARIO=conns
 # N=200000 for one scenario at a size (see bench/README.md).
 SCENARIO ?= all
 N ?=

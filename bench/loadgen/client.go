@@ -49,10 +49,15 @@ type client struct {
 
 // Config says what to open.
 type Config struct {
-	Target    string   // host:port of a router or edge
-	Sources   []net.IP // local addresses to spread sockets over (nil: kernel's choice)
-	Path      string   // request path prefix, default "/ws"
-	Token     func(uid string) string
+	Target  string   // host:port of a router or edge
+	Sources []net.IP // local addresses to spread sockets over (nil: kernel's choice)
+	Path    string   // request path prefix, default "/ws"
+	Token   func(uid string) string
+	// Query, when set, is the whole query string of the upgrade request
+	// for uid (without "?"), instead of "uid=<uid>&token=<Token(uid)>":
+	// for peers whose clients authenticate differently (Centrifugo's
+	// cf_connect).
+	Query     func(uid string) string
 	PingEach  time.Duration // each client pings this often (0: never), spread evenly
 	PollEvery time.Duration // nap between non-blocking polls (0: sleep in epoll_wait)
 	PingSplit time.Duration // send each ping in two segments this far apart (0: one write)
@@ -172,8 +177,14 @@ func (p *Pool) open(addr unix.Sockaddr, host, uid string, n int, last uint64) er
 	if p.cfg.Deflate {
 		ext = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 	}
-	req := fmt.Sprintf("GET %s?uid=%s&token=%s%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n", p.cfg.Path, uid, p.cfg.Token(uid), resume, host, ext)
+	var query string
+	if p.cfg.Query != nil {
+		query = p.cfg.Query(uid)
+	} else {
+		query = "uid=" + uid + "&token=" + p.cfg.Token(uid) + resume
+	}
+	req := fmt.Sprintf("GET %s?%s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n", p.cfg.Path, query, host, ext)
 	p.mu.Lock()
 	p.gen++
 	c := &client{fd: fd, gen: p.gen, uid: uid, n: n, last: last, req: []byte(req)}

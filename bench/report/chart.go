@@ -21,13 +21,17 @@ type Series struct {
 // Chart is a line chart saved as <date>-<scenario>-<Name>.png next to the
 // run's JSON and linked from its Markdown table.
 type Chart struct {
-	Name   string   `json:"name"` // file-name part, e.g. "latency-cdf"
-	Title  string   `json:"title"`
-	X      string   `json:"x"`
-	Y      string   `json:"y"`
-	LogX   bool     `json:"log_x,omitempty"`
-	Series []Series `json:"series"`
-	File   string   `json:"file,omitempty"` // set by Save
+	Name  string `json:"name"` // file-name part, e.g. "latency-cdf"
+	Title string `json:"title"`
+	X     string `json:"x"`
+	Y     string `json:"y"`
+	LogX  bool   `json:"log_x,omitempty"`
+	LogY  bool   `json:"log_y,omitempty"` // latencies that span decades as load grows
+	// LegendRight puts the legend in the upper right, for curves that
+	// fall to the right (cost per message against rate).
+	LegendRight bool     `json:"legend_right,omitempty"`
+	Series      []Series `json:"series"`
+	File        string   `json:"file,omitempty"` // set by Save
 }
 
 // AddChart records a chart to render when the run is saved.
@@ -52,10 +56,14 @@ func (c Chart) render(path string) error {
 		p.X.Scale = plot.LogScale{}
 		p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
+	if c.LogY {
+		p.Y.Scale = plot.LogScale{}
+		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	}
 	for i, s := range c.Series {
 		xy := make(plotter.XYs, 0, len(s.Points))
 		for _, pt := range s.Points {
-			if c.LogX && pt[0] <= 0 {
+			if (c.LogX && pt[0] <= 0) || (c.LogY && pt[1] <= 0) {
 				continue
 			}
 			xy = append(xy, plotter.XY{X: pt[0], Y: pt[1]})
@@ -82,7 +90,7 @@ func (c Chart) render(path string) error {
 			p.Legend.Add(s.Name, l)
 		}
 	}
-	p.Legend.Top, p.Legend.Left = true, true // the curves rise to the right: upper left is free
+	p.Legend.Top, p.Legend.Left = true, !c.LegendRight // rising curves leave the upper left free
 	return p.Save(7*vg.Inch, 4*vg.Inch, path)
 }
 

@@ -41,6 +41,7 @@ type Run struct {
 	Params   map[string]any `json:"params"`
 	Figures  []Figure       `json:"figures"`
 	Charts   []Chart        `json:"charts,omitempty"`
+	Tables   []Table        `json:"tables,omitempty"`
 	Raw      map[string]any `json:"raw,omitempty"`
 }
 
@@ -55,6 +56,17 @@ func New(scenario string, params map[string]any) *Run {
 		Params:  params, Raw: map[string]any{},
 	}
 }
+
+// Table is a side-by-side view of figures already recorded (peers against
+// each other), printed after the figure table.
+type Table struct {
+	Title   string     `json:"title"`
+	Columns []string   `json:"columns"`
+	Rows    [][]string `json:"rows"`
+}
+
+// AddTable records a table to print after the figures.
+func (r *Run) AddTable(t Table) { r.Tables = append(r.Tables, t) }
 
 // Add records a figure. cmp is "<=" or ">=" (empty: no target).
 func (r *Run) Add(name string, value float64, unit, cmp string, target float64, note string) {
@@ -92,6 +104,12 @@ func (r *Run) Markdown() string {
 			v += " (" + f.Note + ")"
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", f.Name, v, f.Target, met)
+	}
+	for _, t := range r.Tables {
+		fmt.Fprintf(&b, "\n%s\n\n| %s |\n|%s\n", t.Title, strings.Join(t.Columns, " | "), strings.Repeat("---|", len(t.Columns)))
+		for _, row := range t.Rows {
+			fmt.Fprintf(&b, "| %s |\n", strings.Join(row, " | "))
+		}
 	}
 	if len(r.Charts) > 0 {
 		b.WriteString("\n")

@@ -30,6 +30,8 @@ var scenarios = []struct {
 	{"unicast", "one edge with N idle clients: publish→receive latency percentiles at R msg/s to random users, delivered/sent", runUnicast},
 	{"fanout", "one edge with N idle clients: Broadcast to all, time to the last delivery, deliveries/s, CPU per delivery", runFanout},
 	{"migrate", "ring propagation delay to routers and edges, and time to move N users off a draining edge", runMigrate},
+	{"peers", "the same load against the edge, Centrifugo (bin/centrifugo, scripts/centrifugo.sh) and the gorilla baseline: bytes per idle connection, CPU per upgrade, per unicast message and per broadcast delivery, p50/p99 at fixed rates, broadcast time, maximum sustained unicast rate; edge/Centrifugo ratios", runPeers},
+	{"sweep", "edge and Centrifugo side by side as load grows: unicast rate sweep up to saturation, broadcast to growing audiences; CPU per message and latency against load", runSweep},
 	{"netpoll", "fds per connection and OS threads under pinging clients: easygo netpoll vs the project's poller", runNetpoll},
 	{"proxy", "router vs HAProxy in front of the same edges: bytes and fds per idle connection, CPU per upgrade and message, added latency", runProxy},
 	{"resize", "the zero-loss resize test at bench scale: users moved vs predicted, lost, duplicated, migration time", runResize},
@@ -102,6 +104,7 @@ func runWorker(args []string) error {
 	retry := fs.Duration("retry-jitter", 0, "with --reconnect: a client whose connection ends for any reason (EOF, reset, refused) reconnects after a random delay below this")
 	deflate := fs.Bool("deflate", false, "offer permessage-deflate, as browsers do, and inflate compressed messages")
 	pollEvery := fs.Duration("poll-every", 200*time.Microsecond, "client loops poll this often instead of sleeping in epoll_wait (0: sleep in epoll_wait)")
+	centrifugo := fs.Bool("centrifugo", false, "speak to Centrifugo's uni_websocket instead: connect request with a connection JWT in the cf_connect query parameter (see centrifugo.go)")
 	if _, err := flagenv.Parse(fs, "PUSHBENCH", args, nil); err != nil {
 		return err
 	}
@@ -116,5 +119,8 @@ func runWorker(args []string) error {
 	now := time.Now()
 	cfg := loadgen.Config{Target: *target, Path: *path, Sources: src, PingEach: *ping, PingSplit: *split, PollEvery: *pollEvery, Reconnect: *reconnect, RetryJitter: *retry, Deflate: *deflate,
 		Token: func(uid string) string { t, _ := auth.Mint(secret, uid, 24*time.Hour, now); return t }}
+	if *centrifugo {
+		cfg.Path, cfg.Query = centrifugoPath, func(uid string) string { return centrifugoQuery(secret, uid, now) }
+	}
 	return loadgen.RunWorker(cfg, *prefix, *first, os.Stdin, os.Stdout)
 }

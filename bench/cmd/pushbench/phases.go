@@ -38,10 +38,23 @@ type rig struct {
 	// pad is appended to every broadcast's JSON payload (after its "b" and
 	// "t" fields), to measure larger messages.
 	pad string
+	// publish and broadcast send one message the way a backend would:
+	// through the Go SDK (sdk) for servers with a push.v1 gRPC endpoint,
+	// through Centrifugo's server API for Centrifugo. broadcast returns the
+	// connections the server says it wrote to, or -1 when it does not say.
+	publish   func(ctx context.Context, uid string, payload []byte) error
+	broadcast func(ctx context.Context, payload []byte) (int, error)
+	// settle, when set, makes fanout measure each round's server CPU from
+	// the call until settle after it, less the server's idle CPU over as
+	// long, and count deliveries from what the clients got: for servers
+	// whose call returns before the frames are written (Centrifugo), and
+	// for every server that is compared with one.
+	settle time.Duration
 }
 
 // newRig starts workers (each --first i*stride, plus wargs) against ws and
-// dials grpc.
+// dials grpcAddr through the Go SDK; with grpcAddr empty it dials nothing
+// and the caller sets publish and broadcast.
 func newRig(d *daemon, ws, grpcAddr, admin, prefix, sources string, workers, n int, wargs ...string) (*rig, error) {
 	g := &rig{d: d, metricsURL: "http://" + admin + "/metrics", gcURL: "http://" + admin + "/debug/pprof/heap?gc=1",
 		prefix: prefix, stride: n, held: make([]int, workers)}
@@ -52,6 +65,9 @@ func newRig(d *daemon, ws, grpcAddr, admin, prefix, sources string, workers, n i
 			return nil, err
 		}
 		g.wk = append(g.wk, w)
+	}
+	if grpcAddr == "" {
+		return g, nil
 	}
 	// A one-member ring in a file store, so the publishers use the SDK
 	// exactly as a backend would (ring lookup, pooled connection, retries).
@@ -75,6 +91,17 @@ func newRig(d *daemon, ws, grpcAddr, admin, prefix, sources string, workers, n i
 	if g.sdk, err = client.New(ctx, g.st, client.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))); err != nil {
 		g.close()
 		return nil, err
+	}
+	g.publish = func(ctx context.Context, uid string, payload []byte) error {
+		_, err := g.sdk.Publish(ctx, uid, payload, 0)
+		return err
+	}
+	g.broadcast = func(ctx context.Context, payload []byte) (int, error) {
+		resp, err := g.sdk.Broadcast(ctx, payload)
+		if err != nil {
+			return 0, err
+		}
+		return int(resp.Connections), nil
 	}
 	return g, nil
 }
@@ -271,20 +298,42 @@ func (g *rig) fanout(rounds int) (fanoutResult, error) {
 	progress("broadcasting %d rounds to %d connections", rounds, n)
 	var bUser, bSys float64
 	var delivered int64
+	var idleUser, idleSys float64 // server CPU seconds per second at rest (settle mode)
+	if g.settle > 0 {
+		time.Sleep(time.Second)
+		i0, _ := sample.Read(g.d.pid(), "", "")
+		t0 := time.Now()
+		time.Sleep(g.settle)
+		i1, _ := sample.Read(g.d.pid(), "", "")
+		el := time.Since(t0).Seconds()
+		idleUser, idleSys = (i1.UserSec-i0.UserSec)/el, (i1.SysSec-i0.SysSec)/el
+	}
 	for i := 1; i <= rounds; i++ {
 		time.Sleep(time.Second) // let the previous round's clients finish reading
 		b0, _ := sample.Read(g.d.pid(), "", "")
+		t0 := time.Now()
 		payload := fmt.Sprintf(`{"b":%d,"t":%d%s}`, i, time.Now().UnixNano(), g.pad)
-		resp, err := g.sdk.Broadcast(context.Background(), []byte(payload))
+		conns, err := g.broadcast(context.Background(), []byte(payload))
 		if err != nil {
 			return res, fmt.Errorf("broadcast: %w", err)
 		}
-		// The call returns when every frame is written: the CPU between
-		// the two samples is the fan-out's.
+		if g.settle > 0 {
+			// The frames may still be on their way: take the CPU until
+			// settle after the call, less what the server spends at rest.
+			time.Sleep(time.Until(t0.Add(g.settle)))
+		}
+		// Without settle the call returns when every frame is written:
+		// the CPU between the two samples is the fan-out's.
 		b1, _ := sample.Read(g.d.pid(), "", "")
-		delivered += int64(resp.Connections)
-		bUser += b1.UserSec - b0.UserSec
-		bSys += b1.SysSec - b0.SysSec
+		el := time.Since(t0).Seconds()
+		delivered += int64(conns)
+		if g.settle > 0 {
+			bUser += max(b1.UserSec-b0.UserSec-idleUser*el, 0)
+			bSys += max(b1.SysSec-b0.SysSec-idleSys*el, 0)
+		} else {
+			bUser += b1.UserSec - b0.UserSec
+			bSys += b1.SysSec - b0.SysSec
+		}
 	}
 	time.Sleep(time.Second)
 	evs, err := g.reports()
@@ -322,6 +371,12 @@ func (g *rig) fanout(rounds int) (fanoutResult, error) {
 		sum += dps
 	}
 	res.deliveredPerSecondMean = sum / float64(max(len(ids), 1))
+	if g.settle > 0 {
+		delivered = 0
+		for _, a := range arrivals {
+			delivered += a.Count
+		}
+	}
 	res.median, res.worst = float64(lasts.Quantile(0.5))/1e6, float64(lasts.Max)/1e6
 	res.userPer = bUser / float64(max(delivered, 1)) * 1e6
 	res.sysPer = bSys / float64(max(delivered, 1)) * 1e6
@@ -362,6 +417,21 @@ type unicastResult struct {
 	publishers      int
 	duration        time.Duration
 	deliveredOfSent float64
+	// Cores busy over the phase (CPU seconds per second, 1 = one core):
+	// the server, this process (the publishers) and the load-generator
+	// workers, which all share the machine.
+	serverCores, publisherCores, clientCores float64
+}
+
+// workersCPU is the user+system CPU seconds of all load-generator workers.
+func (g *rig) workersCPU() float64 {
+	var t float64
+	for _, w := range g.wk {
+		if s, err := sample.Read(w.cmd.Process.Pid, "", ""); err == nil {
+			t += s.CPU()
+		}
+	}
+	return t
 }
 
 // unicast publishes at rate for dur to random connected users, each
@@ -376,7 +446,19 @@ func (g *rig) unicast(rate int, dur time.Duration, publishers int) (unicastResul
 	var sent, errs atomic.Int64
 	total := int(float64(rate) * dur.Seconds())
 	interval := time.Duration(float64(time.Second) / float64(rate))
+	var idleUser, idleCPU float64 // server CPU seconds per second at rest (settle mode)
+	if g.settle > 0 {
+		i0, _ := sample.Read(g.d.pid(), "", "")
+		t0 := time.Now()
+		time.Sleep(g.settle)
+		i1, _ := sample.Read(g.d.pid(), "", "")
+		el := time.Since(t0).Seconds()
+		idleUser, idleCPU = (i1.UserSec-i0.UserSec)/el, (i1.CPU()-i0.CPU())/el
+	}
 	c0, _ := sample.Read(g.d.pid(), "", "")
+	p0, _ := sample.Read(os.Getpid(), "", "")
+	w0 := g.workersCPU()
+	t0 := time.Now()
 	start := time.Now().Add(50 * time.Millisecond)
 	var wg sync.WaitGroup
 	for p := 0; p < publishers; p++ {
@@ -389,8 +471,7 @@ func (g *rig) unicast(rate int, dur time.Duration, publishers int) (unicastResul
 					time.Sleep(d)
 				}
 				payload := fmt.Sprintf(`{"t":%d}`, time.Now().UnixNano())
-				_, err := g.sdk.Publish(context.Background(), uids[rng.IntN(len(uids))], []byte(payload), 0)
-				if err != nil {
+				if err := g.publish(context.Background(), uids[rng.IntN(len(uids))], []byte(payload)); err != nil {
 					errs.Add(1)
 					continue
 				}
@@ -402,6 +483,10 @@ func (g *rig) unicast(rate int, dur time.Duration, publishers int) (unicastResul
 	res.achieved = float64(sent.Load()) / time.Since(start).Seconds()
 	time.Sleep(time.Second)
 	c1, _ := sample.Read(g.d.pid(), "", "")
+	p1, _ := sample.Read(os.Getpid(), "", "")
+	w1 := g.workersCPU()
+	el := time.Since(t0).Seconds()
+	res.serverCores, res.publisherCores, res.clientCores = (c1.CPU()-c0.CPU())/el, (p1.CPU()-p0.CPU())/el, (w1-w0)/el
 	evs, err := g.reports()
 	if err != nil {
 		return res, err
@@ -413,8 +498,10 @@ func (g *rig) unicast(rate int, dur time.Duration, publishers int) (unicastResul
 		}
 	}
 	res.sent, res.errs = sent.Load(), errs.Load()
-	res.cpuPerMsg = (c1.CPU() - c0.CPU()) / float64(max(res.hist.N, 1)) * 1e6
-	res.userPerMsg = (c1.UserSec - c0.UserSec) / float64(max(res.hist.N, 1)) * 1e6
+	// In settle mode what the server spends at rest over the phase is not
+	// the messages' (it dominates at low rates).
+	res.cpuPerMsg = max(c1.CPU()-c0.CPU()-idleCPU*el, 0) / float64(max(res.hist.N, 1)) * 1e6
+	res.userPerMsg = max(c1.UserSec-c0.UserSec-idleUser*el, 0) / float64(max(res.hist.N, 1)) * 1e6
 	res.deliveredOfSent = float64(res.hist.N) / float64(max(res.sent, 1))
 	return res, nil
 }

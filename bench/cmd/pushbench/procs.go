@@ -24,6 +24,12 @@ type daemon struct {
 }
 
 func startDaemon(name, bin string, args []string, env []string, admin string) (*daemon, error) {
+	return startDaemonReady(name, bin, args, env, admin, "/readyz")
+}
+
+// startDaemonReady starts bin and waits (15 s at most) until GET
+// http://admin+ready answers 200.
+func startDaemonReady(name, bin string, args []string, env []string, admin, ready string) (*daemon, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
 	logf, err := os.CreateTemp("", "pushbench-"+name+"-*.log")
@@ -37,7 +43,7 @@ func startDaemon(name, bin string, args []string, env []string, admin string) (*
 	d := &daemon{name: name, cmd: cmd, admin: admin}
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
-		if r, err := http.Get("http://" + admin + "/readyz"); err == nil {
+		if r, err := http.Get("http://" + admin + ready); err == nil {
 			r.Body.Close()
 			if r.StatusCode == 200 {
 				progress("%s up (pid %d, log %s)", name, cmd.Process.Pid, logf.Name())
