@@ -122,8 +122,9 @@ func TestBatchLingerZeroAndSizeFlush(t *testing.T) {
 }
 
 // A full batch goes without waiting for the linger; one that is not full
-// waits for it. A batch over maxBytes is cut before the request that would
-// overflow it.
+// and follows another within the linger waits for the rest of it, and one
+// after a quiet spell goes at once. A batch over maxBytes is cut before
+// the request that would overflow it.
 func TestBatchLingerAndBytes(t *testing.T) {
 	tr := newRecTransport()
 	const linger = 200 * time.Millisecond
@@ -139,8 +140,24 @@ func TestBatchLingerAndBytes(t *testing.T) {
 	if got := tr.sizes(); len(got) != 2 || got[0] != 3 || got[1] != 1 {
 		t.Fatalf("batches %v, want [3 1]", got)
 	}
-	if waited := tr.at[1].Sub(begin); waited < linger {
-		t.Fatalf("the lone request went after %v, before the linger of %v", waited, linger)
+	if waited := tr.at[1].Sub(tr.at[0]); waited < linger {
+		t.Fatalf("the lone request went %v after the full batch, before the linger of %v", waited, linger)
+	}
+	if waited := tr.at[0].Sub(begin); waited >= linger {
+		t.Fatalf("the first batch (full, after a quiet spell) waited %v", waited)
+	}
+	// After a quiet spell longer than the linger a lone request leaves at
+	// once, not a linger after it was queued.
+	time.Sleep(linger)
+	queued := time.Now()
+	if _, _, err := s.publish(context.Background(), &pushv1.PublishRequest{UserId: "e", Data: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	tr.mu.Lock()
+	waited := tr.at[2].Sub(queued)
+	tr.mu.Unlock()
+	if waited >= linger {
+		t.Fatalf("a lone request after a quiet spell waited %v, the whole linger", waited)
 	}
 
 	tr = newRecTransport()

@@ -71,10 +71,12 @@
 // as one PublishBatchStream message, which the edge applies in one pass
 // (each registry shard lock once, one write per connection). A batch
 // leaves when it holds WithBatchSize requests (DefaultBatchSize) or
-// MaxBatchBytes of payload, or when WithBatchLinger (DefaultBatchLinger,
-// at most MaxBatchLinger) has passed since its first request; a linger of
-// 0 sends what queued while the previous batch was being sent. Batching
-// changes nothing a caller sees but latency (at most the linger) and the
+// MaxBatchBytes of payload, or once WithBatchLinger (DefaultBatchLinger,
+// at most MaxBatchLinger) has passed since the previous batch to that edge
+// left; a request after a quiet spell leaves at once, so a low rate adds
+// no latency, and under load an edge gets at most one batch per linger. A
+// linger of 0 sends what queued while the previous batch was being sent.
+// Batching changes nothing a caller sees but latency (at most the linger) and the
 // edge's CPU per message: every call keeps its own answer, error,
 // deadline, retries, re-routes and idempotency key, and a call whose
 // context ends before its batch leaves is not sent. Against an edge
@@ -183,9 +185,11 @@ func WithBatchSize(n int) Option {
 	return func(o *options) { o.batchSize = n }
 }
 
-// WithBatchLinger sets how long the first Publish call queued for an edge
-// waits for others to join its batch before the batch is sent: at most
-// MaxBatchLinger (1 ms; longer is capped). d = 0 waits for nobody: what
+// WithBatchLinger sets the least time between two batches to one edge:
+// a Publish call queued sooner than d after the previous batch left waits
+// for the rest of d (or until its batch is full) so that others join it;
+// one queued later leaves at once. At most MaxBatchLinger (1 ms; longer
+// is capped). d = 0 waits for nobody: what
 // queued while the previous batch was being sent goes at once (natural
 // batching, no added latency). d < 0 means DefaultBatchLinger (200 µs),
 // as does leaving it unset. A call whose context ends while it waits is

@@ -35,8 +35,12 @@ import (
 //
 // The sender takes the first request queued, then gathers more until the
 // batch holds maxItems requests or maxBytes of payload, or linger has
-// passed since the first (with linger 0 it sends what was queued at once:
-// requests that arrive while a send is in progress form the next batch).
+// passed since the previous batch left; it then sends what it holds. A
+// request after a quiet spell (the previous batch left over linger ago)
+// therefore leaves at once with what else is queued, and under load
+// batches leave at most once per linger. With linger 0 it always sends
+// what is queued at once: requests that arrive while a send is in
+// progress form the next batch.
 type pubStream struct {
 	stream  streamTransport
 	batch   bool // over PublishBatchStream
@@ -179,6 +183,7 @@ func (s *pubStream) send() {
 		bytes int
 		carry *pushv1.PublishRequest // did not fit the last batch
 		timer *time.Timer
+		last  time.Time // when the previous batch left
 	)
 	add := func(r streamReq) bool { // false: it does not fit, carry it
 		if r.ctx.Err() != nil {
@@ -205,11 +210,14 @@ func (s *pubStream) send() {
 				return
 			}
 		}
-		if s.cfg.linger > 0 && !full() {
+		// The linger counts from the previous batch's departure: a request
+		// after a quiet spell leaves at once, and under load batches leave
+		// at most one per linger.
+		if wait := s.cfg.linger - time.Since(last); wait > 0 && !full() {
 			if timer == nil {
-				timer = time.NewTimer(s.cfg.linger)
+				timer = time.NewTimer(wait)
 			} else {
-				timer.Reset(s.cfg.linger)
+				timer.Reset(wait)
 			}
 		gather:
 			for !full() {
@@ -237,7 +245,8 @@ func (s *pubStream) send() {
 		if len(batch) == 0 {
 			continue
 		}
-		s.sending.Store(time.Now().UnixNano())
+		last = time.Now()
+		s.sending.Store(last.UnixNano())
 		err := s.stream.send(batch)
 		s.sending.Store(0)
 		clear(batch) // the requests belong to their callers again
