@@ -80,6 +80,27 @@ type pubBatch struct {
 	expires []int64
 	rs      []Result
 	errs    []error // errWouldWait: waits for a stream hand-over
+
+	// Counts of the pass, added to the metrics once at its end (a
+	// prometheus counter's Add is an atomic compare-and-swap loop: once
+	// per recipient, it was a visible share of a PublishMulti).
+	msgsOut, bytesOut, delivered, stored int
+}
+
+// addMetrics adds the pass's counts to the edge's metrics and resets them.
+func (b *pubBatch) addMetrics(m *metrics) {
+	if b.msgsOut > 0 {
+		m.msgsOut.Add(float64(b.msgsOut))
+		m.bytesOut.Add(float64(b.bytesOut))
+	}
+	if b.delivered > 0 {
+		m.pubDelivered.Add(float64(b.delivered))
+	}
+	if b.stored > 0 {
+		m.pubStored.Add(float64(b.stored))
+		m.stored.Add(float64(b.stored))
+	}
+	b.msgsOut, b.bytesOut, b.delivered, b.stored = 0, 0, 0, 0
 }
 
 // waiting returns the items that wait for a hand-over, grouped by user,
@@ -251,6 +272,7 @@ func (s *Server) applyPrepared(b *pubBatch, uids []string, pos []int, start time
 			s.flushRun(b, u, runs[u])
 		}
 	})
+	b.addMetrics(s.m)
 	stored := false
 	for i := range b.rs {
 		if b.errs[i] == nil && b.rs[i].Outcome == Stored && !b.rs[i].Duplicate {
@@ -346,13 +368,12 @@ func (s *Server) flushRun(b *pubBatch, u *registry.User[*conn], run *userRun) {
 		if r.Conns > 0 {
 			u.Box.MarkSent(r.Seq)
 			r.Outcome = Delivered
-			s.m.msgsOut.Add(float64(r.Conns))
-			s.m.bytesOut.Add(float64(r.Conns * (maxHeader + 16 + len(r.Epoch) + len(b.bodies[i].tail))))
-			s.m.pubDelivered.Inc()
+			b.msgsOut += r.Conns
+			b.bytesOut += r.Conns * (maxHeader + 16 + len(r.Epoch) + len(b.bodies[i].tail))
+			b.delivered++
 		} else {
 			r.Outcome = Stored
-			s.m.pubStored.Inc()
-			s.m.stored.Inc()
+			b.stored++
 		}
 		if key := b.items[i].Key; key != "" {
 			u.Box.RememberKey(mailbox.KeyRecord{Key: key, Epoch: r.Epoch, Seq: r.Seq, Outcome: uint8(r.Outcome), Expires: b.expires[i]})

@@ -20,7 +20,10 @@
 // to follow it, so the client's dedupe-by-seq never discards them.
 package mailbox
 
-import "slices"
+import (
+	"math"
+	"slices"
+)
 
 // MaxSeq is the largest sequence number: JavaScript's largest exact
 // integer, 2^53-1. A stream that reaches it continues in a new epoch.
@@ -66,16 +69,21 @@ type Box struct {
 	msgs  []Message // ring buffer of capacity limit, grown lazily
 	head  int
 	n     int
-	limit int
-
-	last  uint64 // last sequence number issued
-	floor uint64 // highest sequence number removed (evicted or expired)
-
-	// Epoch names the stream; set by New or a hand-over.
-	Epoch string
+	limit int32
 	// shown: a message of this epoch reached a connection, so a client
 	// may hold the epoch.
 	shown bool
+
+	last  uint64 // last sequence number issued
+	floor uint64 // highest sequence number removed (evicted or expired)
+	// due is a lower bound of the earliest deadline (Unix ns) of a stored
+	// message or idempotency record; Expire before it has nothing to do.
+	// 0 means unknown (Expire makes a full pass and sets it); noneDue
+	// means the box holds nothing that expires.
+	due int64
+
+	// Epoch names the stream; set by New or a hand-over.
+	Epoch string
 	// extra is allocated the first time one of its fields is set: an idle
 	// connected user's box stays in the 96-byte size class.
 	extra *boxExtra
@@ -89,6 +97,10 @@ type boxExtra struct {
 	// touched is when Expire last removed a message (Unix ns).
 	touched int64
 	keys    []KeyRecord // idempotency records, oldest first, at most limit
+	// kbuf is keys' backing array (keys is a window of it that slides
+	// forward as the oldest record goes), so that remembering a key in a
+	// full box costs O(1) amortized rather than a shift of every record.
+	kbuf []KeyRecord
 	// adopted names the other streams merged into this one, so the same
 	// stream handed over twice is merged once.
 	adopted []string
@@ -133,13 +145,14 @@ func (b *Box) adopted() []string {
 	return b.extra.adopted
 }
 
+// noneDue is Box.due when nothing stored can expire.
+const noneDue = math.MaxInt64
+
 // New returns an empty box for a new stream named epoch that keeps at most
 // limit messages (at least 1).
 func New(limit int, epoch string) *Box {
-	if limit < 1 {
-		limit = 1
-	}
-	return &Box{limit: limit, Epoch: epoch}
+	limit = min(max(limit, 1), math.MaxInt32)
+	return &Box{limit: int32(limit), Epoch: epoch, due: noneDue}
 }
 
 // Shown reports whether a message of the box's epoch reached a connection.
@@ -185,7 +198,8 @@ func (b *Box) Push(body []byte, expires int64, sent bool) uint64 {
 }
 
 func (b *Box) append(m Message) {
-	if b.n == b.limit {
+	b.due = min(b.due, m.Expires)
+	if b.n == int(b.limit) {
 		b.drop(b.at(0))
 		b.head = (b.head + 1) % len(b.msgs)
 		b.n--
@@ -202,9 +216,7 @@ func (b *Box) grow() {
 	if size == 0 {
 		size = 2
 	}
-	if size > b.limit {
-		size = b.limit
-	}
+	size = min(size, int(b.limit))
 	next := make([]Message, size)
 	for i := 0; i < b.n; i++ {
 		next[i] = *b.at(i)
@@ -236,9 +248,17 @@ func (b *Box) MarkSent(seq uint64) {
 	}
 }
 
-// Expire removes every message whose deadline is at or before now and
-// returns how many were removed.
+// Expire removes every message whose deadline is at or before now, and
+// every idempotency record whose deadline is, and returns how many
+// messages were removed. It costs O(1) while nothing stored is due (the
+// box keeps a lower bound of its earliest deadline), so the edge's
+// once-a-second sweep passes over boxes with nothing due without walking
+// their messages and records.
 func (b *Box) Expire(now int64) int {
+	if b.due != 0 && now < b.due {
+		return 0
+	}
+	next := int64(noneDue)
 	removed := 0
 	kept := 0
 	for i := 0; i < b.n; i++ {
@@ -249,6 +269,7 @@ func (b *Box) Expire(now int64) int {
 			removed++
 			continue
 		}
+		next = min(next, m.Expires)
 		if kept != i {
 			*b.at(kept) = *m
 			*m = Message{}
@@ -263,15 +284,17 @@ func (b *Box) Expire(now int64) int {
 		k := 0
 		for _, r := range x.keys {
 			if r.Expires > now {
+				next = min(next, r.Expires)
 				x.keys[k] = r
 				k++
 			}
 		}
 		clear(x.keys[k:])
 		if x.keys = x.keys[:k]; k == 0 {
-			x.keys = nil
+			x.keys, x.kbuf = nil, nil
 		}
 	}
+	b.due = next
 	return removed
 }
 
@@ -448,10 +471,27 @@ func (b *Box) Key(key string) (KeyRecord, bool) {
 // RememberKey records a publish applied under an idempotency key; the
 // oldest record goes when the box holds limit of them.
 func (b *Box) RememberKey(r KeyRecord) {
+	b.due = min(b.due, r.Expires)
 	x := b.ext()
-	if len(x.keys) >= b.limit {
-		copy(x.keys, x.keys[1:])
-		x.keys = x.keys[:len(x.keys)-1]
+	if len(x.keys) >= int(b.limit) {
+		x.keys[0] = KeyRecord{} // let the key's string go
+		x.keys = x.keys[1:]
+	}
+	if len(x.keys) == cap(x.keys) {
+		// No room after the window: move it to the front of kbuf when
+		// that frees at least half (amortized O(1) a record), else grow
+		// kbuf (up to twice the limit).
+		n := len(x.keys)
+		if 2*n > cap(x.kbuf) {
+			x.kbuf = make([]KeyRecord, min(max(2*n, 4), 2*int(b.limit)))
+			if 2*n > cap(x.kbuf) {
+				x.kbuf = make([]KeyRecord, 2*n)
+			}
+		}
+		x.kbuf = x.kbuf[:cap(x.kbuf)]
+		copy(x.kbuf, x.keys)
+		clear(x.kbuf[n:])
+		x.keys = x.kbuf[:n]
 	}
 	x.keys = append(x.keys, r)
 }
@@ -546,7 +586,7 @@ func (b *Box) Adopt(st Stream, now int64) *Box {
 		return b // merged already (the same stream handed over again)
 	}
 	if !b.shown {
-		nb := Restore(b.limit, st)
+		nb := Restore(int(b.limit), st)
 		for i := 0; i < b.n; i++ {
 			m := b.at(i)
 			if m.Expires > now {

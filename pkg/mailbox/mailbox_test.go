@@ -213,3 +213,91 @@ func TestTakeUnsent(t *testing.T) {
 		t.Fatalf("numbering must go on: %d", next)
 	}
 }
+
+// Expire keeps a lower bound of the earliest deadline so that it can skip
+// boxes with nothing due; every message and record must still go at its
+// own deadline, whatever order deadlines arrive in.
+func TestExpireOnTimeWithMixedDeadlines(t *testing.T) {
+	b := New(10, "e1")
+	b.Push([]byte("a"), 50*sec, true)
+	if n := b.Expire(10 * sec); n != 0 || b.due != 50*sec {
+		t.Fatalf("expire before any deadline removed %d, due %d", n, b.due)
+	}
+	b.Push([]byte("b"), 20*sec, true) // earlier than the stored one
+	b.Push([]byte("c"), 30*sec, true)
+	b.RememberKey(KeyRecord{Key: "k1", Seq: 2, Expires: 15 * sec})
+	if n := b.Expire(15*sec - 1); n != 0 || b.Len() != 3 {
+		t.Fatalf("expire before the earliest deadline removed %d, len %d", n, b.Len())
+	}
+	if b.Expire(15*sec) != 0 {
+		t.Fatal("a record's deadline removed a message")
+	}
+	if _, ok := b.Key("k1"); ok {
+		t.Fatal("the record outlived its deadline")
+	}
+	if b.due != 20*sec {
+		t.Fatalf("due %d after the record went, want the next message's 20s", b.due)
+	}
+	if n := b.Expire(20 * sec); n != 1 || !reflect.DeepEqual(bodies(b.Snapshot(20*sec).Messages), []string{"a", "c"}) {
+		t.Fatalf("at 20s removed %d, kept %v", n, bodies(b.Snapshot(20*sec).Messages))
+	}
+	if n := b.Expire(30 * sec); n != 1 {
+		t.Fatalf("at 30s removed %d", n)
+	}
+	if n := b.Expire(50 * sec); n != 1 || b.Len() != 0 || b.due != noneDue {
+		t.Fatalf("at 50s removed %d, len %d, due %d", n, b.Len(), b.due)
+	}
+	// A restored stream carries its deadlines with it.
+	r := Restore(4, Stream{Epoch: "e2", Last: 2, Messages: []Message{{Seq: 1, Expires: 70 * sec}, {Seq: 2, Expires: 60 * sec}},
+		Keys: []KeyRecord{{Key: "k2", Expires: 65 * sec}}})
+	if n := r.Expire(60 * sec); n != 1 || seqs(r.Snapshot(60 * sec).Messages)[0] != 1 {
+		t.Fatalf("restored box at 60s removed %d", n)
+	}
+	r.Expire(65 * sec)
+	if _, ok := r.Key("k2"); ok {
+		t.Fatal("a restored record outlived its deadline")
+	}
+}
+
+// A box with nothing due is passed over without a walk: a zero-value box
+// (due unknown) makes one pass and learns its deadline.
+func TestExpireSkipsBoxWithNothingDue(t *testing.T) {
+	var b Box
+	b.limit = 4
+	b.Push([]byte("x"), 40*sec, true)
+	b.due = 0 // as a box built without New
+	if b.Expire(sec) != 0 || b.due != 40*sec {
+		t.Fatalf("due %d after a pass, want 40s", b.due)
+	}
+}
+
+// A full box remembers a new key by letting its oldest go, in order,
+// however many keys pass through it.
+func TestRememberKeyKeepsTheNewestInOrder(t *testing.T) {
+	for _, limit := range []int{1, 2, 3, 64} {
+		b := New(limit, "e1")
+		for i := range 5*limit + 3 {
+			b.RememberKey(KeyRecord{Key: fmt.Sprint("k", i), Seq: uint64(i), Expires: 100 * sec})
+			var want []string
+			for j := max(0, i+1-limit); j <= i; j++ {
+				want = append(want, fmt.Sprint("k", j))
+			}
+			var got []string
+			for _, r := range b.Snapshot(sec).Keys {
+				got = append(got, r.Key)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("limit %d after key %d: %v, want %v", limit, i, got, want)
+			}
+			if _, ok := b.Key(fmt.Sprint("k", i-limit)); ok && i >= limit {
+				t.Fatalf("limit %d: key %d outlived its eviction", limit, i-limit)
+			}
+			if r, ok := b.Key(fmt.Sprint("k", i)); !ok || r.Seq != uint64(i) {
+				t.Fatalf("limit %d: key %d not found", limit, i)
+			}
+		}
+		if cap(b.extra.kbuf) > 2*limit {
+			t.Fatalf("limit %d: key buffer grew to %d", limit, cap(b.extra.kbuf))
+		}
+	}
+}
