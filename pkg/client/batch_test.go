@@ -85,3 +85,37 @@ func TestBatchFallsBackToPublishStream(t *testing.T) {
 		t.Fatalf("%d publishes on PublishStream, want 3", n)
 	}
 }
+
+// A payload too large for the edge's gRPC messages fails alone, at once
+// and with the edge's answer (RESOURCE_EXHAUSTED): it goes as a unary call,
+// not on the batch stream, where the edge's transport would end the stream
+// and with it every other call in flight (they failed as UNAVAILABLE and
+// the large one only at its deadline).
+func TestOversizedPayloadFailsAlone(t *testing.T) {
+	cl := newCluster(t, 1)
+	c := cl.client(client.WithBatchLinger(time.Millisecond))
+	u := userOwnedBy(t, c.View(), 1)
+	huge := make([]byte, 2*maxFakePayload+1024)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			cx, cancel := context.WithTimeout(ctx(t), 5*time.Second)
+			defer cancel()
+			if i%8 == 0 {
+				start := time.Now()
+				_, err := c.Publish(cx, u, huge, 0)
+				if status.Code(err) != codes.ResourceExhausted {
+					t.Errorf("call %d (%d bytes): %v, want RESOURCE_EXHAUSTED", i, len(huge), err)
+				}
+				if d := time.Since(start); d > 3*time.Second {
+					t.Errorf("call %d (%d bytes) took %v", i, len(huge), d)
+				}
+				return
+			}
+			if _, err := c.Publish(cx, u, []byte(`1`), 0); err != nil {
+				t.Errorf("call %d beside the oversized ones: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+}

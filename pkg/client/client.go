@@ -79,7 +79,9 @@
 // Batching changes nothing a caller sees but latency (at most the linger) and the
 // edge's CPU per message: every call keeps its own answer, error,
 // deadline, retries, re-routes and idempotency key, and a call whose
-// context ends before its batch leaves is not sent. Against an edge
+// context ends before its batch leaves is not sent. A payload over
+// MaxBatchBytes goes alone as a unary Publish, so an edge that refuses its
+// size (RESOURCE_EXHAUSTED) refuses only that call. Against an edge
 // without PublishBatchStream the SDK uses PublishStream, then unary calls.
 //
 // The router serves the same calls for backends that do not embed the SDK,

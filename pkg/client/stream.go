@@ -356,7 +356,8 @@ func (s *pubStream) publish(ctx context.Context, req *pushv1.PublishRequest) (*p
 // publishOn sends req to the edge at addr over its stream, opening one when
 // there is none (or the last one broke or is stuck): a PublishBatchStream,
 // or a PublishStream for an edge without it (codes.Unimplemented), or
-// unary calls for an edge without either; a stream the edge ended as
+// unary calls for an edge without either (and for a payload over
+// MaxBatchBytes, alone); a stream the edge ended as
 // UNAUTHENTICATED or PERMISSION_DENIED fails the call with that status.
 // It returns the owner a not-owner answer named (0: none).
 func (c *Client) publishOn(ctx context.Context, addr string, pc pushv1.PushClient, req *pushv1.PublishRequest) (*pushv1.PublishResponse, uint32, error) {
@@ -365,7 +366,11 @@ func (c *Client) publishOn(ctx context.Context, addr string, pc pushv1.PushClien
 	unary := c.unaryOnly[addr]
 	batch := !c.noBatch[addr]
 	c.mu.Unlock()
-	if unary {
+	// A payload over what a batch may carry goes alone as a unary call: if
+	// the edge's gRPC messages cannot hold it, its transport refuses that
+	// call (RESOURCE_EXHAUSTED) instead of ending the stream that carries
+	// everyone else's.
+	if unary || len(req.Data) > c.batch.maxBytes {
 		return publishUnary(ctx, pc, req)
 	}
 	if s == nil || !s.usable() || s.batch != batch {
