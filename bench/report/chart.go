@@ -60,6 +60,7 @@ func (c Chart) render(path string) error {
 		p.Y.Scale = plot.LogScale{}
 		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
+	drawn := 0
 	for i, s := range c.Series {
 		xy := make(plotter.XYs, 0, len(s.Points))
 		for _, pt := range s.Points {
@@ -71,6 +72,7 @@ func (c Chart) render(path string) error {
 		if len(xy) == 0 {
 			continue
 		}
+		drawn++
 		l, err := plotter.NewLine(xy)
 		if err != nil {
 			return err
@@ -89,6 +91,13 @@ func (c Chart) render(path string) error {
 		if s.Name != "" {
 			p.Legend.Add(s.Name, l)
 		}
+	}
+	if drawn == 0 {
+		// Nothing measured (a server died before its first step): an empty
+		// chart on linear axes, as a log axis has no range to show.
+		p.X.Scale, p.Y.Scale = plot.LinearScale{}, plot.LinearScale{}
+		p.X.Tick.Marker, p.Y.Tick.Marker = plot.DefaultTicks{}, plot.DefaultTicks{}
+		p.Title.Text += " (no data)"
 	}
 	p.Legend.Top, p.Legend.Left = true, !c.LegendRight // rising curves leave the upper left free
 	return p.Save(7*vg.Inch, 4*vg.Inch, path)

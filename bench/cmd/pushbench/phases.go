@@ -293,6 +293,14 @@ type fanoutResult struct {
 // fanout broadcasts rounds times to everybody connected; each round's
 // payload carries its send time, each client records its arrival.
 func (g *rig) fanout(rounds int) (fanoutResult, error) {
+	res, err := g.fanoutRun(rounds)
+	if err == nil {
+		err = g.d.exited()
+	}
+	return res, err
+}
+
+func (g *rig) fanoutRun(rounds int) (fanoutResult, error) {
 	n := g.total()
 	res := fanoutResult{n: n, rounds: rounds}
 	progress("broadcasting %d rounds to %d connections", rounds, n)
@@ -437,6 +445,16 @@ func (g *rig) workersCPU() float64 {
 // unicast publishes at rate for dur to random connected users, each
 // payload carrying its send time; the workers' histograms are merged.
 func (g *rig) unicast(rate int, dur time.Duration, publishers int) (unicastResult, error) {
+	res, err := g.unicastRun(rate, dur, publishers)
+	if err == nil {
+		// A server that died mid-step leaves figures of nothing: say so
+		// instead of reporting them as measurements.
+		err = g.d.exited()
+	}
+	return res, err
+}
+
+func (g *rig) unicastRun(rate int, dur time.Duration, publishers int) (unicastResult, error) {
 	uids := g.uids()
 	res := unicastResult{rate: rate, n: len(uids), publishers: publishers, duration: dur}
 	if _, err := g.reports(); err != nil { // reset

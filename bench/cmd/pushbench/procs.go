@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,9 +19,10 @@ import (
 
 // daemon is a process under test with an admin port.
 type daemon struct {
-	name  string
-	cmd   *exec.Cmd
-	admin string // host:port
+	name    string
+	cmd     *exec.Cmd
+	admin   string // host:port
+	logPath string
 }
 
 func startDaemon(name, bin string, args []string, env []string, admin string) (*daemon, error) {
@@ -40,7 +42,7 @@ func startDaemonReady(name, bin string, args []string, env []string, admin, read
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	d := &daemon{name: name, cmd: cmd, admin: admin}
+	d := &daemon{name: name, cmd: cmd, admin: admin, logPath: logf.Name()}
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		if r, err := http.Get("http://" + admin + ready); err == nil {
@@ -58,6 +60,23 @@ func startDaemonReady(name, bin string, args []string, env []string, admin, read
 }
 
 func (d *daemon) pid() int { return d.cmd.Process.Pid }
+
+// exited reports an error if the process has ended (it is not waited for
+// until stop, so it shows as a zombie, state Z, in /proc/<pid>/stat).
+// A nil d is a server this run does not own.
+func (d *daemon) exited() error {
+	if d == nil || d.cmd.Process == nil {
+		return nil
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", d.pid()))
+	if err == nil {
+		// pid (comm) state ...: comm may hold spaces, the state follows the last ')'.
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X' {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s (pid %d) exited during the run; its log is in %s", d.name, d.pid(), d.logPath)
+}
 
 func (d *daemon) stop() {
 	if d.cmd.Process == nil {
