@@ -474,6 +474,61 @@ func TestFlickeringLeaseStrandsNothing(t *testing.T) {
 	}
 }
 
+// A publish retried with its idempotency key on the user's owner after
+// another edge applied it (during a lease flicker edge 2 took it, and the
+// answer did not reach the caller) is applied on both; when the owner then
+// takes edge 2's stream, the message is kept once: the user's connection
+// gets it once, not a second time under a new seq.
+func TestRetryAppliedOnTwoEdgesIsDeliveredOnce(t *testing.T) {
+	st := fileStore(t)
+	c, uid, ws := pairWithUserOn1(t, st)
+	if _, _, err := pub(t, c.nodes[1].pc, uid, "1", "k1"); err != nil {
+		t.Fatal(err)
+	}
+	if m := readE(t, ws); m.Seq != 1 {
+		t.Fatalf("first: %+v", m)
+	}
+	lease := filepath.Join(st.LeaseDir(), "1.json")
+	waitFor(t, "edge 2 takes a publish while edge 1's lease is gone", func() bool {
+		os.Remove(lease)
+		r, _, err := pub(t, c.nodes[2].pc, uid, "2", "k2")
+		return err == nil && r.Outcome == pushv1.Outcome_OUTCOME_STORED
+	})
+	// The caller's retry reaches the owner, which still holds the stream
+	// the user reads.
+	if _, _, err := pub(t, c.nodes[1].pc, uid, "2", "k2"); err != nil {
+		t.Fatal(err)
+	}
+	// Edge 2 offers its stream to the owner once it sees edge 1 live
+	// again; edge 1 merges it into the one the user reads. Probing with
+	// the key applies nothing new on edge 2 while it still holds it.
+	waitFor(t, "edge 1 takes edge 2's stream", func() bool {
+		_, err := c.nodes[2].Srv.PublishKey(context.Background(), uid, []byte("2"), 0, "k2")
+		var no *edge.NotOwnerError
+		return errors.As(err, &no)
+	})
+	if r, _, err := pub(t, c.nodes[1].pc, uid, "2", "k2"); err != nil || !r.Duplicate {
+		t.Fatalf("the key after the merge: %+v %v, want a duplicate", r, err)
+	}
+	if _, _, err := pub(t, c.nodes[1].pc, uid, "3", "k3"); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		m := readE(t, ws)
+		if m.Gap {
+			t.Fatalf("gap notice %+v", m)
+		}
+		got = append(got, m.Data)
+		if m.Data == "3" {
+			break
+		}
+	}
+	if fmt.Sprint(got) != "[2 3]" {
+		t.Fatalf("after the retry the user read %v, want [2 3]: each message once", got)
+	}
+}
+
 // Cluster calls from outside the ring are refused: nobody but a live member
 // can take a user's stream or make an edge claim one.
 func TestClusterCallsOnlyFromMembers(t *testing.T) {

@@ -202,3 +202,58 @@ func TestResumeEpochAheadOfTheBox(t *testing.T) {
 		t.Fatalf("next push got seq %d, want 9", next)
 	}
 }
+
+// A publish applied under one idempotency key in both streams (retried on
+// the other edge) is kept once when they merge, whichever way: with the
+// number and first answer of the stream that survives.
+func TestAdoptKeepsAKeyedMessageOnce(t *testing.T) {
+	// Into a stream clients hold: the other copy is not appended.
+	old := New(10, "A")
+	old.RememberKey(KeyRecord{Key: "k", Epoch: "A", Seq: old.Push([]byte("x"), far, false), Expires: far})
+	mine := New(10, "B")
+	s := mine.Push([]byte("x"), far, false)
+	mine.MarkSent(s)
+	mine.RememberKey(KeyRecord{Key: "k", Epoch: "B", Seq: s, Expires: far})
+	nb := mine.Adopt(old.Snapshot(0), 0)
+	if got, _ := nb.ResumeEpoch(nil, "B", 1, true, 0); len(got) != 0 || nb.Last() != 1 {
+		t.Fatalf("resume after the merge: %s (last %d), want nothing: x was applied here", eseqs(got), nb.Last())
+	}
+	if r, ok := nb.Key("k"); !ok || r.Epoch != "B" || r.Seq != 1 {
+		t.Fatalf("key answer %+v, want this stream's first answer", r)
+	}
+
+	// Into a stream nobody saw: the handed-over one continues, x once.
+	mine = New(10, "B")
+	mine.RememberKey(KeyRecord{Key: "k", Epoch: "B", Seq: mine.Push([]byte("x"), far, false), Expires: far})
+	mine.Push([]byte("y"), far, false)
+	nb = mine.Adopt(old.Snapshot(0), 0)
+	if got, _ := nb.Resume(nil, 0, false, 0); eseqs(got) != "1:x 2:y " {
+		t.Fatalf("merged stream %s, want 1:x 2:y", eseqs(got))
+	}
+	if r, ok := nb.Key("k"); !ok || r.Epoch != "A" || r.Seq != 1 {
+		t.Fatalf("key answer %+v, want the continued stream's", r)
+	}
+}
+
+// A stream merged into another, which was then handed over (the record of
+// the merge stays behind), is not merged a second time when a stale copy
+// of it comes back (a giver answering a repeated Take with what it gave):
+// its keyed messages were delivered already and would arrive again under
+// new numbers.
+func TestAdoptAfterHandOverMergesOnce(t *testing.T) {
+	old := New(10, "A")
+	old.RememberKey(KeyRecord{Key: "k1", Epoch: "A", Seq: old.Push([]byte("x1"), far, false), Expires: far})
+	old.RememberKey(KeyRecord{Key: "k2", Epoch: "A", Seq: old.Push([]byte("x2"), far, false), Expires: far})
+	stale := old.Snapshot(0)
+	mine := New(10, "B")
+	mine.MarkSent(mine.Push([]byte("b1"), far, false))
+	mine = mine.Adopt(stale, 0)
+	if got, _ := mine.ResumeEpoch(nil, "B", 1, true, 0); eseqs(got) != "2:x1 3:x2 " {
+		t.Fatalf("first merge: %s", eseqs(got))
+	}
+	moved := Restore(10, mine.Snapshot(0)) // handed over to another edge
+	again := moved.Adopt(stale, 0)
+	if got, _ := again.ResumeEpoch(nil, "B", 3, true, 0); len(got) != 0 || again.Last() != 3 {
+		t.Fatalf("merged again: %s (last %d), want nothing new", eseqs(got), again.Last())
+	}
+}

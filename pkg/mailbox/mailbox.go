@@ -580,21 +580,27 @@ func Restore(limit int, st Stream) *Box {
 //     no connection took are appended to b as new messages; those that
 //     were sent are dropped (a client resuming that epoch gets a gap).
 //
-// Idempotency records of both are kept, with their first answers.
+// Idempotency records of both are kept, with their first answers. A
+// message applied under a key the other stream applied too (a publish
+// retried on the other edge, or the same handed-over stream merged again
+// after its record of being merged was left behind with an earlier box)
+// is kept once, as the surviving stream numbered it: appending it again
+// would deliver its payload a second time under a new seq.
 func (b *Box) Adopt(st Stream, now int64) *Box {
 	if st.Epoch == b.Epoch || slices.Contains(b.adopted(), st.Epoch) {
 		return b // merged already (the same stream handed over again)
 	}
 	if !b.shown {
 		nb := Restore(int(b.limit), st)
+		mine := b.keys()
 		for i := 0; i < b.n; i++ {
 			m := b.at(i)
-			if m.Expires > now {
+			if m.Expires > now && !nb.applied(mine, b.Epoch, m.Seq) {
 				nb.Push(m.Body, m.Expires, m.Sent)
 			}
 		}
-		for _, r := range b.keys() {
-			nb.RememberKey(r)
+		for _, r := range mine {
+			nb.rememberFirst(r)
 		}
 		x := nb.ext()
 		x.adopted = append(append(x.adopted, b.adopted()...), b.Epoch)
@@ -603,14 +609,35 @@ func (b *Box) Adopt(st Stream, now int64) *Box {
 	x := b.ext()
 	x.adopted = append(x.adopted, st.Epoch)
 	for _, m := range st.Messages {
-		if !m.Sent && m.Expires > now && !b.Full() {
+		if !m.Sent && m.Expires > now && !b.Full() && !b.applied(st.Keys, st.Epoch, m.Seq) {
 			b.Push(m.Body, m.Expires, false)
 		}
 	}
 	for _, r := range st.Keys {
-		b.RememberKey(r)
+		b.rememberFirst(r)
 	}
 	return b
+}
+
+// applied reports whether the message numbered seq in epoch was published
+// under an idempotency key (found in recs, that stream's records) that b
+// has applied already.
+func (b *Box) applied(recs []KeyRecord, epoch string, seq uint64) bool {
+	for _, r := range recs {
+		if r.Seq == seq && r.Epoch == epoch {
+			_, ok := b.Key(r.Key)
+			return ok
+		}
+	}
+	return false
+}
+
+// rememberFirst is RememberKey for a record merged from another stream: a
+// key b already remembers keeps its first answer.
+func (b *Box) rememberFirst(r KeyRecord) {
+	if _, ok := b.Key(r.Key); !ok {
+		b.RememberKey(r)
+	}
 }
 
 // TakeUnsent removes and returns, in order, the messages no connection has

@@ -336,7 +336,12 @@ func zeroLossResize(t *testing.T, storeURL string) {
 			for i := w; pubCtx.Err() == nil; i = (i + workers) % users {
 				<-tick.C
 				n := sent[i].Load() + 1
-				pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				// A call that failed may have been applied (its answer
+				// was lost or came after the deadline): the next call for
+				// the same message carries the same idempotency key, as a
+				// backend retrying after the SDK gave up must, so it is
+				// not applied twice.
+				pctx, cancel := context.WithTimeout(client.WithIdempotencyKey(context.Background(), fmt.Sprintf("%s/%d", us[i].uid, n)), 10*time.Second)
 				_, err := c.sdk.Publish(pctx, us[i].uid, []byte(fmt.Sprintf(`{"n":%d}`, n)), 0)
 				cancel()
 				if err != nil {
