@@ -204,6 +204,30 @@ var (
 	crlfcrlf = []byte("\r\n\r\n")
 )
 
+// HeadEnd finds the end of the request head at the start of b: n > 0 is
+// the head's length in bytes, through the CRLF CRLF that ends it; n = 0
+// means b holds no whole head yet. A line feed without its carriage
+// return before that end refuses the head at once with ErrLineEnding
+// (RFC 9112 section 2.2 lets a recipient refuse a bare LF, and every
+// server here does), so a head whose lines end with LF alone gets its 400
+// now instead of waiting for a CRLF CRLF that never comes. Cost: one pass
+// over b.
+func HeadEnd(b []byte) (n int, err *Error) {
+	for i := 0; ; i++ {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return 0, nil
+		}
+		i += j
+		if i == 0 || b[i-1] != '\r' {
+			return 0, ErrLineEnding
+		}
+		if i >= 3 && b[i-2] == '\n' && b[i-3] == '\r' {
+			return i + 1, nil
+		}
+	}
+}
+
 func (r *Request) requestLine(line []byte) error {
 	sp1 := bytes.IndexByte(line, ' ')
 	if sp1 <= 0 {

@@ -230,8 +230,6 @@ func (l *loop) watch(s *session, client bool, ev poller.Event) error {
 	return err
 }
 
-var headEnd = []byte("\r\n\r\n")
-
 // headLocked peeks at the client's bytes until the request head is
 // complete (the bytes stay queued in the kernel for the relay), then routes.
 func (l *loop) headLocked(s *session, ev poller.Event) {
@@ -275,8 +273,12 @@ func (l *loop) headLocked(s *session, ev poller.Event) {
 		}
 		data = data[hn:]
 	}
-	end := bytes.Index(data[:min(len(data), r.cfg.MaxHeadBytes)], headEnd)
-	if end < 0 {
+	end, herr := httphead.HeadEnd(data[:min(len(data), r.cfg.MaxHeadBytes)])
+	if herr != nil {
+		r.rejectLocked(s, rejBadRequest, herr)
+		return
+	}
+	if end == 0 {
 		switch {
 		case len(data) >= r.cfg.MaxHeadBytes:
 			r.rejectLocked(s, rejTooLarge, refusal(http.StatusRequestHeaderFieldsTooLarge, rejTooLarge))
@@ -289,7 +291,7 @@ func (l *loop) headLocked(s *session, ev poller.Event) {
 		}
 		return
 	}
-	key, label, refuse := r.extractKey(data[:end+4], &l.req)
+	key, label, refuse := r.extractKey(data[:end], &l.req)
 	if refuse != nil {
 		r.rejectLocked(s, label, refuse)
 		return

@@ -1,7 +1,6 @@
 package router
 
 import (
-	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -216,16 +215,20 @@ func (r *Router) tlsHandshake(l *loop, s *session, tl *tlsConn) {
 		*bp = make([]byte, r.cfg.MaxHeadBytes)
 	}
 	b := (*bp)[:r.cfg.MaxHeadBytes]
-	n, end := 0, -1
-	for end < 0 {
+	n, end := 0, 0
+	for end == 0 {
 		if n == len(b) {
 			r.tlsRefuse(s, tl, rejTooLarge, refusal(http.StatusRequestHeaderFieldsTooLarge, rejTooLarge))
 			return
 		}
 		m, err := tc.Read(b[n:])
 		n += m
-		end = bytes.Index(b[:n], headEnd)
-		if end < 0 && err != nil {
+		var herr *httphead.Error
+		if end, herr = httphead.HeadEnd(b[:n]); herr != nil {
+			r.tlsRefuse(s, tl, rejBadRequest, herr)
+			return
+		}
+		if end == 0 && err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				r.m.headTimeouts.Inc()
@@ -238,7 +241,7 @@ func (r *Router) tlsHandshake(l *loop, s *session, tl *tlsConn) {
 		}
 	}
 	var req httphead.Request
-	key, label, refuse := r.extractKey(b[:end+4], &req)
+	key, label, refuse := r.extractKey(b[:end], &req)
 	if refuse != nil {
 		r.tlsRefuse(s, tl, label, refuse)
 		return

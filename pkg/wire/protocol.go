@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -10,6 +9,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/klauspost/compress/flate"
 
+	"github.com/pushcluster/push/pkg/httphead"
 	"github.com/pushcluster/push/pkg/proxyproto"
 )
 
@@ -65,8 +65,6 @@ func (p *Protocol) Feed(m *Machine, in []byte, now int64) *Step {
 	return st
 }
 
-var headEnd = []byte("\r\n\r\n")
-
 func (p *Protocol) head(m *Machine, data []byte) Step {
 	used := 0
 	if p.cfg.AcceptProxy && (m.x == nil || !m.x.proxied) {
@@ -82,15 +80,19 @@ func (p *Protocol) head(m *Machine, data []byte) Step {
 		x.proxied, x.client = true, h.Source // kept while the head is incomplete
 		data, used = data[n:], n
 	}
-	end := bytes.Index(data, headEnd)
-	if end < 0 {
+	end, herr := httphead.HeadEnd(data)
+	if herr != nil {
+		m.Finish()
+		return Step{Used: used + len(data), Event: EventRefused, Code: herr.Status, Reason: herr.Reason}
+	}
+	if end == 0 {
 		if len(data) >= p.cfg.MaxHeaderBytes {
 			m.Finish()
 			return Step{Used: used + len(data), Event: EventRefused, Code: 431, Reason: "request head too large"}
 		}
 		return Step{Used: used}
 	}
-	head := data[:end+4]
+	head := data[:end]
 	if len(head) > p.cfg.MaxHeaderBytes {
 		m.Finish()
 		return Step{Used: used + len(data), Event: EventRefused, Code: 431, Reason: "request head too large"}

@@ -72,6 +72,10 @@ func HeadCases() []HeadCase {
 			HeadCase{p + " HTTP/1.10", "GET " + q + " HTTP/1.10\r\nHost: {H}\r\n" + ws + "\r\n", 400, ""},
 			HeadCase{p + " folded line", "GET " + q + " HTTP/1.1\r\nHost: {H}\r\nX-A: 1\r\n 2\r\n" + ws + "\r\n", 400, ""},
 			HeadCase{p + " bare LF", "GET " + q + " HTTP/1.1\r\nHost: {H}\nX-A: 1\r\n" + ws + "\r\n", 400, ""},
+			// Lines ending with LF alone, up to the blank line: no CRLF
+			// CRLF ever comes, so the 400 must not wait for one.
+			HeadCase{p + " LF line endings", strings.ReplaceAll("GET "+q+" HTTP/1.1\r\nHost: {H}\r\n"+ws+"\r\n", "\r\n", "\n"), 400, ""},
+			HeadCase{p + " LF before the blank line", "GET " + q + " HTTP/1.1\r\n" + ws + "Host: {H}\n\r\n", 400, ""},
 			HeadCase{p + " NUL in value", "GET " + q + " HTTP/1.1\r\nHost: {H}\r\nX-A: a\x00b\r\n" + ws + "\r\n", 400, ""},
 			HeadCase{p + " Transfer-Encoding", "GET " + q + " HTTP/1.1\r\nHost: {H}\r\nTransfer-Encoding: chunked\r\n" + ws + "\r\n", 400, ""},
 			HeadCase{p + " Content-Length 5", "GET " + q + " HTTP/1.1\r\nHost: {H}\r\nContent-Length: 5\r\n" + ws + "\r\n", 400, ""},
