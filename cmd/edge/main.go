@@ -36,10 +36,10 @@ func main() { daemon.Main("edge", run) }
 
 func run(args []string) error {
 	var o edge.Options
-	var sec security
+	var sec daemon.Security
 	fs := flag.NewFlagSet("edge", flag.ContinueOnError)
 	o.BindFlags(fs)
-	sec.bindFlags(fs)
+	sec.BindFlags(fs)
 	flagenv.SetUsage(fs, "PUSH", "edge [flags]", "Terminates browser WebSockets (GET /ws?uid=&token=&last_seq=), Server-Sent Events (GET /sse) and long-polls (GET /poll) on epoll and delivers pushes received over gRPC.\n\n"+
 		"Exit codes: 0 drained after SIGTERM/SIGINT, 1 failed, 2 bad flags or arguments, 3 refused by the ring store (its entry names other addresses, or another edge with this id is live).")
 	if err := daemon.ParseFlags(fs, args); err != nil {
@@ -65,10 +65,10 @@ func run(args []string) error {
 	reg := admin.NewRegistry()
 	c.Metrics, c.AdminAddr = reg, o.Admin // the lease publishes where the metrics are (the cluster console reads them)
 	warnLimits(c, log)
-	if err := sec.grpc.CheckBrowserSecrets(o.JWTSecretFile); err != nil {
+	if err := sec.GRPC.CheckBrowserSecrets(o.JWTSecretFile); err != nil {
 		return daemon.Usage(err)
 	}
-	gauth, err := grpcauth.NewServer(sec.grpc, fmt.Sprintf("edge-%d", c.ID), log, reg)
+	gauth, err := grpcauth.NewServer(sec.GRPC, fmt.Sprintf("edge-%d", c.ID), log, reg)
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ func run(args []string) error {
 	var st store.Store
 	var desired *ring.Ring
 	if o.Ring != "" {
-		if st, desired, err = openRing(&o, sec.etcd, log); err != nil {
+		if st, desired, err = openRing(&o, sec.Etcd, log); err != nil {
 			return err
 		}
 		defer st.Close()
@@ -95,7 +95,7 @@ func run(args []string) error {
 	if desired != nil {
 		srv.SetRing(desired) // before serving: never a moment of owning everyone
 	}
-	return serve(&o, srv, st, reg, gauth, sec.admin, log)
+	return serve(&o, srv, st, reg, gauth, sec.Admin, log)
 }
 
 // loadKeys sets the token verifier from the key flags and, with
@@ -271,18 +271,4 @@ func (d *drainer) drain(why string) {
 			d.log.Warn("drain cut short", "err", err)
 		}
 	})
-}
-
-// security is the configuration of the other planes (docs/security.md):
-// gRPC callers, etcd, the admin port.
-type security struct {
-	grpc  grpcauth.Config
-	etcd  store.EtcdSecurity
-	admin admin.Auth
-}
-
-func (s *security) bindFlags(fs *flag.FlagSet) {
-	s.grpc.RegisterFlags(fs)
-	s.etcd.RegisterFlags(fs)
-	s.admin.RegisterFlags(fs)
 }

@@ -40,10 +40,10 @@ func main() { daemon.Main("router", run) }
 
 func run(args []string) error {
 	var o router.Options
-	var sec security
+	var sec daemon.Security
 	fs := flag.NewFlagSet("router", flag.ContinueOnError)
 	o.BindFlags(fs)
-	sec.bindFlags(fs)
+	sec.BindFlags(fs)
 	flagenv.SetUsage(fs, "PUSH", "router [flags]", "Routes browser WebSockets to the edge that owns the user (the ring store's view: ring document and edge leases) and relays the bytes on epoll; forwards push.v1.Push calls to the owning edges.\n\n"+
 		"Exit codes: 0 drained after SIGTERM/SIGINT, 1 failed, 2 bad flags or arguments.")
 	if err := daemon.ParseFlags(fs, args); err != nil {
@@ -60,7 +60,7 @@ func run(args []string) error {
 	c.Logger = log
 	reg := admin.NewRegistry()
 	c.Metrics = reg
-	gauth, err := grpcauth.NewServer(sec.grpc, "router", log, reg)
+	gauth, err := grpcauth.NewServer(sec.GRPC, "router", log, reg)
 	if err != nil {
 		return err
 	}
@@ -74,7 +74,7 @@ func run(args []string) error {
 		log.Warn(w)
 	}
 
-	st, err := store.Open(o.Ring, log, store.WithEtcdSecurity(sec.etcd))
+	st, err := store.Open(o.Ring, log, store.WithEtcdSecurity(sec.Etcd))
 	if err != nil {
 		return err
 	}
@@ -100,7 +100,7 @@ func run(args []string) error {
 	// as a member, marking its calls forwarded (docs/security.md).
 	sdk := client.NewWithFollower(f, client.WithLogger(log), client.WithDialOptions(c.ClusterDial...), client.WithForwarded())
 	defer sdk.Close()
-	return serve(&o, rt, sdk, f, reg, gauth, sec.admin, log)
+	return serve(&o, rt, sdk, f, reg, gauth, sec.Admin, log)
 }
 
 // serve runs the router until a signal, then drains it.
@@ -157,18 +157,4 @@ func serve(o *router.Options, rt *router.Router, sdk *client.Client, f *store.Fo
 	adm.Shutdown(sctx)
 	log.Info("router stopped")
 	return nil
-}
-
-// security is the configuration of the other planes (docs/security.md):
-// gRPC callers, etcd, the admin port.
-type security struct {
-	grpc  grpcauth.Config
-	etcd  store.EtcdSecurity
-	admin admin.Auth
-}
-
-func (s *security) bindFlags(fs *flag.FlagSet) {
-	s.grpc.RegisterFlags(fs)
-	s.etcd.RegisterFlags(fs)
-	s.admin.RegisterFlags(fs)
 }
