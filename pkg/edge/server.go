@@ -166,20 +166,7 @@ func (s *Server) Start() error {
 
 // schedule arms c's one deadline at at (see onTimer).
 func (s *Server) schedule(c *conn, at time.Time) {
-	s.timers.Schedule(&c.tm, monotonic(time.Now(), at))
-}
-
-// monotonic returns at as now plus what is left until it, carrying now's
-// monotonic clock reading. The connection protocol's deadlines are Unix
-// nanoseconds (wire.Step.Deadline), and time.Unix drops the monotonic
-// reading, so the timing wheel, which counts from its start by the
-// monotonic clock, would measure such a deadline by the wall clock from
-// the wheel's start instead: a wall clock stepped forward by 30 s after
-// the edge started delayed every deadline by 30 s (a long-poll answered
-// [] after 55 s instead of PollTimeout's 25 s). Measured from now, only a
-// step between now and the call can still shift it.
-func monotonic(now, at time.Time) time.Time {
-	return now.Add(at.Sub(now))
+	s.timers.Schedule(&c.tm, at)
 }
 
 // tickLoop is the one ticker behind every deadline: it advances the timing

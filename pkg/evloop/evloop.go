@@ -245,11 +245,23 @@ func NewTimers[T any](tick time.Duration, slots int, now time.Time) *Timers[T] {
 }
 
 // Schedule (re)arms tm to fire at at (rounded up to the next tick).
+//
+// at may come without a monotonic clock reading (time.Unix, as for the
+// Unix-nanosecond deadlines of package wire); the wheel advances by the
+// monotonic clock from its start and would measure such an at by the wall
+// clock instead, so a wall clock stepped after the start would shift
+// every deadline by the step. Schedule re-anchors at on now's monotonic
+// reading, the same distance ahead.
 func (t *Timers[T]) Schedule(tm *wheel.Timer[T], at time.Time) {
+	at = monotonic(time.Now(), at)
 	t.mu.Lock()
 	t.w.Add(tm, at)
 	t.mu.Unlock()
 }
+
+// monotonic returns at as now plus what is left until it, carrying now's
+// monotonic clock reading.
+func monotonic(now, at time.Time) time.Time { return now.Add(at.Sub(now)) }
 
 // Cancel disarms tm if it is scheduled.
 func (t *Timers[T]) Cancel(tm *wheel.Timer[T]) {

@@ -1,4 +1,4 @@
-package edge
+package evloop
 
 import (
 	"strings"
@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// TestMonotonicDeadline: a deadline the connection protocol gives as Unix
+// TestMonotonicDeadline: a deadline given as Unix
 // nanoseconds (no monotonic reading) is armed with now's monotonic clock,
 // the same distance ahead, so the timing wheel (which advances by the
 // monotonic clock) does not measure it by a wall clock that may have been
